@@ -1,0 +1,154 @@
+"""One settings object for the daemon, read from the environment and `.env`.
+
+Every limit and timeout is named here with a one-line comment. `Settings.check_safe()`
+refuses unsafe values at start with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from supernode.crypto.keys import KeystoreError, check_passphrase_strength
+
+KNOWN_DEFAULT_TOKENS = {"changeme", "change-me", "secret", "token", "operator", "admin"}
+MIN_OPERATOR_TOKEN_CHARS = 32
+
+
+class ConfigError(ValueError):
+    """A setting is missing or unsafe; the message says which and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SUPERNODE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- identity and network -------------------------------------------------------
+    # Folder for this daemon's state (database, logs) when paths below are relative.
+    data_dir: Path = Path("data")
+    # The federation's network file (JSON genesis: members, chain, prices).
+    network_file: Path = Path("data/network.json")
+    # This operator's encrypted keystore (eth-account keyfile format).
+    keystore_file: Path = Path("data/operator.keystore.json")
+    # Keystore passphrase; prefer keystore_passphrase_file so it stays out of the environment.
+    keystore_passphrase: str | None = None
+    # File holding the keystore passphrase (read at start, first line).
+    keystore_passphrase_file: Path | None = Path("data/operator.pass")
+    # Bearer token for operator-only routes; empty disables the token (the operator then
+    # signs a challenge with the node key). At least 32 characters when set.
+    operator_token: str = ""
+
+    # --- HTTP server ------------------------------------------------------------------
+    # Address the daemon listens on (127.0.0.1 keeps it local).
+    host: str = "127.0.0.1"
+    # TCP port of the daemon's HTTP API.
+    port: int = Field(default=7123, ge=1, le=65535)
+    # The URL peers reach this daemon at; defaults to the member URL in the network file.
+    public_url: str | None = None
+    # Largest request body accepted, in bytes (larger: 413).
+    max_body_bytes: int = Field(default=4_000_000, gt=0)
+    # Largest single envelope accepted, in bytes of JSON.
+    max_envelope_bytes: int = Field(default=64_000, gt=0)
+    # Largest user/supernode message body, in characters.
+    max_message_chars: int = Field(default=16_000, gt=0)
+
+    # --- ledger -----------------------------------------------------------------------
+    # SQLite database file of this daemon's ledger.
+    database_file: Path = Path("data/supernode.sqlite")
+    # How long a connection waits for a lock before giving up (ms).
+    sqlite_busy_timeout_ms: int = Field(default=10_000, gt=0)
+    # Most envelopes written in one group-commit transaction.
+    write_batch_max: int = Field(default=2000, gt=0)
+
+    # --- chain ------------------------------------------------------------------------
+    # JSON-RPC URL of the EVM chain (anvil on the devnet).
+    chain_rpc_url: str = "http://127.0.0.1:8545"
+    # Chain id the daemon expects; must equal the network file's and the node's.
+    chain_id: int | None = None
+    # Timeout of one JSON-RPC call (s).
+    chain_timeout_s: float = Field(default=5.0, gt=0)
+    # Retries of a read-only JSON-RPC call after the first try.
+    chain_read_retries: int = Field(default=2, ge=0, le=10)
+
+    # --- envelopes --------------------------------------------------------------------
+    # Lifetime given to envelopes this daemon signs (s).
+    envelope_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # Longest lifetime accepted on an incoming envelope (s).
+    max_envelope_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+    # Accepted clock difference between peers (s).
+    clock_skew_s: int = Field(default=30, gt=0)
+    # Lifetime of a user/operator authentication challenge (s).
+    challenge_ttl_s: int = Field(default=300, gt=0)
+
+    # --- gossip -----------------------------------------------------------------------
+    # Timeout of one push of a batch of envelopes to a peer (s).
+    push_timeout_s: float = Field(default=5.0, gt=0)
+    # Retries of a failed push before leaving the rest to anti-entropy.
+    push_retries: int = Field(default=4, ge=0, le=20)
+    # First back-off between push retries (s); doubles each try.
+    push_backoff_s: float = Field(default=0.2, gt=0)
+    # Most envelopes in one push request.
+    push_batch_max: int = Field(default=500, gt=0)
+    # Most envelopes waiting for one peer; past it the oldest go to anti-entropy.
+    push_queue_max: int = Field(default=50_000, gt=0)
+    # Seconds between anti-entropy rounds.
+    anti_entropy_interval_s: float = Field(default=2.0, gt=0)
+    # Envelopes per anti-entropy page.
+    anti_entropy_page: int = Field(default=2000, gt=0)
+    # Timeout of one anti-entropy request (s).
+    anti_entropy_timeout_s: float = Field(default=10.0, gt=0)
+    # Longest one anti-entropy round may run (s).
+    anti_entropy_round_s: float = Field(default=30.0, gt=0)
+
+    # --- membership -------------------------------------------------------------------
+    # Seconds between membership checks (collateral is re-read when the epoch changes
+    # or the last reading is older than membership_max_age_s).
+    membership_interval_s: float = Field(default=5.0, gt=0)
+    # Re-read collateral at least this often even without a new epoch (s).
+    membership_max_age_s: float = Field(default=300.0, gt=0)
+
+    # --- peer scoring -----------------------------------------------------------------
+    # Penalty points for an invalid envelope (bad signature, wrong binding, bad schema).
+    penalty_invalid: int = Field(default=10, gt=0)
+    # Points within penalty_window_s that get a peer banned.
+    ban_threshold: int = Field(default=50, gt=0)
+    # Window over which penalty points add up (s).
+    penalty_window_s: int = Field(default=3600, gt=0)
+    # How long a ban lasts (s).
+    ban_duration_s: int = Field(default=3600, gt=0)
+
+    # --- logs -------------------------------------------------------------------------
+    # Log level: DEBUG, INFO, WARNING, ERROR.
+    log_level: str = "INFO"
+    # Log lines kept in memory for /show_logs and the log stream.
+    log_ring_lines: int = Field(default=20_000, gt=0)
+
+
+    def check_safe(self) -> None:
+        """Refuse unsafe settings at start."""
+        problems: list[str] = []
+        if self.chain_id is None:
+            problems.append("SUPERNODE_CHAIN_ID is not set (31337 for the devnet)")
+        tok = self.operator_token
+        if tok and (tok.lower() in KNOWN_DEFAULT_TOKENS or len(tok) < MIN_OPERATOR_TOKEN_CHARS):
+            problems.append(
+                f"SUPERNODE_OPERATOR_TOKEN is a default or shorter than "
+                f"{MIN_OPERATOR_TOKEN_CHARS} characters; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        if self.keystore_passphrase is not None and self.keystore_passphrase_file is None:
+            try:
+                check_passphrase_strength(self.keystore_passphrase)
+            except KeystoreError as exc:
+                problems.append(str(exc))
+        if self.max_envelope_bytes > self.max_body_bytes:
+            problems.append("SUPERNODE_MAX_ENVELOPE_BYTES is larger than SUPERNODE_MAX_BODY_BYTES")
+        if self.clock_skew_s >= self.envelope_ttl_s:
+            problems.append("SUPERNODE_CLOCK_SKEW_S must be shorter than SUPERNODE_ENVELOPE_TTL_S")
+        if self.envelope_ttl_s > self.max_envelope_ttl_s:
+            problems.append("SUPERNODE_ENVELOPE_TTL_S is over SUPERNODE_MAX_ENVELOPE_TTL_S")
+        if problems:
+            raise ConfigError("refusing to start:\n  - " + "\n  - ".join(problems))

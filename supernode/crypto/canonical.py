@@ -1,0 +1,54 @@
+"""Canonical JSON and hashing for signed payloads.
+
+Canonical form: keys sorted, no spaces, UTF-8, integers only (no floats: money is an
+integer and floats have no single text form), no NaN. The stdlib encoder is used on
+purpose: orjson turns integers above 64 bits into floats when it parses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from eth_hash.auto import keccak
+
+MAX_DEPTH = 16
+
+
+class CanonicalError(ValueError):
+    """The value has no canonical JSON form (a float, a non-string key, too deep...)."""
+
+
+def _check(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise CanonicalError(f"nested deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        return
+    if isinstance(value, float):
+        raise CanonicalError("floats are not allowed in signed payloads; use integers")
+    if isinstance(value, list):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CanonicalError("object keys must be strings")
+            _check(item, depth + 1)
+        return
+    raise CanonicalError(f"type {type(value).__name__} has no canonical JSON form")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical JSON bytes of ``value``; raises CanonicalError if it has none."""
+    _check(value)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def payload_hash(payload: dict[str, Any]) -> bytes:
+    """keccak-256 of the payload's canonical JSON (32 bytes)."""
+    return keccak(canonical_json(payload))

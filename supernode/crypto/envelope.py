@@ -1,0 +1,189 @@
+"""Signed envelopes (design.md §4): the unit of everything that crosses a process boundary.
+
+Checks run cheapest first: schema (pydantic), id recomputed, binding (network, chain,
+recipient), time window, then the signature. Seen-before and banned-sender checks need the
+ledger and live in the federation intake, between the schema and the signature.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import coincurve
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from supernode.crypto.canonical import CanonicalError, payload_hash
+from supernode.crypto.eip712 import envelope_digest
+from supernode.crypto.keys import Identity, address_from_public_key
+
+ENVELOPE_VERSION = 1
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SECP256K1_HALF_N = SECP256K1_N // 2
+
+HexAddress = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
+Hex32 = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+TypeName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class EnvelopeError(ValueError):
+    """An envelope failed a check. ``reason`` is a stable code; ``penalise`` says whether
+    the peer that handed it over deserves a penalty (gossipsub's reject vs ignore)."""
+
+    def __init__(self, reason: str, detail: str = "", *, penalise: bool = True) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.penalise = penalise
+
+
+class Envelope(BaseModel):
+    """A signed envelope as it travels (JSON)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: TypeName
+    version: int = Field(ge=1, le=1)
+    network_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    chain_id: int = Field(ge=1, lt=1 << 64)
+    sender: HexAddress
+    recipient: HexAddress | None
+    id: Hex32
+    created_at: int = Field(ge=0, lt=1 << 40)
+    expires_at: int = Field(ge=0, lt=1 << 40)
+    payload: dict[str, Any]
+    signature: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]*$", max_length=132)]
+
+    @field_validator("sender", "recipient")
+    @classmethod
+    def _checksummed(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from eth_utils import to_checksum_address
+
+        if to_checksum_address(value) != value:
+            raise ValueError("address must be checksummed (EIP-55)")
+        return value
+
+    def digest(self) -> bytes:
+        """Recompute the EIP-712 digest from the signed fields."""
+        try:
+            phash = payload_hash(self.payload)
+        except CanonicalError as exc:
+            raise EnvelopeError("bad_payload", str(exc)) from exc
+        return envelope_digest(
+            type_=self.type,
+            version=self.version,
+            network_id=self.network_id,
+            chain_id=self.chain_id,
+            sender=self.sender,
+            recipient=self.recipient,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            payload_hash=phash,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def sign_envelope(
+    identity: Identity,
+    *,
+    type_: str,
+    network_id: str,
+    chain_id: int,
+    payload: dict[str, Any],
+    recipient: str | None = None,
+    ttl_s: int = 3600,
+    now: int | None = None,
+) -> Envelope:
+    """Build and sign an envelope from ``identity``."""
+    created = int(time.time()) if now is None else now
+    fields = {
+        "type": type_,
+        "version": ENVELOPE_VERSION,
+        "network_id": network_id,
+        "chain_id": chain_id,
+        "sender": identity.address,
+        "recipient": recipient,
+        "created_at": created,
+        "expires_at": created + ttl_s,
+        "payload": payload,
+    }
+    digest = envelope_digest(
+        type_=type_,
+        version=ENVELOPE_VERSION,
+        network_id=network_id,
+        chain_id=chain_id,
+        sender=identity.address,
+        recipient=recipient,
+        created_at=created,
+        expires_at=created + ttl_s,
+        payload_hash=payload_hash(payload),
+    )
+    signature = identity.sign_digest(digest)
+    return Envelope(**fields, id="0x" + digest.hex(), signature="0x" + signature.hex())
+
+
+def recover_signer(digest: bytes, signature_hex: str) -> str:
+    """The address that signed ``digest``; refuses empty, malformed and high-s signatures."""
+    if signature_hex in ("", "0x"):
+        raise EnvelopeError("empty_signature")
+    try:
+        sig = bytes.fromhex(signature_hex[2:])
+    except ValueError as exc:
+        raise EnvelopeError("bad_signature", "not hex") from exc
+    if len(sig) != 65:
+        raise EnvelopeError("bad_signature", f"{len(sig)} bytes, expected 65")
+    r = int.from_bytes(sig[:32], "big")
+    s = int.from_bytes(sig[32:64], "big")
+    v = sig[64]
+    if v not in (27, 28):
+        raise EnvelopeError("bad_signature", "v must be 27 or 28")
+    if not (0 < r < SECP256K1_N) or not (0 < s < SECP256K1_N):
+        raise EnvelopeError("bad_signature", "r or s out of range")
+    if s > SECP256K1_HALF_N:
+        raise EnvelopeError("high_s_signature", "malleable twin (s > n/2)")
+    try:
+        public = coincurve.PublicKey.from_signature_and_message(
+            sig[:64] + bytes([v - 27]), digest, hasher=None
+        )
+    except Exception as exc:  # coincurve raises plain Exception on unrecoverable input
+        raise EnvelopeError("bad_signature", "does not recover") from exc
+    return address_from_public_key(public.format(compressed=False))
+
+
+def check_envelope(
+    env: Envelope,
+    *,
+    network_id: str,
+    chain_id: int,
+    me: str | None,
+    clock_skew_s: int,
+    max_ttl_s: int,
+    now: float | None = None,
+) -> bytes:
+    """Run the stateless checks on ``env``; returns its digest. Raises EnvelopeError."""
+    digest = env.digest()
+    if "0x" + digest.hex() != env.id:
+        raise EnvelopeError("id_mismatch", "id is not the EIP-712 hash of the fields")
+    if env.network_id != network_id:
+        raise EnvelopeError("wrong_network", env.network_id)
+    if env.chain_id != chain_id:
+        raise EnvelopeError("wrong_chain", str(env.chain_id))
+    if env.recipient is not None and env.recipient != me:
+        raise EnvelopeError("wrong_recipient", env.recipient)
+    t = time.time() if now is None else now
+    if env.expires_at <= env.created_at:
+        raise EnvelopeError("bad_expiry", "expires_at must follow created_at")
+    if env.expires_at - env.created_at > max_ttl_s:
+        raise EnvelopeError("bad_expiry", f"lifetime over {max_ttl_s} s")
+    if env.created_at > t + clock_skew_s:
+        raise EnvelopeError("from_future", "created_at beyond the clock-skew window", penalise=False)
+    if env.expires_at < t - clock_skew_s:
+        raise EnvelopeError("expired", "past expires_at", penalise=False)
+    signer = recover_signer(digest, env.signature)
+    if signer != env.sender:
+        raise EnvelopeError("bad_signature", "signer is not the sender")
+    return digest

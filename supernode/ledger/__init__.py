@@ -1,0 +1,1 @@
+"""The SQLite ledger: tables, engine and repositories. No HTTP, chain or transport here."""

@@ -1,0 +1,163 @@
+"""Ledger tables (SQLAlchemy 2 declarative). All amounts are integers.
+
+Alembic migrations in `migrations/` create these; keep the two in step
+(`alembic revision --autogenerate` against a fresh database shows any drift).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SeenEnvelope(Base):
+    """Every envelope this daemon accepted, once: the duplicate filter (it survives a
+    restart) and the log that anti-entropy serves from, in local order (``seq``)."""
+
+    __tablename__ = "seen_envelopes"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(66), unique=True)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    sender: Mapped[str] = mapped_column(String(42), index=True)
+    recipient: Mapped[str | None] = mapped_column(String(42))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    received_at: Mapped[float] = mapped_column(Float)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Message(Base):
+    """A supernode-to-supernode message (the Pastel layer's `messages`)."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    envelope_id: Mapped[str] = mapped_column(
+        String(66), ForeignKey("seen_envelopes.id"), unique=True
+    )
+    sending_sn_address: Mapped[str] = mapped_column(String(42), index=True)
+    receiving_sn_address: Mapped[str | None] = mapped_column(String(42), index=True)
+    message_type: Mapped[str] = mapped_column(String(64), index=True)
+    message_body: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(132))
+    timestamp: Mapped[int] = mapped_column(BigInteger, index=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class MessageMetadata(Base):
+    """Counts and bytes of messages by type."""
+
+    __tablename__ = "message_metadata"
+
+    message_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    total_messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MessageSenderMetadata(Base):
+    """Counts and bytes of messages by sending supernode."""
+
+    __tablename__ = "message_sender_metadata"
+
+    sending_sn_address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    total_messages_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_data_sent_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MessageReceiverMetadata(Base):
+    """Counts and bytes of messages by receiving supernode ('*' for a broadcast)."""
+
+    __tablename__ = "message_receiver_metadata"
+
+    receiving_sn_address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    total_messages_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_data_received_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MessageSenderReceiverMetadata(Base):
+    """Counts and bytes of messages by (sender, receiver) pair."""
+
+    __tablename__ = "message_sender_receiver_metadata"
+
+    sending_sn_address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    receiving_sn_address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    total_messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_data_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UserMessage(Base):
+    """A message between two user addresses, relayed and attested by a supernode."""
+
+    __tablename__ = "user_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    envelope_id: Mapped[str] = mapped_column(
+        String(66), ForeignKey("seen_envelopes.id"), unique=True
+    )
+    from_address: Mapped[str] = mapped_column(String(42), index=True)
+    to_address: Mapped[str] = mapped_column(String(42), index=True)
+    message_body: Mapped[str] = mapped_column(Text)
+    relayed_by: Mapped[str] = mapped_column(String(42))
+    timestamp: Mapped[int] = mapped_column(BigInteger, index=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class Peer(Base):
+    """What this daemon knows of each member: liveness, collateral, sync cursor, ban."""
+
+    __tablename__ = "peers"
+
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    url: Mapped[str] = mapped_column(String(512))
+    public_key: Mapped[str] = mapped_column(String(132))
+    collateral_wei: Mapped[int | None] = mapped_column(Text)  # decimal text: wei exceeds 64 bits
+    eligible: Mapped[bool] = mapped_column(default=False)
+    collateral_checked_at: Mapped[float | None] = mapped_column(Float)
+    collateral_block: Mapped[int | None] = mapped_column(BigInteger)
+    last_seen_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sync_cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    penalty_points: Mapped[int] = mapped_column(Integer, default=0)
+    banned_until: Mapped[float | None] = mapped_column(Float)
+
+
+class PeerPenalty(Base):
+    """One penalty given to a peer, with the reason (kept for inspection and for bans)."""
+
+    __tablename__ = "peer_penalties"
+    __table_args__ = (Index("ix_peer_penalties_peer_at", "peer_address", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    peer_address: Mapped[str] = mapped_column(String(42))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    envelope_id: Mapped[str | None] = mapped_column(String(66))
+    points: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float)
+
+
+class UsedChallenge(Base):
+    """Authentication challenges already answered (single use, even across a restart)."""
+
+    __tablename__ = "used_challenges"
+    __table_args__ = (UniqueConstraint("challenge_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    challenge_id: Mapped[str] = mapped_column(String(66))
+    address: Mapped[str] = mapped_column(String(42))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
