@@ -126,7 +126,6 @@ class Settings(BaseSettings):
     # Log lines kept in memory for /show_logs and the log stream.
     log_ring_lines: int = Field(default=20_000, gt=0)
 
-
     def check_safe(self) -> None:
         """Refuse unsafe settings at start."""
         problems: list[str] = []

@@ -154,6 +154,14 @@ def recover_signer(digest: bytes, signature_hex: str) -> str:
     return address_from_public_key(public.format(compressed=False))
 
 
+def check_id(env: Envelope) -> bytes:
+    """Recompute the digest and compare it with the claimed id; returns the digest."""
+    digest = env.digest()
+    if "0x" + digest.hex() != env.id:
+        raise EnvelopeError("id_mismatch", "id is not the EIP-712 hash of the fields")
+    return digest
+
+
 def check_envelope(
     env: Envelope,
     *,
@@ -163,11 +171,13 @@ def check_envelope(
     clock_skew_s: int,
     max_ttl_s: int,
     now: float | None = None,
+    digest: bytes | None = None,
 ) -> bytes:
-    """Run the stateless checks on ``env``; returns its digest. Raises EnvelopeError."""
-    digest = env.digest()
-    if "0x" + digest.hex() != env.id:
-        raise EnvelopeError("id_mismatch", "id is not the EIP-712 hash of the fields")
+    """Run the stateless checks on ``env``; returns its digest. Raises EnvelopeError.
+
+    ``digest`` may be passed when the caller already recomputed and compared the id."""
+    if digest is None:
+        digest = check_id(env)
     if env.network_id != network_id:
         raise EnvelopeError("wrong_network", env.network_id)
     if env.chain_id != chain_id:
@@ -180,7 +190,9 @@ def check_envelope(
     if env.expires_at - env.created_at > max_ttl_s:
         raise EnvelopeError("bad_expiry", f"lifetime over {max_ttl_s} s")
     if env.created_at > t + clock_skew_s:
-        raise EnvelopeError("from_future", "created_at beyond the clock-skew window", penalise=False)
+        raise EnvelopeError(
+            "from_future", "created_at beyond the clock-skew window", penalise=False
+        )
     if env.expires_at < t - clock_skew_s:
         raise EnvelopeError("expired", "past expires_at", penalise=False)
     signer = recover_signer(digest, env.signature)

@@ -102,9 +102,7 @@ def check_passphrase_strength(passphrase: str) -> None:
         )
 
 
-def write_keystore(
-    path: Path, identity: Identity, passphrase: str, *, light: bool = False
-) -> None:
+def write_keystore(path: Path, identity: Identity, passphrase: str, *, light: bool = False) -> None:
     """Encrypt ``identity`` into ``path`` (mode 0600); refuses to overwrite."""
     check_passphrase_strength(passphrase)
     if path.exists():

@@ -1,0 +1,1 @@
+"""FastAPI routers only: parse, call a service, shape the reply."""

@@ -1,0 +1,96 @@
+"""Request dependencies: the node, and who is calling (operator, user)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from fastapi import Header, Request
+
+from supernode.errors import Forbidden, Unauthorized, Unavailable
+from supernode.federation.challenges import Challenge, ChallengeError
+from supernode.node import Node
+
+AUTH_HEADERS = "X-Auth-Address, X-Auth-Challenge-Id and X-Auth-Signature"
+
+
+def get_node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    if not node.ready:
+        raise Unavailable("the daemon is starting or stopping")
+    return node
+
+
+@dataclass(frozen=True)
+class Caller:
+    address: str
+    operator: bool
+
+
+async def prove(
+    node: Node,
+    endpoint: str,
+    address: str | None,
+    challenge_id: str | None,
+    signature: str | None,
+) -> Challenge:
+    """Check a challenge answer sent in the X-Auth-* headers; returns the challenge."""
+    if not (address and challenge_id and signature):
+        raise Unauthorized(
+            f"sign a challenge from /request_challenge/{{address}}?endpoint={endpoint} "
+            f"and send {AUTH_HEADERS}"
+        )
+    try:
+        return await node.challenges.answer(address, endpoint, challenge_id, signature)
+    except ChallengeError as exc:
+        raise Unauthorized(f"challenge refused: {exc}") from exc
+
+
+def user_auth(endpoint: str):  # type: ignore[no-untyped-def]
+    """A caller that proved an address with a challenge bound to ``endpoint``
+    (or the operator, with the operator token)."""
+
+    async def dep(
+        request: Request,
+        x_auth_address: str | None = Header(default=None),
+        x_auth_challenge_id: str | None = Header(default=None),
+        x_auth_signature: str | None = Header(default=None),
+        authorization: str | None = Header(default=None),
+    ) -> Caller:
+        node = get_node(request)
+        if _token_ok(node, authorization):
+            return Caller(node.address, operator=True)
+        ch = await prove(node, endpoint, x_auth_address, x_auth_challenge_id, x_auth_signature)
+        return Caller(ch.address, operator=ch.address == node.address)
+
+    return dep
+
+
+def _token_ok(node: Node, authorization: str | None) -> bool:
+    token = node.settings.operator_token
+    if not token or not authorization or not authorization.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(authorization[7:].encode(), token.encode())
+
+
+def operator_auth(endpoint: str):  # type: ignore[no-untyped-def]
+    """The operator: the operator token, or a challenge signed with the node's own key."""
+
+    async def dep(
+        request: Request,
+        x_auth_address: str | None = Header(default=None),
+        x_auth_challenge_id: str | None = Header(default=None),
+        x_auth_signature: str | None = Header(default=None),
+        authorization: str | None = Header(default=None),
+    ) -> Caller:
+        node = get_node(request)
+        if _token_ok(node, authorization):
+            return Caller(node.address, operator=True)
+        if authorization and not x_auth_address:
+            raise Unauthorized("operator token refused")
+        ch = await prove(node, endpoint, x_auth_address, x_auth_challenge_id, x_auth_signature)
+        if ch.address != node.address:
+            raise Forbidden("operator only: the challenge must be signed with this node's key")
+        return Caller(ch.address, operator=True)
+
+    return dep

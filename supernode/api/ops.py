@@ -1,0 +1,108 @@
+"""Operations: health, readiness, metrics, logs (operator only), and the web page."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from supernode import __version__
+from supernode.api.deps import Caller, get_node, operator_auth
+from supernode.metrics import build_registry
+from supernode.node import Node
+
+router = APIRouter(tags=["operations"])
+PAGE = Path(__file__).with_name("page.html")
+WS_IDLE_PING_S = 20.0
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness: the process answers."""
+    node: Node = request.app.state.node
+    return {
+        "status": "ok",
+        "address": node.address,
+        "version": __version__,
+        "uptime_s": round(time.time() - node.started_at, 1),
+    }
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: started, ledger answering. Chain and membership are reported too."""
+    node: Node = request.app.state.node
+    checks: dict[str, Any] = {"started": node.ready}
+    try:
+        async with node.db.read() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["ledger"] = True
+    except Exception as exc:  # noqa: BLE001 - report, do not raise
+        checks["ledger"] = f"error: {type(exc).__name__}"
+    checks["chain"] = node.chain_ok
+    checks["membership_epoch"] = node.membership.epoch
+    checks["eligible_members"] = len(node.membership.eligible_members())
+    ok = node.ready and checks["ledger"] is True
+    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    app = request.app
+    if not hasattr(app.state, "metrics_registry"):
+        app.state.metrics_registry = build_registry(app.state.node)
+    return Response(generate_latest(app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/show_logs/{minutes}")
+async def show_logs(
+    minutes: float = PathParam(gt=0, le=7 * 24 * 60),
+    node: Node = Depends(get_node),
+    _op: Caller = Depends(operator_auth("/show_logs")),
+) -> dict[str, Any]:
+    """This daemon's log lines of the last ``minutes`` (operator only)."""
+    lines = node.ring.since(minutes * 60)
+    return {"minutes": minutes, "count": len(lines), "lines": lines}
+
+
+@router.websocket("/logs/stream")
+async def log_stream(websocket: WebSocket) -> None:
+    """Live log lines (operator only): `Authorization: Bearer <token>` or `?token=`."""
+    node: Node = websocket.app.state.node
+    token = node.settings.operator_token
+    offered = websocket.query_params.get("token") or ""
+    auth = websocket.headers.get("authorization", "")
+    if auth.startswith("Bearer "):
+        offered = auth[7:]
+    if not token or not hmac.compare_digest(offered.encode(), token.encode()):
+        await websocket.close(code=1008, reason="operator token required")
+        return
+    await websocket.accept()
+    queue = node.ring.subscribe()
+    try:
+        while True:
+            try:
+                line = await asyncio.wait_for(queue.get(), timeout=WS_IDLE_PING_S)
+            except TimeoutError:
+                await websocket.send_text("")  # keep-alive; also notices a gone client
+                continue
+            await websocket.send_text(line)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        node.ring.unsubscribe(queue)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    """A small page: peers, messages, metadata, and live logs with the operator token."""
+    return HTMLResponse(PAGE.read_text())

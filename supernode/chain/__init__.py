@@ -1,0 +1,1 @@
+"""EVM chain access (web3 AsyncWeb3): balances, blocks, and later payments."""

@@ -1,0 +1,63 @@
+"""A small, bounded view of the chain: every call has a timeout; only reads retry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from loguru import logger
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+T = TypeVar("T")
+
+
+class ChainError(Exception):
+    """The chain could not be read (timeout, connection refused, RPC error)."""
+
+
+class ChainClient:
+    def __init__(self, rpc_url: str, *, timeout_s: float, read_retries: int) -> None:
+        self.rpc_url = rpc_url
+        self.timeout_s = timeout_s
+        self.read_retries = read_retries
+        self.w3 = AsyncWeb3(
+            AsyncHTTPProvider(
+                rpc_url,
+                request_kwargs={"timeout": timeout_s},
+                exception_retry_configuration=None,  # our own bounded retries below
+            )
+        )
+
+    async def _read(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a read-only RPC call with a timeout, retrying (bounded, with back-off)."""
+        last: Exception | None = None
+        for attempt in range(self.read_retries + 1):
+            try:
+                return await asyncio.wait_for(call(), timeout=self.timeout_s)
+            except (TimeoutError, OSError, ValueError, Exception) as exc:  # noqa: BLE001
+                last = exc
+                if attempt < self.read_retries:
+                    await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        logger.warning(
+            "chain read {} failed after {} tries: {!r}", what, self.read_retries + 1, last
+        )
+        raise ChainError(f"{what}: {last!r}") from last
+
+    async def chain_id(self) -> int:
+        return await self._read("eth_chainId", lambda: self.w3.eth.chain_id)
+
+    async def block_number(self) -> int:
+        return await self._read("eth_blockNumber", lambda: self.w3.eth.block_number)
+
+    async def balance(self, address: str, block: int | None = None) -> int:
+        ident = block if block is not None else "latest"
+        return await self._read(
+            "eth_getBalance", lambda: self.w3.eth.get_balance(address, block_identifier=ident)
+        )
+
+    async def close(self) -> None:
+        try:
+            await self.w3.provider.disconnect()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass

@@ -1,0 +1,91 @@
+"""`supernode client ...`: the SDK from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from supernode.client import SupernodeAPIError, SupernodeClient
+
+
+def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from supernode.crypto.keys import Identity, load_keystore, read_passphrase
+
+    if args.key_env and os.environ.get(args.key_env):
+        return Identity.from_hex(os.environ[args.key_env])
+    if args.keystore:
+        pass_file = Path(args.passphrase_file) if args.passphrase_file else None
+        passphrase = read_passphrase(os.environ.get("SUPERNODE_KEYSTORE_PASSPHRASE"), pass_file)
+        return load_keystore(Path(args.keystore), passphrase)
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    client = SupernodeClient(
+        args.supernode,
+        identity=_identity(args),
+        operator_token=os.environ.get("SUPERNODE_OPERATOR_TOKEN") or args.token,
+    )
+    try:
+        result: Any
+        if args.action == "info":
+            result = client.info()
+        elif args.action == "supernodes":
+            result = client.supernodes()
+        elif args.action == "messages":
+            result = client.messages(args.minutes, args.type)
+        elif args.action == "broadcast":
+            result = client.broadcast_to_all(args.type or "note", args.text, wait_s=5)
+        elif args.action == "send-user-message":
+            result = client.send_user_message(args.to, args.text)
+        elif args.action == "user-messages":
+            result = client.user_messages()
+        elif args.action == "logs":
+            sys.stdout.write("\n".join(client.show_logs(args.minutes)) + "\n")
+            return 0
+        else:  # pragma: no cover - argparse restricts choices
+            return 2
+    except SupernodeAPIError as exc:
+        sys.stderr.write(f"supernode client: {exc}\n")
+        return 1
+    except ValueError as exc:
+        sys.stderr.write(f"supernode client: {exc}\n")
+        return 2
+    finally:
+        client.close()
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def add_client_commands(sub: Any) -> None:
+    c = sub.add_parser("client", help="talk to a supernode as a user or its operator")
+    c.add_argument(
+        "action",
+        choices=[
+            "info",
+            "supernodes",
+            "messages",
+            "broadcast",
+            "send-user-message",
+            "user-messages",
+            "logs",
+        ],
+    )
+    c.add_argument("text", nargs="?", default="", help="message text")
+    c.add_argument("--supernode", default="http://127.0.0.1:7123", help="the supernode's URL")
+    c.add_argument("--keystore", help="user key: an eth-account keystore file")
+    c.add_argument("--passphrase-file", help="its passphrase (else $SUPERNODE_KEYSTORE_PASSPHRASE)")
+    c.add_argument(
+        "--key-env",
+        default="SUPERNODE_USER_KEY",
+        help="env var holding a hex private key (default SUPERNODE_USER_KEY)",
+    )
+    c.add_argument("--token", help="operator token (else $SUPERNODE_OPERATOR_TOKEN)")
+    c.add_argument("--to", help="recipient address")
+    c.add_argument("--type", help="message type")
+    c.add_argument("--minutes", type=float, default=60)
+    c.set_defaults(func=_run)

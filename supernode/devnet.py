@@ -1,0 +1,340 @@
+"""A local federation of real processes: anvil, a network file, funded collateral and
+`supernode run` daemons on free 127.0.0.1 ports. `supernode devnet` runs one until
+Ctrl-C; the integration tests and the benchmarks use the same class."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from supernode.crypto.keys import Identity, load_keystore, write_secret_file
+from supernode.federation.network import NetworkFile, init_network
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ANVIL_IN_PROJECT = (
+    PROJECT_ROOT / ".tools/anvil/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+)
+# anvil's first well-known dev account (funded with 10,000 ETH on every anvil start)
+ANVIL_DEV_ACCOUNT = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+DEVNET_CHAIN_ID = 31337
+ETH = 10**18
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+class DevnetError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def anvil_binary() -> str:
+    for cand in (
+        os.environ.get("SUPERNODE_ANVIL_BIN"),
+        str(ANVIL_IN_PROJECT),
+        shutil.which("anvil"),
+    ):
+        if cand and Path(cand).is_file():
+            return cand
+    raise DevnetError("anvil not found: run ./set_up_project.sh (it installs @foundry-rs/anvil)")
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)
+
+
+class Anvil:
+    """anvil on 127.0.0.1 at a free port (the binary itself, not the npm wrapper)."""
+
+    def __init__(
+        self, log_path: Path, chain_id: int = DEVNET_CHAIN_ID, block_time: int | None = None
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.chain_id = chain_id
+        self.log_path = log_path
+        self.block_time = block_time
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [
+            anvil_binary(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--chain-id",
+            str(self.chain_id),
+        ]
+        if self.block_time:
+            args += ["--block-time", str(self.block_time)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise DevnetError(f"anvil exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                if int(self.rpc("eth_chainId"), 16) == self.chain_id:
+                    return
+            except (httpx.HTTPError, DevnetError):
+                time.sleep(0.05)
+        raise DevnetError("anvil did not answer within 20 s")
+
+    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+        resp = httpx.post(
+            self.url,
+            json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []},
+            timeout=10,
+        )
+        data = resp.json()
+        if "error" in data:
+            raise DevnetError(f"{method}: {data['error']}")
+        return data["result"]
+
+    def send_eth(self, to: str, wei: int, sender: str = ANVIL_DEV_ACCOUNT) -> str:
+        return self.rpc("eth_sendTransaction", [{"from": sender, "to": to, "value": hex(wei)}])
+
+    def balance(self, address: str) -> int:
+        return int(self.rpc("eth_getBalance", [address, "latest"]), 16)
+
+    def mine(self, blocks: int = 1) -> None:
+        self.rpc("anvil_mine", [hex(blocks)])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_process(self.proc)
+            self.proc = None
+
+
+@dataclass
+class Daemon:
+    """One `supernode run` process."""
+
+    index: int
+    address: str
+    url: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def token(self) -> str:
+        return self.env["SUPERNODE_OPERATOR_TOKEN"]
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supernode.cli", "run", "--env-file", "/dev/null"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(self.env["SUPERNODE_DATA_DIR"]),
+        )
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise DevnetError(f"daemon {self.index} exited ({self.proc.returncode}):\n{tail}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise DevnetError(
+            f"daemon {self.index} not ready within {timeout_s:.0f} s; see {self.log_path}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_process(self.proc)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class LocalFederation:
+    """anvil + a network file + ``peers`` daemons (+ ``extra_members`` listed but not run).
+
+    ``unfunded`` lists member indexes given no collateral (they show as ineligible)."""
+
+    root: Path
+    peers: int = 4
+    extra_members: int = 0
+    unfunded: tuple[int, ...] = ()
+    settings: dict[str, str] = field(default_factory=dict)
+    min_collateral_wei: int = 1 * ETH
+    epoch_blocks: int = 10
+    anvil: Anvil | None = None
+    network: NetworkFile | None = None
+    daemons: list[Daemon] = field(default_factory=list)
+    passphrase: str = ""
+
+    def start(self) -> None:
+        self.root = self.root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.anvil = Anvil(self.root / "anvil.log")
+        self.anvil.start()
+        self.passphrase = secrets.token_urlsafe(24)
+        pass_file = self.root / "keys.pass"
+        write_secret_file(pass_file, self.passphrase)
+        ports = [free_port() for _ in range(self.peers + self.extra_members)]
+        net, keystores = init_network(
+            self.root,
+            urls=[f"http://127.0.0.1:{p}" for p in ports],
+            chain_id=DEVNET_CHAIN_ID,
+            passphrase=self.passphrase,
+            credit_price_wei=10**12,
+            min_collateral_wei=self.min_collateral_wei,
+            confirmations_required=1,
+            epoch_blocks=self.epoch_blocks,
+            light_kdf=True,
+        )
+        self.network = net
+        for i, m in enumerate(net.members):
+            if i not in self.unfunded:
+                self.anvil.send_eth(m.address, 2 * self.min_collateral_wei)
+        for i in range(self.peers):
+            node_dir = self.root / f"node-{i}"
+            node_dir.mkdir(exist_ok=True)
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("SUPERNODE_")},
+                "SUPERNODE_DATA_DIR": str(node_dir),
+                "SUPERNODE_NETWORK_FILE": str(self.root / "network.json"),
+                "SUPERNODE_KEYSTORE_FILE": str(keystores[i]),
+                "SUPERNODE_KEYSTORE_PASSPHRASE_FILE": str(pass_file),
+                "SUPERNODE_DATABASE_FILE": str(node_dir / "supernode.sqlite"),
+                "SUPERNODE_HOST": "127.0.0.1",
+                "SUPERNODE_PORT": str(ports[i]),
+                "SUPERNODE_CHAIN_RPC_URL": self.anvil.url,
+                "SUPERNODE_CHAIN_ID": str(DEVNET_CHAIN_ID),
+                "SUPERNODE_OPERATOR_TOKEN": secrets.token_urlsafe(32),
+                "SUPERNODE_MEMBERSHIP_INTERVAL_S": "1",
+                **self.settings,
+            }
+            self.daemons.append(
+                Daemon(
+                    i,
+                    net.members[i].address,
+                    net.members[i].url,
+                    ports[i],
+                    env,
+                    node_dir / "daemon.log",
+                )
+            )
+        for d in self.daemons:
+            d.start()
+        for d in self.daemons:
+            d.wait_ready()
+
+    def identity(self, index: int) -> Identity:
+        """A member's key (for tests that act as that member)."""
+        return load_keystore(self.root / f"member-{index}.keystore.json", self.passphrase)
+
+    def stop(self) -> None:
+        for d in self.daemons:
+            d.stop()
+        if self.anvil is not None:
+            self.anvil.stop()
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_devnet(peers: int, root: Path) -> int:
+    """`supernode devnet`: start a local federation, print how to use it, wait for Ctrl-C."""
+    if root.exists():
+        shutil.rmtree(root)
+    fed = LocalFederation(root=root, peers=peers)
+    stop = {"now": False}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        fed.start()
+        d0 = fed.daemons[0]
+        lines = [
+            f"Supernode devnet: {peers} supernodes, anvil at {fed.anvil.url} (chain {DEVNET_CHAIN_ID})",
+            f"state and logs: {root}",
+            "",
+        ]
+        for d in fed.daemons:
+            lines.append(f"  supernode {d.index}  {d.url}  {d.address}  operator token: {d.token}")
+        lines += [
+            "",
+            "Try:",
+            f"  curl -s {d0.url}/supernode_list_json",
+            f"  curl -s -X POST {d0.url}/broadcast_message_to_all_sns \\",
+            f"       -H 'Authorization: Bearer {d0.token}' -H 'content-type: application/json' \\",
+            '       -d \'{"message_type": "hello", "message_body": "hi all", "wait_s": 5}\'',
+            f"  curl -s '{fed.daemons[-1].url}/get_messages?last_k_minutes=10'",
+            f"  open {d0.url}/ in a browser; API docs at {d0.url}/docs",
+            "",
+            "Ctrl-C stops every process the devnet started.",
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        while not stop["now"]:
+            time.sleep(0.5)
+            for d in fed.daemons:
+                if not d.running:
+                    sys.stdout.write(f"supernode {d.index} exited; see {d.log_path}\n")
+                    stop["now"] = True
+        return 0
+    except DevnetError as exc:
+        sys.stderr.write(f"devnet: {exc}\n")
+        return 1
+    finally:
+        sys.stdout.write("stopping the devnet...\n")
+        fed.stop()

@@ -1,0 +1,50 @@
+"""One exception root for what the daemon refuses, and its HTTP status."""
+
+from __future__ import annotations
+
+
+class SupernodeError(Exception):
+    """Root of the errors a caller can cause or be told about."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(SupernodeError):
+    """The request is malformed or breaks a rule."""
+
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(SupernodeError):
+    """No valid proof of who is calling."""
+
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(SupernodeError):
+    """The caller is known but may not do this (not the operator, banned, not a member)."""
+
+    status, code = 403, "forbidden"
+
+
+class NotFound(SupernodeError):
+    """No such record."""
+
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(SupernodeError):
+    """The body is over the configured limit."""
+
+    status, code = 413, "payload_too_large"
+
+
+class Unavailable(SupernodeError):
+    """The daemon cannot serve this right now (starting, stopping, dependency down)."""
+
+    status, code = 503, "unavailable"

@@ -1,0 +1,1 @@
+"""Membership, quorum, gossip (push and anti-entropy pull), intake and peer scoring."""

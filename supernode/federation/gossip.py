@@ -1,0 +1,297 @@
+"""Gossip: push every new envelope to its peers, and pull what was missed.
+
+Push: one link per peer, one keep-alive HTTP client each. A link sends what is queued as
+one batch (up to push_batch_max), so batching grows with load and costs no latency when
+idle. A failed batch is retried with exponential back-off (bounded); when the retries run
+out the peer is marked down for a while and its queue is dropped: anti-entropy delivers it
+when the peer is back (the peer pulls from us).
+
+Pull (anti-entropy): a job asks each peer, in turn, for envelopes after its cursor (the
+peer's local log position), page by page, and stores them through the intake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from loguru import logger
+
+from supernode.crypto.keys import Identity
+from supernode.federation.handlers import Checked
+from supernode.federation.intake import Intake
+from supernode.federation.network import Member, NetworkFile
+from supernode.federation.transport import batch_body, sync_request
+from supernode.ledger import peers as peers_repo
+from supernode.ledger.db import Database
+
+
+@dataclass
+class PushSettings:
+    timeout_s: float
+    retries: int
+    backoff_s: float
+    batch_max: int
+    queue_max: int
+
+
+class PeerDown(Exception):
+    """The peer did not take the push; anti-entropy will deliver it later."""
+
+
+class PeerLink:
+    def __init__(
+        self,
+        member: Member,
+        identity: Identity,
+        network: NetworkFile,
+        cfg: PushSettings,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.member = member
+        self.identity = identity
+        self.network = network
+        self.cfg = cfg
+        self.client = client
+        self.queue: deque[tuple[str, bytes, asyncio.Future[Any] | None]] = deque()
+        self.wakeup = asyncio.Event()
+        self.down_until = 0.0
+        self.sent = 0
+        self.failed_batches = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"push-{self.member.address[:10]}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._drop_all("daemon stopping")
+
+    def enqueue(self, env_id: str, raw: bytes, waiter: asyncio.Future[Any] | None) -> None:
+        if time.time() < self.down_until:
+            self.dropped += 1
+            if waiter is not None and not waiter.done():
+                waiter.set_result({"ok": False, "error": f"peer down: {self.last_error}"})
+            return
+        if len(self.queue) >= self.cfg.queue_max:
+            _, _, old = self.queue.popleft()
+            self.dropped += 1
+            if old is not None and not old.done():
+                old.set_result({"ok": False, "error": "push queue full"})
+        self.queue.append((env_id, raw, waiter))
+        self.wakeup.set()
+
+    def _drop_all(self, why: str) -> None:
+        while self.queue:
+            _, _, fut = self.queue.popleft()
+            self.dropped += 1
+            if fut is not None and not fut.done():
+                fut.set_result({"ok": False, "error": why})
+
+    async def _run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                n = min(len(self.queue), self.cfg.batch_max)
+                batch = [self.queue.popleft() for _ in range(n)]
+                result = await self._send(batch)
+                for _, _, fut in batch:
+                    if fut is not None and not fut.done():
+                        fut.set_result(result)
+                if not result["ok"]:
+                    self._drop_all(f"peer down: {result['error']}")
+
+    async def _send(self, batch: list[tuple[str, bytes, Any]]) -> dict[str, Any]:
+        ids = [b[0] for b in batch]
+        raws = [b[1] for b in batch]
+        delay = self.cfg.backoff_s
+        error = ""
+        for attempt in range(self.cfg.retries + 1):
+            body = batch_body(
+                self.identity,
+                self.network.network_id,
+                self.network.chain_id,
+                self.member.address,
+                ids,
+                raws,
+            )
+            try:
+                resp = await self.client.post(
+                    f"{self.member.url}/p2p/envelopes",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=self.cfg.timeout_s,
+                )
+                if resp.status_code == 200:
+                    self.sent += len(batch)
+                    self.last_error = None
+                    report = resp.json()
+                    return {"ok": True, **report}
+                error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                    break  # refused, not failed: retrying will not help
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < self.cfg.retries:
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay *= 2
+        self.failed_batches += 1
+        self.last_error = error
+        self.down_until = time.time() + delay
+        logger.warning(
+            "push of {} envelopes to {} failed ({}); peer marked down for {:.1f} s, "
+            "anti-entropy will deliver",
+            len(batch),
+            self.member.address,
+            error,
+            delay,
+        )
+        return {"ok": False, "error": error}
+
+
+class Gossip:
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        network: NetworkFile,
+        db: Database,
+        intake: Intake,
+        push: PushSettings,
+        page: int,
+        pull_timeout_s: float,
+        round_s: float,
+    ) -> None:
+        self.identity = identity
+        self.me = identity.address
+        self.network = network
+        self.db = db
+        self.intake = intake
+        self.page = page
+        self.pull_timeout_s = pull_timeout_s
+        self.round_s = round_s
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+        self.links: dict[str, PeerLink] = {}
+        self._clients: list[httpx.AsyncClient] = []
+        for m in network.members:
+            if m.address == self.me:
+                continue
+            client = httpx.AsyncClient(limits=limits, timeout=push.timeout_s)
+            self._clients.append(client)
+            self.links[m.address] = PeerLink(m, identity, network, push, client)
+        self.pulled = 0
+
+    def start(self) -> None:
+        for link in self.links.values():
+            link.start()
+
+    async def stop(self) -> None:
+        for link in self.links.values():
+            await link.stop()
+        for client in self._clients:
+            await client.aclose()
+
+    def push(self, items: list[Checked], *, wait: bool = False) -> list[asyncio.Future[Any]]:
+        """Queue envelopes to their peers: to the recipient only, or to every peer."""
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[Any]] = []
+        for c in items:
+            targets = (
+                [self.links[c.env.recipient]]
+                if c.env.recipient in self.links
+                else []
+                if c.env.recipient is not None
+                else list(self.links.values())
+            )
+            for link in targets:
+                fut = loop.create_future() if wait else None
+                if fut is not None:
+                    waiters.append(fut)
+                link.enqueue(c.env.id, c.raw, fut)
+        return waiters
+
+    async def wait_delivered(
+        self, waiters: list[asyncio.Future[Any]], timeout_s: float
+    ) -> list[dict[str, Any]]:
+        if not waiters:
+            return []
+        done, _ = await asyncio.wait(waiters, timeout=timeout_s)
+        return [w.result() if w in done else {"ok": False, "error": "timeout"} for w in waiters]
+
+    # -- anti-entropy ----------------------------------------------------------------
+    async def _pull_peer(self, link: PeerLink, cursor: int, deadline: float) -> tuple[int, int]:
+        """Pull pages from one peer until it has nothing more; returns (cursor, stored)."""
+        stored = 0
+        client = link.client
+        while time.time() < deadline:
+            req = sync_request(
+                self.identity,
+                self.network.network_id,
+                self.network.chain_id,
+                link.member.address,
+                cursor,
+                self.page,
+            )
+            resp = await client.post(
+                f"{link.member.url}/p2p/sync",
+                content=req.model_dump_json(),
+                headers={"content-type": "application/json"},
+                timeout=self.pull_timeout_s,
+            )
+            if resp.status_code != 200:
+                raise httpx.HTTPStatusError(
+                    f"HTTP {resp.status_code}: {resp.text[:200]}",
+                    request=resp.request,
+                    response=resp,
+                )
+            data = json.loads(resp.content)
+            envs, next_cursor, more = data["envelopes"], int(data["next_cursor"]), data["more"]
+            if envs:
+                report = await self.intake.ingest(envs, via=link.member.address)
+                stored += len(report.accepted)
+            if next_cursor != cursor:
+                cursor = next_cursor
+                async with self.db.write() as conn:
+                    await peers_repo.set_cursor(conn, link.member.address, cursor)
+            if not more:
+                break
+        return cursor, stored
+
+    async def anti_entropy_round(self) -> int:
+        """One round over every peer (bounded by round_s). Returns envelopes stored."""
+        deadline = time.time() + self.round_s
+        async with self.db.read() as conn:
+            cursors = {r["address"]: r["sync_cursor"] for r in await peers_repo.all_peers(conn)}
+        total = 0
+        for addr, link in self.links.items():
+            if time.time() >= deadline:
+                break
+            try:
+                _, stored = await self._pull_peer(link, cursors.get(addr, 0), deadline)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                async with self.db.write() as conn:
+                    await peers_repo.mark_contact(conn, addr, time.time(), f"pull: {exc!r}"[:300])
+                continue
+            total += stored
+            async with self.db.write() as conn:
+                await peers_repo.mark_contact(conn, addr, time.time(), None)
+            if link.down_until and time.time() < link.down_until:
+                link.down_until = 0.0  # it answered: push to it again
+        if total:
+            logger.info("anti-entropy stored {} envelopes", total)
+        self.pulled += total
+        return total

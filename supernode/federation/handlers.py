@@ -1,0 +1,52 @@
+"""Envelope types the ledger stores: each type names how to validate and store it.
+
+Services register a handler per type; the intake looks the type up after the signature
+check. Unknown types are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from supernode.crypto.envelope import Envelope
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An envelope that passed every check, with its canonical bytes."""
+
+    env: Envelope
+    raw: bytes
+
+
+class EnvelopeHandler(Protocol):
+    type: str
+
+    def validate(self, env: Envelope) -> None:
+        """Business rule on the payload; raises EnvelopeError."""
+
+    async def store(
+        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
+    ) -> None:
+        """Write the type's own rows for new envelopes (same transaction as the log)."""
+
+
+class HandlerRegistry:
+    def __init__(self) -> None:
+        self._handlers: dict[str, EnvelopeHandler] = {}
+
+    def register(self, handler: EnvelopeHandler) -> None:
+        if handler.type in self._handlers:
+            raise ValueError(f"handler for {handler.type} registered twice")
+        self._handlers[handler.type] = handler
+
+    def get(self, type_: str) -> EnvelopeHandler | None:
+        return self._handlers.get(type_)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self._handlers)

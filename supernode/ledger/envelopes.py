@@ -1,0 +1,70 @@
+"""The seen-envelope log: duplicate filter and anti-entropy source."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from supernode.ledger.models import SeenEnvelope
+
+t = SeenEnvelope.__table__
+
+# SQLite allows 32766 bound parameters; stay well under it per IN (...) query.
+_IN_CHUNK = 900
+
+
+async def known_ids(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
+    """Which of ``ids`` are already in the log."""
+    wanted = list(dict.fromkeys(ids))
+    found: set[str] = set()
+    for i in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[i : i + _IN_CHUNK]
+        rows = await conn.execute(select(t.c.id).where(t.c.id.in_(chunk)))
+        found.update(r[0] for r in rows)
+    return found
+
+
+async def insert_envelopes(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Append envelopes (already checked to be new, in this same write transaction)."""
+    if rows:
+        await conn.execute(insert(t), list(rows))
+
+
+async def envelopes_after(
+    conn: AsyncConnection, after_seq: int, for_address: str, limit: int
+) -> list[tuple[int, bytes]]:
+    """Envelopes past ``after_seq`` that ``for_address`` may see (broadcasts and its own)."""
+    rows = await conn.execute(
+        select(t.c.seq, t.c.raw)
+        .where(t.c.seq > after_seq)
+        .where(or_(t.c.recipient.is_(None), t.c.recipient == for_address))
+        .order_by(t.c.seq)
+        .limit(limit)
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def last_seq(conn: AsyncConnection) -> int:
+    return (await conn.execute(select(func.coalesce(func.max(t.c.seq), 0)))).scalar_one()
+
+
+async def count_by_type(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(select(t.c.type, func.count()).group_by(t.c.type))
+    return {r[0]: r[1] for r in rows}
+
+
+async def prune_expired(conn: AsyncConnection, before: float) -> int:
+    """Drop log rows whose envelopes expired before ``before`` and that nothing else
+    references; an expired envelope is refused anyway, so the filter no longer needs it."""
+    from supernode.ledger.models import Message, UserMessage
+
+    referenced = select(Message.__table__.c.envelope_id).union(
+        select(UserMessage.__table__.c.envelope_id)
+    )
+    result = await conn.execute(
+        delete(t).where(t.c.expires_at < before).where(t.c.id.not_in(referenced))
+    )
+    return result.rowcount or 0

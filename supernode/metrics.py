@@ -1,0 +1,71 @@
+"""Prometheus metrics, read from the node's own counters at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from supernode.node import Node
+
+
+class NodeCollector:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        env = CounterMetricFamily(
+            "supernode_envelopes",
+            "Envelopes by intake verdict and reason",
+            labels=["verdict", "reason"],
+        )
+        for key, n in sorted(node.intake.counts.items()):
+            verdict, _, reason = key.partition(":")
+            env.add_metric([verdict, reason], n)
+        yield env
+        pushed = CounterMetricFamily(
+            "supernode_push_envelopes", "Envelopes pushed", labels=["peer"]
+        )
+        failed = CounterMetricFamily(
+            "supernode_push_failed_batches", "Push batches that ran out of retries", labels=["peer"]
+        )
+        dropped = CounterMetricFamily(
+            "supernode_push_dropped", "Envelopes left to anti-entropy", labels=["peer"]
+        )
+        queue = GaugeMetricFamily("supernode_push_queue", "Envelopes waiting", labels=["peer"])
+        for addr, link in node.gossip.links.items():
+            pushed.add_metric([addr], link.sent)
+            failed.add_metric([addr], link.failed_batches)
+            dropped.add_metric([addr], link.dropped)
+            queue.add_metric([addr], len(link.queue))
+        yield from (pushed, failed, dropped, queue)
+        yield CounterMetricFamily(
+            "supernode_anti_entropy_stored", "Envelopes stored from pulls", value=node.gossip.pulled
+        )
+        yield CounterMetricFamily(
+            "supernode_group_commits",
+            "Group-commit transactions",
+            value=node.intake.writer.commits,
+        )
+        yield GaugeMetricFamily(
+            "supernode_eligible_members",
+            "Members holding the minimum collateral",
+            value=len(node.membership.eligible_members()),
+        )
+        banned = [a for a in node.membership.eligible if node.scoring.banned_until(a)]
+        yield GaugeMetricFamily("supernode_banned_peers", "Peers banned now", value=len(banned))
+        yield GaugeMetricFamily(
+            "supernode_uptime_seconds", "Seconds since start", value=time.time() - node.started_at
+        )
+
+
+def build_registry(node: Node) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(NodeCollector(node))  # type: ignore[arg-type]
+    ProcessCollector(registry=reg)
+    return reg

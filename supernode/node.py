@@ -1,0 +1,169 @@
+"""The daemon's composition root: settings, identity and network in; every service wired."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from supernode.chain.client import ChainClient, ChainError
+from supernode.config import Settings
+from supernode.crypto.envelope import Envelope, sign_envelope
+from supernode.crypto.keys import Identity
+from supernode.federation.challenges import ChallengeBook
+from supernode.federation.gossip import Gossip, PushSettings
+from supernode.federation.handlers import Checked, HandlerRegistry
+from supernode.federation.intake import Intake
+from supernode.federation.membership import Membership
+from supernode.federation.messaging import SnMessageHandler, UserMessageHandler
+from supernode.federation.network import NetworkFile
+from supernode.federation.scoring import PeerScoring
+from supernode.ledger import peers as peers_repo
+from supernode.ledger.db import Database, run_migrations
+from supernode.logs import LogRing
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says why."""
+
+
+class Node:
+    def __init__(
+        self, settings: Settings, identity: Identity, network: NetworkFile, ring: LogRing
+    ) -> None:
+        s = settings
+        if s.chain_id != network.chain_id:
+            raise StartupError(
+                f"SUPERNODE_CHAIN_ID={s.chain_id} but the network file says {network.chain_id}"
+            )
+        me = network.member(identity.address)
+        if me is None:
+            raise StartupError(
+                f"this key ({identity.address}) is not a member of network {network.network_id}"
+            )
+        self.settings = s
+        self.identity = identity
+        self.address = identity.address
+        self.network = network
+        self.url = s.public_url or me.url
+        self.ring = ring
+        self.started_at = time.time()
+        self.ready = False
+        self.db = Database(Path(s.database_file), s.sqlite_busy_timeout_ms)
+        self.chain = ChainClient(
+            s.chain_rpc_url, timeout_s=s.chain_timeout_s, read_retries=s.chain_read_retries
+        )
+        self.chain_ok: bool | None = None
+        self.registry = HandlerRegistry()
+        self.registry.register(SnMessageHandler(s.max_message_chars))
+        self.registry.register(UserMessageHandler(network.network_id, s.max_message_chars))
+        self.scoring = PeerScoring(
+            self.db,
+            points_invalid=s.penalty_invalid,
+            window_s=s.penalty_window_s,
+            threshold=s.ban_threshold,
+            ban_s=s.ban_duration_s,
+        )
+        self.intake = Intake(
+            network=network,
+            me=self.address,
+            db=self.db,
+            scoring=self.scoring,
+            registry=self.registry,
+            clock_skew_s=s.clock_skew_s,
+            max_ttl_s=s.max_envelope_ttl_s,
+            max_envelope_bytes=s.max_envelope_bytes,
+            write_batch_max=s.write_batch_max,
+        )
+        self.gossip = Gossip(
+            identity=identity,
+            network=network,
+            db=self.db,
+            intake=self.intake,
+            push=PushSettings(
+                timeout_s=s.push_timeout_s,
+                retries=s.push_retries,
+                backoff_s=s.push_backoff_s,
+                batch_max=s.push_batch_max,
+                queue_max=s.push_queue_max,
+            ),
+            page=s.anti_entropy_page,
+            pull_timeout_s=s.anti_entropy_timeout_s,
+            round_s=s.anti_entropy_round_s,
+        )
+        self.membership = Membership(network, self.chain, self.db, s.membership_max_age_s)
+        self.challenges = ChallengeBook(self.db, network.network_id, s.challenge_ttl_s)
+        self.scheduler: Any = None
+
+    async def start(self) -> None:
+        s = self.settings
+        await asyncio.to_thread(run_migrations, Path(s.database_file))
+        async with self.db.write() as conn:
+            await peers_repo.sync_members(conn, [m.model_dump() for m in self.network.members])
+        await self.scoring.load()
+        await self.membership.load()
+        await self.check_chain()
+        self.intake.writer.start()
+        self.gossip.start()
+        from supernode.jobs import start_scheduler
+
+        self.scheduler = start_scheduler(self)
+        self.ready = True
+        logger.info(
+            "supernode {} ready at {} (network {}, chain {}, {} members)",
+            self.address,
+            self.url,
+            self.network.network_id,
+            self.network.chain_id,
+            len(self.network.members),
+        )
+
+    async def check_chain(self) -> None:
+        """The chain must be the network's; unreachable is logged and retried by a job."""
+        try:
+            cid = await self.chain.chain_id()
+        except ChainError as exc:
+            self.chain_ok = False
+            logger.warning("chain at {} unreachable at start: {}", self.settings.chain_rpc_url, exc)
+            return
+        if cid != self.network.chain_id:
+            raise StartupError(
+                f"the chain at {self.settings.chain_rpc_url} has id {cid}; "
+                f"the network file says {self.network.chain_id}"
+            )
+        self.chain_ok = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        await self.gossip.stop()
+        await self.intake.writer.stop()
+        await self.chain.close()
+        await self.db.close()
+        logger.info("supernode {} stopped", self.address)
+
+    # -- publishing --------------------------------------------------------------------
+    def sign(self, type_: str, payload: dict[str, Any], recipient: str | None = None) -> Envelope:
+        return sign_envelope(
+            self.identity,
+            type_=type_,
+            network_id=self.network.network_id,
+            chain_id=self.network.chain_id,
+            payload=payload,
+            recipient=recipient,
+            ttl_s=self.settings.envelope_ttl_s,
+        )
+
+    async def publish(
+        self, env: Envelope, *, wait_s: float = 0.0
+    ) -> tuple[Checked, list[dict[str, Any]]]:
+        """Store our own envelope durably, then push it; with ``wait_s`` > 0, wait up to
+        that long for each peer's answer."""
+        checked = await self.intake.store_own(env)
+        waiters = self.gossip.push([checked], wait=wait_s > 0)
+        deliveries = await self.gossip.wait_delivered(waiters, wait_s) if wait_s > 0 else []
+        return checked, deliveries
