@@ -91,10 +91,10 @@ class Anvil:
         if self.block_time:
             args += ["--block-time", str(self.block_time)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -149,15 +149,15 @@ class Daemon:
         return self.env["SUPERNODE_OPERATOR_TOKEN"]
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supernode.cli", "run", "--env-file", "/dev/null"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(self.env["SUPERNODE_DATA_DIR"]),
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supernode.cli", "run", "--env-file", "/dev/null"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=Path(self.env["SUPERNODE_DATA_DIR"]),
+            )
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.time() + timeout_s
@@ -305,8 +305,9 @@ def run_devnet(peers: int, root: Path) -> int:
         fed.start()
         d0 = fed.daemons[0]
         lines = [
-            f"Supernode devnet: {peers} supernodes, anvil at {fed.anvil.url} (chain {DEVNET_CHAIN_ID})",
-            f"state and logs: {root}",
+            f"Supernode devnet: {peers} supernodes, anvil at {fed.anvil.url} "
+            f"(chain {DEVNET_CHAIN_ID})",
+            f"state and logs: {fed.root}",
             "",
         ]
         for d in fed.daemons:

@@ -83,6 +83,20 @@ def setup_logging(level: str, ring_size: int, log_file: Path | None) -> LogRing:
         logging.getLogger(name).handlers = [_InterceptHandler()]
         logging.getLogger(name).propagate = False
     logging.getLogger("uvicorn.access").disabled = True  # ~30% of the request cost
-    logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Library loggers that speak per frame or per query: at DEBUG the log stream would
+    # log its own frames (websockets) and every ledger call (aiosqlite) back into itself.
+    # uvicorn hands its "uvicorn.error" logger to websockets, which logs frames at DEBUG.
+    for name in (
+        "uvicorn",
+        "uvicorn.error",
+        "websockets",
+        "aiosqlite",
+        "httpx",
+        "httpcore",
+        "asyncio",
+        "web3",
+        "urllib3",
+        "apscheduler.executors.default",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return ring

@@ -88,17 +88,28 @@ async def log_stream(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     queue = node.ring.subscribe()
+
+    async def client_gone() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass  # we ignore what the client sends; we only watch for its close
+
+    gone = asyncio.create_task(client_gone())
     try:
-        while True:
-            try:
-                line = await asyncio.wait_for(queue.get(), timeout=WS_IDLE_PING_S)
-            except TimeoutError:
-                await websocket.send_text("")  # keep-alive; also notices a gone client
-                continue
-            await websocket.send_text(line)
+        while not gone.done():
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait(
+                {getter, gone}, timeout=WS_IDLE_PING_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                await websocket.send_text(getter.result())
+            else:
+                getter.cancel()
+                if not done:
+                    await websocket.send_text("")  # keep-alive through idle proxies
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
+        gone.cancel()
         node.ring.unsubscribe(queue)
 
 
