@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     )
 
     # --- identity and network -------------------------------------------------------
-    # Folder for this daemon's state (database, logs) when paths below are relative.
+    # Folder for this daemon's log file (supernode.log). Relative paths are from the
+    # working directory.
     data_dir: Path = Path("data")
     # The federation's network file (JSON genesis: members, chain, prices).
     network_file: Path = Path("data/network.json")

@@ -89,6 +89,7 @@ def upgrade() -> None:
         sa.Column("raw", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("seen_envelopes", schema=None) as batch_op:
         batch_op.create_index(

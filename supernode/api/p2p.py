@@ -93,11 +93,14 @@ async def sync(request: Request, node: Node = Depends(get_node)) -> Response:
         raise BadRequest("sync_request needs integers after >= 0 and limit >= 1")
     limit = min(limit, node.settings.anti_entropy_page)
     async with node.db.read() as conn:
-        rows = await env_repo.envelopes_after(conn, after, req.sender, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        cursor = rows[-1][0] if rows else after
-        if not rows:
-            # nothing visible to this caller: jump the cursor to our end of log
-            cursor = max(after, await env_repo.last_seq(conn))
+        # The end of the log first: every row up to it is committed (one writer, rising
+        # seq), so a cursor moved to it skips nothing that commits meanwhile.
+        end = await env_repo.last_seq(conn)
+        if after > end:
+            after = 0  # our log is shorter than the caller's cursor: it was reset
+        rows = await env_repo.envelopes_after(conn, after, end, req.sender, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    # all visible rows up to `end` were sent: move past the invisible ones too
+    cursor = rows[-1][0] if more else max(after, end)
     return Response(sync_body([r[1] for r in rows], cursor, more), media_type="application/json")

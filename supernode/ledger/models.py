@@ -29,6 +29,8 @@ class SeenEnvelope(Base):
     restart) and the log that anti-entropy serves from, in local order (``seq``)."""
 
     __tablename__ = "seen_envelopes"
+    # AUTOINCREMENT: a pruned seq is never reused, so peers' cursors stay valid
+    __table_args__ = {"sqlite_autoincrement": True}
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(66), unique=True)

@@ -1,0 +1,111 @@
+"""The migrations match the models; the network timeouts fire."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from supernode.chain.client import ChainClient, ChainError
+from supernode.crypto.canonical import canonical_json
+from supernode.crypto.envelope import sign_envelope
+from supernode.crypto.keys import Identity
+from supernode.federation.gossip import PeerLink, PushSettings
+from supernode.ledger.db import run_migrations
+from supernode.ledger.models import Base
+from tests.unit.test_intake import KEYS, NETWORK
+
+
+def test_migrations_match_the_models(tmp_path: Path) -> None:
+    db = tmp_path / "schema.sqlite"
+    run_migrations(db)
+    run_migrations(db)  # idempotent
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join(timeout=2)
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+async def test_push_timeout_fires_and_retries_are_bounded(silent_server: str) -> None:
+    member = NETWORK.members[1].model_copy(update={"url": silent_server})
+    cfg = PushSettings(timeout_s=0.2, retries=2, backoff_s=0.05, batch_max=10, queue_max=100)
+    async with httpx.AsyncClient() as client:
+        link = PeerLink(member, KEYS[0], NETWORK, cfg, client)
+        link.start()
+        env = sign_envelope(
+            KEYS[0],
+            type_="sn_message",
+            network_id=NETWORK.network_id,
+            chain_id=NETWORK.chain_id,
+            payload={"message_type": "t", "message_body": "x"},
+        )
+        fut = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+        link.enqueue(env.id, canonical_json(env.to_wire()), fut)
+        result = await asyncio.wait_for(fut, timeout=5)
+        elapsed = time.monotonic() - started
+        await link.stop()
+    assert result["ok"] is False and "Timeout" in result["error"]
+    # three tries of 0.2 s plus two short back-offs: well under the 5 s guard
+    assert 0.6 <= elapsed < 3
+    assert link.failed_batches == 1 and link.down_until > time.time() - 1
+    # while marked down, new envelopes are left to anti-entropy at once
+    fut2 = asyncio.get_running_loop().create_future()
+    link.enqueue("0x" + "00" * 32, b"{}", fut2)
+    assert fut2.done() and fut2.result()["ok"] is False
+
+
+async def test_chain_read_timeout_fires(silent_server: str) -> None:
+    chain = ChainClient(silent_server, timeout_s=0.2, read_retries=1)
+    started = time.monotonic()
+    with pytest.raises(ChainError):
+        await chain.block_number()
+    assert time.monotonic() - started < 3
+    await chain.close()
+
+
+async def test_chain_unreachable_is_a_chain_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chain = ChainClient(f"http://127.0.0.1:{port}", timeout_s=0.5, read_retries=1)
+    with pytest.raises(ChainError):
+        await chain.balance(Identity.generate().address)
+    await chain.close()
