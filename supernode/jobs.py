@@ -27,7 +27,7 @@ def _guarded(name: str, timeout_s: float, fn: Callable[[], Awaitable[object]]): 
         except TimeoutError:
             logger.warning("job {} timed out after {:.0f} s", name, timeout_s)
         except asyncio.CancelledError:
-            raise
+            logger.debug("job {} cancelled (daemon stopping)", name)
         except Exception:  # noqa: BLE001 - a job failing must not kill the scheduler
             logger.exception("job {} failed", name)
 

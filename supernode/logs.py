@@ -73,11 +73,13 @@ def setup_logging(level: str, ring_size: int, log_file: Path | None) -> LogRing:
     """Configure loguru once for the process; returns the ring behind /show_logs."""
     logger.remove()
     ring = LogRing(ring_size)
-    logger.add(sys.stderr, level=level, format=FORMAT, enqueue=False)
-    logger.add(ring.write, level=level, format=FORMAT)
+    # diagnose=False: tracebacks never print local variables (request bodies, keys)
+    common = {"level": level, "format": FORMAT, "diagnose": False, "backtrace": False}
+    logger.add(sys.stderr, **common)
+    logger.add(ring.write, **common)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        logger.add(log_file, level=level, format=FORMAT, rotation="50 MB", retention=5)
+        logger.add(log_file, rotation="50 MB", retention=5, **common)
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "apscheduler", "alembic"):
         logging.getLogger(name).handlers = [_InterceptHandler()]
@@ -99,4 +101,7 @@ def setup_logging(level: str, ring_size: int, log_file: Path | None) -> LogRing:
         "apscheduler.executors.default",
     ):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" is the no-overlap rule
+    # working as meant (a round that runs long under load), not a warning.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     return ring

@@ -8,6 +8,7 @@ ledger and live in the federation intake, between the schema and the signature.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Annotated, Any
 
 import coincurve
@@ -24,6 +25,13 @@ SECP256K1_HALF_N = SECP256K1_N // 2
 HexAddress = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
 Hex32 = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
 TypeName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+@lru_cache(maxsize=65536)
+def _checksum(value: str) -> str:
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(value)
 
 
 class EnvelopeError(ValueError):
@@ -59,9 +67,7 @@ class Envelope(BaseModel):
     def _checksummed(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        from eth_utils import to_checksum_address
-
-        if to_checksum_address(value) != value:
+        if _checksum(value) != value:
             raise ValueError("address must be checksummed (EIP-55)")
         return value
 

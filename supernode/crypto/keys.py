@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import coincurve
@@ -26,8 +27,10 @@ class KeystoreError(Exception):
     """The keystore is missing, unreadable, or the passphrase is wrong."""
 
 
+@lru_cache(maxsize=65536)
 def address_from_public_key(public_key_uncompressed: bytes) -> str:
-    """Checksummed address of a 65-byte uncompressed secp256k1 public key."""
+    """Checksummed address of a 65-byte uncompressed secp256k1 public key (cached: the
+    same few members sign most envelopes, and checksumming costs a keccak)."""
     return to_checksum_address(keccak(public_key_uncompressed[1:])[-20:])
 
 
@@ -49,11 +52,13 @@ class Identity:
     def from_hex(cls, key_hex: str) -> Identity:
         return cls(bytes.fromhex(key_hex.removeprefix("0x")))
 
-    @property
+    # Derived once per identity (cached_property writes the instance dict directly, which
+    # a frozen dataclass allows).
+    @cached_property
     def _signer(self) -> coincurve.PrivateKey:
         return coincurve.PrivateKey(self.private_key)
 
-    @property
+    @cached_property
     def public_key(self) -> bytes:
         """65-byte uncompressed public key."""
         return self._signer.public_key.format(compressed=False)
@@ -62,7 +67,7 @@ class Identity:
     def public_key_hex(self) -> str:
         return "0x" + self.public_key.hex()
 
-    @property
+    @cached_property
     def address(self) -> str:
         return address_from_public_key(self.public_key)
 

@@ -21,6 +21,7 @@ class Checked:
 
     env: Envelope
     raw: bytes
+    via: str | None = None  # the peer that handed it over; None when made here
 
 
 class EnvelopeHandler(Protocol):

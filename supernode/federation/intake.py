@@ -142,6 +142,11 @@ class Intake:
         batch_ids: set[str] = set()
         for raw in raws:
             claimed = raw.get("id") if isinstance(raw, dict) else None
+            if isinstance(claimed, str) and claimed in self._recent:
+                # Seen: drop before parsing. A forgery reusing a stored id is dropped
+                # too, which costs nothing: the envelope with that id is already here.
+                report.duplicates += 1
+                continue
             try:
                 env, body, digest = self._parse(raw)
             except EnvelopeError as exc:
@@ -167,7 +172,7 @@ class Intake:
                 target = report.rejected if exc.penalise else report.ignored
                 target.append(_verdict(env.id, exc))
                 continue
-            good.append(Checked(env, body))
+            good.append(Checked(env, body, via))
         if good:
             stored = await self.writer.submit(good)
             fresh = [c for c, new in zip(good, stored, strict=True) if new]
@@ -239,6 +244,7 @@ class Intake:
                     "created_at": c.env.created_at,
                     "expires_at": c.env.expires_at,
                     "received_at": received_at,
+                    "received_from": c.via,
                     "raw": c.raw,
                 }
                 for c in new

@@ -37,12 +37,13 @@ async def envelopes_after(
     conn: AsyncConnection, after_seq: int, upto_seq: int, for_address: str, limit: int
 ) -> list[tuple[int, bytes]]:
     """Envelopes in (after_seq, upto_seq] that ``for_address`` may see (broadcasts and
-    those addressed to it), oldest first."""
+    those addressed to it) and did not hand us itself, oldest first."""
     rows = await conn.execute(
         select(t.c.seq, t.c.raw)
         .where(t.c.seq > after_seq)
         .where(t.c.seq <= upto_seq)
         .where(or_(t.c.recipient.is_(None), t.c.recipient == for_address))
+        .where(or_(t.c.received_from.is_(None), t.c.received_from != for_address))
         .order_by(t.c.seq)
         .limit(limit)
     )

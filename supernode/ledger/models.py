@@ -40,6 +40,8 @@ class SeenEnvelope(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
     received_at: Mapped[float] = mapped_column(Float)
+    # the peer that handed it over (None: made here); anti-entropy never serves it back
+    received_from: Mapped[str | None] = mapped_column(String(42))
     raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
