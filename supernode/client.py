@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -21,7 +22,164 @@ class SupernodeAPIError(Exception):
         self.body = body
 
 
-class SupernodeClient:
+# -- paying on chain (the buyer's side) ----------------------------------------------------
+class ChainRPCError(Exception):
+    """The chain's JSON-RPC answered with an error."""
+
+
+def rpc_call(rpc_url: str, method: str, params: list[Any], timeout_s: float = 10.0) -> Any:
+    resp = httpx.post(
+        rpc_url,
+        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+        timeout=timeout_s,
+    )
+    data = resp.json()
+    if "error" in data:
+        raise ChainRPCError(f"{method}: {data['error']}")
+    return data["result"]
+
+
+def send_payment(
+    rpc_url: str,
+    payer: Identity,
+    *,
+    to: str,
+    value_wei: int,
+    data: str = "0x",
+    gas: int | None = None,
+    wait_s: float = 60.0,
+) -> str:
+    """Sign a transaction with eth-account, send it, wait until it is mined; returns
+    the transaction hash (0x…)."""
+    from eth_account import Account
+
+    chain_id = int(rpc_call(rpc_url, "eth_chainId", []), 16)
+    nonce = int(rpc_call(rpc_url, "eth_getTransactionCount", [payer.address, "pending"]), 16)
+    gas_price = int(rpc_call(rpc_url, "eth_gasPrice", []), 16)
+    tx: dict[str, Any] = {
+        "nonce": nonce,
+        "gasPrice": gas_price,
+        "to": to,
+        "value": value_wei,
+        "data": data,
+        "chainId": chain_id,
+    }
+    if gas is None:
+        gas = int(
+            rpc_call(
+                rpc_url,
+                "eth_estimateGas",
+                [{"from": payer.address, "to": to, "value": hex(value_wei), "data": data}],
+            ),
+            16,
+        )
+        gas = gas + gas // 5
+    tx["gas"] = gas
+    signed = Account.sign_transaction(tx, payer.private_key)
+    tx_hash = rpc_call(rpc_url, "eth_sendRawTransaction", [signed.raw_transaction.to_0x_hex()])
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if rpc_call(rpc_url, "eth_getTransactionReceipt", [tx_hash]) is not None:
+            return tx_hash
+        time.sleep(0.2)
+    raise TimeoutError(f"{tx_hash} not mined within {wait_s:.0f} s")
+
+
+class PurchaseMixin:
+    """Credit packs, for SupernodeClient."""
+
+    http: httpx.Client
+    identity: Identity | None
+    _call: Any
+
+    def request_quote(self, credits: int, ttl_s: int = 600) -> dict[str, Any]:
+        """Sign a purchase request and get a quote agreed by a quorum."""
+        from supernode.crypto.envelope import sign_envelope
+
+        if self.identity is None:
+            raise ValueError("buying needs a user key")
+        info = self._call("GET", "/get_local_machine_sn_info")
+        req = sign_envelope(
+            self.identity,
+            type_="credit_purchase_request",
+            network_id=info["network_id"],
+            chain_id=info["chain_id"],
+            payload={"credits": credits},
+            ttl_s=ttl_s,
+        )
+        return self._call(
+            "POST",
+            "/credit_purchase_initial_request",
+            content=req.model_dump_json(),
+            headers={"content-type": "application/json"},
+        )
+
+    def pay_quote(self, quote: dict[str, Any], rpc_url: str) -> str:
+        if self.identity is None:
+            raise ValueError("paying needs a user key")
+        t = quote["terms"]
+        return send_payment(
+            rpc_url,
+            self.identity,
+            to=t["payment_address"],
+            value_wei=t["amount_wei"],
+            data=t["purchase_id"],
+        )
+
+    def confirm_purchase(
+        self, purchase_id: str, tx_hash: str, quote: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"purchase_id": purchase_id, "tx_hash": tx_hash}
+        if quote is not None:
+            body["quote"] = quote
+        return self._call("POST", "/confirm_credit_purchase_request", json=body)
+
+    def purchase_status(self, purchase_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/check_status_of_credit_purchase_request/{purchase_id}")
+
+    def pack_balance(self, pack_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/check_credit_pack_balance/{pack_id}")
+
+    def packs(self, address: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/get_valid_credit_pack_tickets_for_address/{address}")["packs"]
+
+    def pack_from_tx(self, tx_hash: str) -> dict[str, Any]:
+        return self._call("GET", f"/get_credit_pack_ticket_from_txid/{tx_hash}")
+
+    def buy_credits(
+        self, credits: int, rpc_url: str, *, progress: Any = None, wait_s: float = 120.0
+    ) -> dict[str, Any]:
+        """The whole purchase: quote → pay → confirm → wait until certified."""
+        say = progress or (lambda _msg: None)
+        quote = self.request_quote(credits)
+        t = quote["terms"]
+        say(
+            f"quote {t['purchase_id']}: {credits} credits for {t['amount_wei']} wei, "
+            f"agreed by {len(quote['agreements'])} members, payable until block "
+            f"{t['expiry_block']}"
+        )
+        tx = self.pay_quote(quote, rpc_url)
+        say(f"paid: transaction {tx}")
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                result = self.confirm_purchase(t["purchase_id"], tx, quote)
+            except SupernodeAPIError as exc:
+                if exc.status != 503 or time.time() > deadline:
+                    raise
+                say(f"waiting for a quorum: {exc.body.get('detail', exc)}")
+                time.sleep(2)
+                continue
+            if result["status"] == "certified":
+                say("certified by a quorum")
+                return result["pack"]
+            say(f"pending: {result.get('detail', '')}")
+            if time.time() > deadline:
+                raise TimeoutError(f"purchase {t['purchase_id']} still pending")
+            time.sleep(1)
+
+
+class SupernodeClient(PurchaseMixin):
     """One supernode, as a user (``identity``) or its operator (``operator_token``)."""
 
     def __init__(

@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     # Re-read collateral at least this often even without a new epoch (s).
     membership_max_age_s: float = Field(default=300.0, gt=0)
 
+    # --- credit packs -----------------------------------------------------------------
+    # Blocks a price quote stays payable for.
+    quote_ttl_blocks: int = Field(default=100, gt=0)
+    # Most credits in one pack.
+    max_credits_per_pack: int = Field(default=10**9, gt=0)
+    # Longest wait for peers' signatures on a quote or a pack (s).
+    quorum_timeout_s: float = Field(default=5.0, gt=0)
+    # Seconds between tries to finish purchases waiting for confirmations or a quorum.
+    pending_purchase_interval_s: float = Field(default=2.0, gt=0)
+
     # --- peer scoring -----------------------------------------------------------------
     # Penalty points for an invalid envelope (bad signature, wrong binding, bad schema).
     penalty_invalid: int = Field(default=10, gt=0)

@@ -9,9 +9,10 @@ class SupernodeError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str, *, reason: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if reason else detail)
         self.detail = detail
+        self.reason = reason  # a stable machine-readable code, where there is one
 
 
 class BadRequest(SupernodeError):
@@ -36,6 +37,18 @@ class NotFound(SupernodeError):
     """No such record."""
 
     status, code = 404, "not_found"
+
+
+class Conflict(SupernodeError):
+    """Not now: the state does not allow it yet (e.g. too few confirmations)."""
+
+    status, code = 409, "conflict"
+
+
+class Refused(SupernodeError):
+    """Well-formed, but a rule says no; ``reason`` names the rule."""
+
+    status, code = 422, "refused"
 
 
 class PayloadTooLarge(SupernodeError):

@@ -79,6 +79,13 @@ def start_scheduler(node: Node) -> AsyncIOScheduler:
         s.membership_interval_s,
         s.chain_timeout_s * (len(node.network.members) + 2) * (s.chain_read_retries + 1),
     )
+    add(
+        "pending_purchases",
+        node.credits.finish_pending,
+        s.pending_purchase_interval_s,
+        s.quorum_timeout_s * 4 + s.chain_timeout_s * 4,
+        first_in_s=1.0,
+    )
     add("housekeeping", housekeeping, HOUSEKEEPING_INTERVAL_S, 60.0, first_in_s=30.0)
     sched.start()
     return sched

@@ -11,6 +11,8 @@ from loguru import logger
 
 from supernode.chain.client import ChainClient, ChainError
 from supernode.config import Settings
+from supernode.credits.handlers import CertificateHandler, QuoteHandler
+from supernode.credits.purchase import CreditService
 from supernode.crypto.envelope import Envelope, sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.federation.challenges import ChallengeBook
@@ -96,6 +98,18 @@ class Node:
         )
         self.membership = Membership(network, self.chain, self.db, s.membership_max_age_s)
         self.challenges = ChallengeBook(self.db, network.network_id, s.challenge_ttl_s)
+        self.registry.register(QuoteHandler(network, self.membership))
+        self.registry.register(CertificateHandler(network, self.membership))
+        self.credits = CreditService(
+            identity=identity,
+            network=network,
+            settings=s,
+            db=self.db,
+            chain=self.chain,
+            membership=self.membership,
+            gossip=self.gossip,
+            publish=self.publish,
+        )
         self.scheduler: Any = None
 
     async def start(self) -> None:

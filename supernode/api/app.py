@@ -68,8 +68,11 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await resp(scope, receive, send)
 
 
-def _error(status: int, code: str, detail: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+def _error(status: int, code: str, detail: Any, reason: str | None = None) -> JSONResponse:
+    body = {"error": code, "detail": detail}
+    if reason:
+        body["reason"] = reason
+    return JSONResponse(body, status_code=status)
 
 
 def create_app(node: Node) -> FastAPI:
@@ -93,7 +96,7 @@ def create_app(node: Node) -> FastAPI:
     async def _known(request: Request, exc: SupernodeError) -> JSONResponse:
         if exc.status >= 500:
             logger.warning("{} {} -> {}: {}", request.method, request.url.path, exc.status, exc)
-        return _error(exc.status, exc.code, exc.detail)
+        return _error(exc.status, exc.code, exc.detail, exc.reason)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,11 +130,13 @@ def create_app(node: Node) -> FastAPI:
             status_code=500,
         )
 
-    from supernode.api import messages, ops, p2p, supernodes
+    from supernode.api import credits, messages, ops, p2p, supernodes
 
     app.include_router(supernodes.router)
     app.include_router(messages.router)
+    app.include_router(credits.router)
     app.include_router(p2p.router)
+    app.include_router(credits.p2p)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, max_bytes=node.settings.max_body_bytes)
     return app

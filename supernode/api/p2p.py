@@ -7,61 +7,48 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from supernode.api.deps import get_node
-from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope
-from supernode.errors import BadRequest, Forbidden, Unauthorized
-from supernode.federation.transport import GOSSIP_BATCH, SYNC_REQUEST, sync_body
+from supernode.crypto.envelope import Envelope
+from supernode.errors import BadRequest
+from supernode.federation.transport import (
+    GOSSIP_BATCH,
+    SYNC_REQUEST,
+    sync_body,
+    verify_transport,
+)
 from supernode.ledger import envelopes as env_repo
 from supernode.node import Node
 
 router = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
 
 
-async def _json(request: Request) -> Any:
+async def read_json(request: Request) -> Any:
     try:
         return json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not JSON: {exc}") from exc
 
 
-def _transport(node: Node, raw: Any, type_: str) -> Envelope:
-    """Check a transport envelope: a member's, bound to us, fresh, signed."""
-    try:
-        env = Envelope.model_validate(raw)
-    except ValidationError as exc:
-        raise BadRequest(f"{type_} envelope malformed: {exc.errors()[0]['msg']}") from exc
-    if env.type != type_:
-        raise BadRequest(f"expected a {type_} envelope")
-    if node.network.member(env.sender) is None:
-        raise Forbidden(f"{env.sender} is not a member of this network")
-    until = node.scoring.banned_until(env.sender)
-    if until is not None:
-        raise Forbidden(f"{env.sender} is banned until {until:.0f}")
-    if env.recipient != node.address:
-        raise BadRequest(f"{type_} must be addressed to {node.address}")
-    try:
-        check_envelope(
-            env,
-            network_id=node.network.network_id,
-            chain_id=node.network.chain_id,
-            me=node.address,
-            clock_skew_s=node.settings.clock_skew_s,
-            max_ttl_s=node.settings.max_envelope_ttl_s,
-        )
-    except EnvelopeError as exc:
-        raise Unauthorized(f"{type_} refused: {exc}") from exc
-    return env
+def transport(node: Node, raw: Any, type_: str) -> Envelope:
+    return verify_transport(
+        raw,
+        type_,
+        network=node.network,
+        me=node.address,
+        scoring=node.scoring,
+        clock_skew_s=node.settings.clock_skew_s,
+        max_ttl_s=node.settings.max_envelope_ttl_s,
+    )
 
 
 @router.post("/envelopes")
 async def receive_envelopes(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """A peer pushes envelopes: `{"batch": <gossip_batch>, "envelopes": [...]}`."""
-    body = await _json(request)
+    body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"batch", "envelopes"}:
         raise BadRequest('expected {"batch": ..., "envelopes": [...]}')
-    batch = _transport(node, body["batch"], GOSSIP_BATCH)
+    batch = transport(node, body["batch"], GOSSIP_BATCH)
     envs = body["envelopes"]
     ids = batch.payload.get("ids")
     if not isinstance(envs, list) or not isinstance(ids, list):
@@ -87,7 +74,7 @@ async def receive_envelopes(request: Request, node: Node = Depends(get_node)) ->
 @router.post("/sync")
 async def sync(request: Request, node: Node = Depends(get_node)) -> Response:
     """Anti-entropy: envelopes after the caller's cursor in our log, oldest first."""
-    req = _transport(node, await _json(request), SYNC_REQUEST)
+    req = transport(node, await read_json(request), SYNC_REQUEST)
     after, limit = req.payload.get("after"), req.payload.get("limit")
     if not isinstance(after, int) or not isinstance(limit, int) or after < 0 or limit < 1:
         raise BadRequest("sync_request needs integers after >= 0 and limit >= 1")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from loguru import logger
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import TransactionNotFound
 
 T = TypeVar("T")
 
@@ -35,7 +36,9 @@ class ChainClient:
         for attempt in range(self.read_retries + 1):
             try:
                 return await asyncio.wait_for(call(), timeout=self.timeout_s)
-            except (TimeoutError, OSError, ValueError, Exception) as exc:  # noqa: BLE001
+            except TransactionNotFound:
+                raise  # an answer, not a failure: never retried
+            except Exception as exc:  # noqa: BLE001 - timeouts, refused, RPC errors
                 last = exc
                 if attempt < self.read_retries:
                     await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
@@ -55,6 +58,26 @@ class ChainClient:
         return await self._read(
             "eth_getBalance", lambda: self.w3.eth.get_balance(address, block_identifier=ident)
         )
+
+    async def transaction(self, tx_hash: str) -> dict[str, Any] | None:
+        """The transaction, or None if the node does not know it."""
+        try:
+            tx = await self._read(
+                "eth_getTransactionByHash", lambda: self.w3.eth.get_transaction(tx_hash)
+            )  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
+        return dict(tx)
+
+    async def receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        """The receipt, or None while the transaction is not mined (or unknown)."""
+        try:
+            rec = await self._read(
+                "eth_getTransactionReceipt", lambda: self.w3.eth.get_transaction_receipt(tx_hash)
+            )  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
+        return dict(rec)
 
     async def close(self) -> None:
         try:

@@ -11,9 +11,15 @@ envelope is stored: replaying one within its short life changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from supernode.crypto.envelope import Envelope, sign_envelope
+from pydantic import ValidationError
+
+from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, sign_envelope
 from supernode.crypto.keys import Identity
+from supernode.errors import BadRequest, Forbidden, Unauthorized
+from supernode.federation.network import NetworkFile
+from supernode.federation.scoring import PeerScoring
 
 GOSSIP_BATCH = "gossip_batch"
 SYNC_REQUEST = "sync_request"
@@ -70,4 +76,66 @@ def sync_body(raws: Sequence[bytes], next_cursor: int, more: bool) -> bytes:
         + b',"more":'
         + (b"true" if more else b"false")
         + b"}"
+    )
+
+
+def verify_transport(
+    raw: Any,
+    type_: str,
+    *,
+    network: NetworkFile,
+    me: str,
+    scoring: PeerScoring,
+    clock_skew_s: int,
+    max_ttl_s: int,
+) -> Envelope:
+    """Check a transport envelope: a member's, not banned, bound to us, fresh, signed.
+    Raises BadRequest / Forbidden / Unauthorized with the reason."""
+    try:
+        env = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise BadRequest(f"{type_} envelope malformed: {exc.errors()[0]['msg']}") from exc
+    if env.type != type_:
+        raise BadRequest(f"expected a {type_} envelope")
+    if network.member(env.sender) is None:
+        raise Forbidden(f"{env.sender} is not a member of this network")
+    until = scoring.banned_until(env.sender)
+    if until is not None:
+        raise Forbidden(f"{env.sender} is banned until {until:.0f}")
+    if env.recipient != me:
+        raise BadRequest(f"{type_} must be addressed to {me}")
+    try:
+        check_envelope(
+            env,
+            network_id=network.network_id,
+            chain_id=network.chain_id,
+            me=me,
+            clock_skew_s=clock_skew_s,
+            max_ttl_s=max_ttl_s,
+        )
+    except EnvelopeError as exc:
+        raise Unauthorized(f"{type_} refused: {exc}") from exc
+    return env
+
+
+def sign_transport(
+    identity: Identity,
+    network: NetworkFile,
+    type_: str,
+    recipient: str,
+    payload: dict[str, Any],
+) -> bytes:
+    """A request to one peer, as a short-lived transport envelope bound to it (JSON)."""
+    return (
+        sign_envelope(
+            identity,
+            type_=type_,
+            network_id=network.network_id,
+            chain_id=network.chain_id,
+            payload=payload,
+            recipient=recipient,
+            ttl_s=TRANSPORT_TTL_S,
+        )
+        .model_dump_json()
+        .encode()
     )

@@ -165,3 +165,55 @@ class UsedChallenge(Base):
     challenge_id: Mapped[str] = mapped_column(String(66))
     address: Mapped[str] = mapped_column(String(42))
     expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class CreditPurchase(Base):
+    """A credit-pack purchase as this daemon knows it: quoted → pending → certified, or
+    refused with the reason. The quote (terms + agreement signatures) is kept whole."""
+
+    __tablename__ = "credit_purchases"
+
+    purchase_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    buyer: Mapped[str] = mapped_column(String(42), index=True)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    amount_wei: Mapped[str] = mapped_column(Text)  # decimal text: wei exceeds 64 bits
+    expiry_block: Mapped[int] = mapped_column(BigInteger)
+    quote: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON of the signed quote
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    tx_hash: Mapped[str | None] = mapped_column(String(66), index=True)
+    # this daemon was asked to confirm it: the pending-purchases job finishes it
+    confirming: Mapped[bool] = mapped_column(default=False)
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PaymentUsed(Base):
+    """A payment transaction bound to the one purchase it pays for; written before this
+    daemon signs for it, so it never signs a second pack for the same transaction."""
+
+    __tablename__ = "payments_used"
+    __table_args__ = (UniqueConstraint("chain_id", "tx_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    purchase_id: Mapped[str] = mapped_column(String(66))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class CreditPack(Base):
+    """A certified credit pack: the terms and the quorum certificate that certifies them."""
+
+    __tablename__ = "credit_packs"
+
+    pack_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    buyer: Mapped[str] = mapped_column(String(42), index=True)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    remaining_credits: Mapped[int] = mapped_column(BigInteger)
+    amount_wei: Mapped[str] = mapped_column(Text)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66), unique=True)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
+    certified_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,1 @@
+"""Credit packs: purchase quotes, payment certification, and (later) spends."""

@@ -1,0 +1,100 @@
+"""Gossip types of the purchase flow: signed quotes and credit-pack certificates.
+
+Each peer re-checks the quorum of signatures itself (eligible members, distinct,
+enough) before storing; a certificate also binds its transaction to the purchase."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from supernode.credits.purchase import CERTIFICATE_ENVELOPE, QUOTE_ENVELOPE
+from supernode.credits.terms import verify_pack_certificate, verify_quote
+from supernode.crypto.canonical import canonical_json
+from supernode.crypto.envelope import Envelope, EnvelopeError
+from supernode.errors import SupernodeError
+from supernode.federation.handlers import Checked
+from supernode.federation.membership import Membership
+from supernode.federation.network import NetworkFile
+from supernode.ledger import credits as repo
+
+
+class _Certified:
+    def __init__(self, network: NetworkFile, membership: Membership) -> None:
+        self.network = network
+        self.membership = membership
+
+    def _reject(self, exc: SupernodeError) -> EnvelopeError:
+        return EnvelopeError(exc.reason or "bad_certificate", exc.detail)
+
+
+class QuoteHandler(_Certified):
+    type = QUOTE_ENVELOPE
+
+    def validate(self, env: Envelope) -> None:
+        try:
+            verify_quote(
+                env.payload,
+                self.network,
+                self.membership.eligible_members(),
+                self.membership.quorum(),
+            )
+        except SupernodeError as exc:
+            raise self._reject(exc) from exc
+
+    async def store(
+        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
+    ) -> None:
+        for c in items:
+            await repo.add_quote(
+                conn, c.env.payload["terms"], canonical_json(c.env.payload), received_at
+            )
+
+
+class CertificateHandler(_Certified):
+    type = CERTIFICATE_ENVELOPE
+
+    def validate(self, env: Envelope) -> None:
+        try:
+            verify_pack_certificate(
+                env.payload,
+                self.network,
+                self.membership.eligible_members(),
+                self.membership.quorum(),
+            )
+        except SupernodeError as exc:
+            raise self._reject(exc) from exc
+
+    async def store(
+        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
+    ) -> None:
+        for c in items:
+            t = c.env.payload["terms"]
+            await repo.add_pack(
+                conn,
+                {
+                    "pack_id": t["pack_id"],
+                    "buyer": t["buyer"],
+                    "credits": t["credits"],
+                    "remaining_credits": t["credits"],
+                    "amount_wei": str(t["amount_wei"]),
+                    "chain_id": t["chain_id"],
+                    "tx_hash": t["tx_hash"],
+                    "block_number": t["block_number"],
+                    "certificate": canonical_json(c.env.payload),
+                    "certified_at": received_at,
+                },
+            )
+            await repo.bind_payment(
+                conn, t["chain_id"], t["tx_hash"], t["purchase_id"], received_at
+            )
+            await repo.set_status(
+                conn,
+                t["purchase_id"],
+                repo.CERTIFIED,
+                now=received_at,
+                tx_hash=t["tx_hash"],
+                detail=None,
+                confirming=False,
+            )

@@ -1,0 +1,406 @@
+"""The credit-pack purchase flow (design.md §7).
+
+Quote: the supernode prices the buyer's request and gets eligible peers to agree
+(each recomputes the price and attests). Confirm: every member checks the payment on
+chain itself, binds the transaction to the purchase durably, then attests the pack; a
+quorum of those attestations is the certificate, gossiped to all. Everything is
+idempotent by purchase id and transaction hash, so the buyer may retry anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loguru import logger
+
+from supernode.chain.client import ChainClient, ChainError
+from supernode.chain.payments import PENDING, REFUSED, verify_payment
+from supernode.config import Settings
+from supernode.credits.terms import (
+    PACK_KIND,
+    QUOTE_KIND,
+    check_quote_terms,
+    check_request,
+    check_tx_hash,
+    pack_terms,
+    purchase_id_for,
+    quote_terms,
+    verify_quote,
+)
+from supernode.crypto.attest import attest, verify_certificate
+from supernode.crypto.canonical import canonical_json
+from supernode.crypto.envelope import Envelope
+from supernode.crypto.keys import Identity
+from supernode.errors import BadRequest, Conflict, NotFound, Refused, Unavailable
+from supernode.federation.gossip import Gossip
+from supernode.federation.membership import Membership
+from supernode.federation.network import NetworkFile
+from supernode.federation.rpc import ask_peers
+from supernode.federation.transport import sign_transport
+from supernode.ledger import credits as repo
+from supernode.ledger.db import Database
+
+QUOTE_ENVELOPE = "credit_pack_quote"
+CERTIFICATE_ENVELOPE = "credit_pack_certificate"
+AGREE_REQUEST = "quote_agreement_request"
+CERTIFY_REQUEST = "purchase_certify_request"
+PENDING_BATCH = 50
+
+
+class CreditService:
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        network: NetworkFile,
+        settings: Settings,
+        db: Database,
+        chain: ChainClient,
+        membership: Membership,
+        gossip: Gossip,
+        publish: Callable[[Envelope], Awaitable[Any]],
+    ) -> None:
+        self.identity = identity
+        self.me = identity.address
+        self.network = network
+        self.s = settings
+        self.db = db
+        self.chain = chain
+        self.membership = membership
+        self.gossip = gossip
+        self.publish = publish
+
+    # -- helpers ------------------------------------------------------------------------
+    def _eligible(self) -> tuple[list[str], int | None]:
+        return self.membership.eligible_members(), self.membership.quorum()
+
+    def _attest(self, kind: str, terms: dict[str, Any]) -> dict[str, str]:
+        return attest(
+            self.identity,
+            kind,
+            terms,
+            chain_id=self.network.chain_id,
+            network_id=self.network.network_id,
+        )
+
+    def _valid_attestation(self, kind: str, terms: dict[str, Any], item: Any) -> bool:
+        eligible, _ = self._eligible()
+        try:
+            verify_certificate(
+                kind,
+                terms,
+                [item],
+                chain_id=self.network.chain_id,
+                network_id=self.network.network_id,
+                eligible=eligible,
+                quorum=1,
+            )
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    async def _gather(
+        self,
+        kind: str,
+        terms: dict[str, Any],
+        path: str,
+        request_type: str,
+        payload: dict[str, Any],
+        pick: Callable[[Any], Any],
+    ) -> tuple[list[dict[str, str]], int, str]:
+        """Our own attestation plus peers' until a quorum; returns (sigs, quorum, why)."""
+        eligible, q = self._eligible()
+        if q is None:
+            raise Unavailable("no eligible members known yet (is the chain reachable?)")
+        sigs = [self._attest(kind, terms)] if self.me in eligible else []
+        links = [self.gossip.links[a] for a in eligible if a in self.gossip.links]
+        answers = await ask_peers(
+            links,
+            path,
+            lambda link: sign_transport(
+                self.identity, self.network, request_type, link.member.address, payload
+            ),
+            need=q - len(sigs),
+            timeout_s=self.s.quorum_timeout_s,
+        )
+        for addr, data in answers.ok.items():
+            item = pick(data)
+            if self._valid_attestation(kind, terms, item):
+                sigs.append(item)
+            else:
+                answers.refused[addr] = "answered with an invalid attestation"
+        return sigs, q, answers.summary()
+
+    # -- quote --------------------------------------------------------------------------
+    def _check_request(self, raw: Any) -> Envelope:
+        return check_request(
+            raw,
+            self.network,
+            clock_skew_s=self.s.clock_skew_s,
+            max_ttl_s=self.s.max_envelope_ttl_s,
+            max_credits=self.s.max_credits_per_pack,
+        )
+
+    async def _latest_block(self) -> int:
+        try:
+            return await self.chain.block_number()
+        except ChainError as exc:
+            raise Unavailable(f"chain unreachable: {exc}") from exc
+
+    async def quote(self, raw_request: Any) -> dict[str, Any]:
+        """Price the buyer's request and get a quorum to agree; idempotent per request."""
+        request = self._check_request(raw_request)
+        purchase_id = purchase_id_for(request.id)
+        async with self.db.read() as conn:
+            known = await repo.get_purchase(conn, purchase_id)
+        if known is not None:
+            return json.loads(known["quote"])
+        latest = await self._latest_block()
+        terms = quote_terms(
+            request, self.network, expiry_block=latest + self.s.quote_ttl_blocks, quoted_by=self.me
+        )
+        agreements, q, why = await self._gather(
+            QUOTE_KIND,
+            terms,
+            "/p2p/agree_quote",
+            AGREE_REQUEST,
+            {"request": request.to_wire(), "terms": terms},
+            lambda d: d.get("agreement"),
+        )
+        if len(agreements) < q:
+            raise Unavailable(f"price agreed by {len(agreements)} of the {q} members needed; {why}")
+        quote = {"terms": terms, "agreements": agreements}
+        await self.publish(self._sign_gossip(QUOTE_ENVELOPE, quote))
+        logger.info(
+            "quote {} for {} credits ({} wei) by {}: {} agreements",
+            purchase_id,
+            terms["credits"],
+            terms["amount_wei"],
+            terms["buyer"],
+            len(agreements),
+        )
+        return quote
+
+    def _sign_gossip(self, type_: str, payload: dict[str, Any]) -> Envelope:
+        from supernode.crypto.envelope import sign_envelope
+
+        return sign_envelope(
+            self.identity,
+            type_=type_,
+            network_id=self.network.network_id,
+            chain_id=self.network.chain_id,
+            payload=payload,
+            ttl_s=self.s.envelope_ttl_s,
+        )
+
+    async def agree(self, env: Envelope) -> dict[str, Any]:
+        """A peer asks us to agree to its quote: recompute it and attest."""
+        request = self._check_request(env.payload.get("request"))
+        terms = env.payload.get("terms")
+        latest = await self._latest_block()
+        check_quote_terms(
+            terms,
+            request,
+            self.network,
+            latest_block=latest,
+            ttl_blocks=self.s.quote_ttl_blocks,
+            quoted_by=env.sender,
+        )
+        assert isinstance(terms, dict)
+        return {"agreement": self._attest(QUOTE_KIND, terms)}
+
+    # -- confirm ------------------------------------------------------------------------
+    async def confirm(self, purchase_id: str, tx_hash: Any, quote: Any | None) -> dict[str, Any]:
+        """The buyer paid: check, gather a quorum, certify. Pending stays pending (a job
+        finishes it); refused says why."""
+        tx = check_tx_hash(tx_hash)
+        async with self.db.read() as conn:
+            pack = await repo.get_pack(conn, purchase_id)
+            known = await repo.get_purchase(conn, purchase_id)
+        if pack is not None:
+            if pack["tx_hash"] != tx:
+                raise Refused(
+                    f"purchase already certified with {pack['tx_hash']}", reason="already_certified"
+                )
+            return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
+        if known is not None:
+            signed_quote = json.loads(known["quote"])
+        elif quote is not None:
+            signed_quote = quote
+        else:
+            raise NotFound(f"unknown purchase {purchase_id}: send the signed quote with it")
+        eligible, q = self._eligible()
+        terms = verify_quote(signed_quote, self.network, eligible, q)
+        if terms["purchase_id"] != purchase_id:
+            raise BadRequest("the quote is for another purchase")
+        now = time.time()
+        async with self.db.write() as conn:
+            await repo.add_quote(conn, terms, canonical_json(signed_quote), now)
+            await repo.set_status(
+                conn,
+                purchase_id,
+                repo.PENDING,
+                now=now,
+                tx_hash=tx,
+                detail="checking the payment",
+                confirming=True,
+            )
+        return await self.try_certify(signed_quote, tx)
+
+    async def _check_payment(self, terms: dict[str, Any], tx: str):  # type: ignore[no-untyped-def]
+        async with self.db.read() as conn:
+            used_by = await repo.payment_user(conn, self.network.chain_id, tx)
+        try:
+            return await verify_payment(
+                self.chain,
+                terms,
+                tx,
+                used_by=used_by,
+                chain_id=self.network.chain_id,
+                confirmations_required=self.network.confirmations_required,
+            )
+        except ChainError as exc:
+            raise Unavailable(f"chain unreachable: {exc}") from exc
+
+    async def _bind(self, terms: dict[str, Any], tx: str) -> None:
+        async with self.db.write() as conn:
+            bound = await repo.bind_payment(
+                conn, self.network.chain_id, tx, terms["purchase_id"], time.time()
+            )
+        if bound != terms["purchase_id"]:
+            raise Refused(f"{tx} already paid for purchase {bound}", reason="tx_already_used")
+
+    async def try_certify(self, signed_quote: dict[str, Any], tx: str) -> dict[str, Any]:
+        terms = signed_quote["terms"]
+        pid = terms["purchase_id"]
+        verdict = await self._check_payment(terms, tx)
+        if verdict.status == REFUSED:
+            async with self.db.write() as conn:
+                await repo.set_status(
+                    conn,
+                    pid,
+                    repo.REFUSED,
+                    now=time.time(),
+                    detail=f"{verdict.reason}: {verdict.detail}",
+                    confirming=False,
+                )
+            logger.info("purchase {} refused: {} {}", pid, verdict.reason, verdict.detail)
+            raise Refused(verdict.detail, reason=verdict.reason)
+        if verdict.status == PENDING:
+            async with self.db.write() as conn:
+                await repo.set_status(
+                    conn,
+                    pid,
+                    repo.PENDING,
+                    now=time.time(),
+                    detail=f"{verdict.reason}: {verdict.detail}",
+                )
+            return {"status": repo.PENDING, "reason": verdict.reason, "detail": verdict.detail}
+        assert verdict.block_number is not None
+        pterms = pack_terms(terms, tx, verdict.block_number)
+        await self._bind(terms, tx)
+        sigs, q, why = await self._gather(
+            PACK_KIND,
+            pterms,
+            "/p2p/certify_purchase",
+            CERTIFY_REQUEST,
+            {"quote": signed_quote, "tx_hash": tx},
+            lambda d: d.get("signature"),
+        )
+        if len(sigs) < q:
+            detail = f"certified by {len(sigs)} of the {q} members needed; {why}"
+            async with self.db.write() as conn:
+                await repo.set_status(
+                    conn, pid, repo.PENDING, now=time.time(), detail=f"awaiting_quorum: {detail}"
+                )
+            raise Unavailable(detail, reason="awaiting_quorum")
+        cert = {"terms": pterms, "signatures": sigs}
+        await self.publish(self._sign_gossip(CERTIFICATE_ENVELOPE, cert))
+        logger.info(
+            "credit pack {} certified ({} credits, tx {}, {} signatures)",
+            pid,
+            pterms["credits"],
+            tx,
+            len(sigs),
+        )
+        async with self.db.read() as conn:
+            pack = await repo.get_pack(conn, pid)
+        assert pack is not None
+        return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
+
+    async def certify_for_peer(self, env: Envelope) -> dict[str, Any]:
+        """A peer asks us to certify a paid purchase: check the chain ourselves."""
+        tx = check_tx_hash(env.payload.get("tx_hash"))
+        signed_quote = env.payload.get("quote")
+        eligible, q = self._eligible()
+        terms = verify_quote(signed_quote, self.network, eligible, q)
+        assert isinstance(signed_quote, dict)
+        now = time.time()
+        async with self.db.write() as conn:
+            await repo.add_quote(conn, terms, canonical_json(signed_quote), now)
+        verdict = await self._check_payment(terms, tx)
+        if verdict.status == REFUSED:
+            raise Refused(verdict.detail, reason=verdict.reason)
+        if verdict.status == PENDING:
+            raise Conflict(verdict.detail, reason=verdict.reason)
+        assert verdict.block_number is not None
+        pterms = pack_terms(terms, tx, verdict.block_number)
+        await self._bind(terms, tx)
+        return {"terms": pterms, "signature": self._attest(PACK_KIND, pterms)}
+
+    async def finish_pending(self) -> int:
+        """Job: retry purchases this daemon was asked to confirm. Returns how many it
+        certified."""
+        async with self.db.read() as conn:
+            rows = await repo.confirming_pending(conn, PENDING_BATCH)
+        done = 0
+        for row in rows:
+            try:
+                result = await self.try_certify(json.loads(row["quote"]), row["tx_hash"])
+            except (Refused, Unavailable, Conflict) as exc:
+                logger.debug("purchase {} still not certified: {}", row["purchase_id"], exc)
+                continue
+            if result["status"] == repo.CERTIFIED:
+                done += 1
+        return done
+
+    # -- reads --------------------------------------------------------------------------
+    async def status(self, purchase_id: str) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            row = await repo.get_purchase(conn, purchase_id)
+            pack = await repo.get_pack(conn, purchase_id)
+        if row is None and pack is None:
+            raise NotFound(f"no purchase {purchase_id} known here")
+        out: dict[str, Any] = {"purchase_id": purchase_id}
+        if row is not None:
+            out.update(
+                status=row["status"],
+                buyer=row["buyer"],
+                credits=row["credits"],
+                amount_wei=int(row["amount_wei"]),
+                expiry_block=row["expiry_block"],
+                tx_hash=row["tx_hash"],
+                detail=row["detail"],
+                quote=json.loads(row["quote"]),
+            )
+        if pack is not None:
+            out.update(status=repo.CERTIFIED, pack=pack_view(pack))
+        return out
+
+
+def pack_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pack_id": row["pack_id"],
+        "buyer": row["buyer"],
+        "credits": row["credits"],
+        "remaining_credits": row["remaining_credits"],
+        "amount_wei": int(row["amount_wei"]),
+        "tx_hash": row["tx_hash"],
+        "block_number": row["block_number"],
+        "chain_id": row["chain_id"],
+        "certified_at": row["certified_at"],
+        "certificate": json.loads(row["certificate"]),
+    }
