@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -43,15 +44,16 @@ def send_payment(
     rpc_url: str,
     payer: Identity,
     *,
-    to: str,
+    to: str | None,
     value_wei: int,
     data: str = "0x",
     gas: int | None = None,
     wait_s: float = 60.0,
 ) -> str:
-    """Sign a transaction with eth-account, send it, wait until it is mined; returns
-    the transaction hash (0x…)."""
+    """Sign a transaction with eth-account, send it, wait until it is mined; returns the
+    transaction hash (0x…). ``to`` None creates a contract."""
     from eth_account import Account
+    from eth_utils import to_checksum_address
 
     chain_id = int(rpc_call(rpc_url, "eth_chainId", []), 16)
     nonce = int(rpc_call(rpc_url, "eth_getTransactionCount", [payer.address, "pending"]), 16)
@@ -59,21 +61,16 @@ def send_payment(
     tx: dict[str, Any] = {
         "nonce": nonce,
         "gasPrice": gas_price,
-        "to": to,
         "value": value_wei,
         "data": data,
         "chainId": chain_id,
     }
+    call: dict[str, Any] = {"from": payer.address, "value": hex(value_wei), "data": data}
+    if to is not None:
+        tx["to"] = call["to"] = to_checksum_address(to)
     if gas is None:
-        gas = int(
-            rpc_call(
-                rpc_url,
-                "eth_estimateGas",
-                [{"from": payer.address, "to": to, "value": hex(value_wei), "data": data}],
-            ),
-            16,
-        )
-        gas = gas + gas // 5
+        estimate = int(rpc_call(rpc_url, "eth_estimateGas", [call]), 16)
+        gas = estimate + estimate // 5
     tx["gas"] = gas
     signed = Account.sign_transaction(tx, payer.private_key)
     tx_hash = rpc_call(rpc_url, "eth_sendRawTransaction", [signed.raw_transaction.to_0x_hex()])
@@ -104,7 +101,7 @@ class PurchaseMixin:
             type_="credit_purchase_request",
             network_id=info["network_id"],
             chain_id=info["chain_id"],
-            payload={"credits": credits},
+            payload={"credits": credits, "nonce": secrets.token_hex(16)},
             ttl_s=ttl_s,
         )
         return self._call(

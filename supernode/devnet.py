@@ -205,6 +205,10 @@ class LocalFederation:
     settings: dict[str, str] = field(default_factory=dict)
     min_collateral_wei: int = 1 * ETH
     epoch_blocks: int = 10
+    confirmations_required: int = 1
+    # per daemon index: fields of the network file that daemon reads differently (a
+    # misconfigured operator, e.g. another credit price)
+    network_patch: dict[int, dict[str, Any]] = field(default_factory=dict)
     anvil: Anvil | None = None
     network: NetworkFile | None = None
     daemons: list[Daemon] = field(default_factory=list)
@@ -226,7 +230,7 @@ class LocalFederation:
             passphrase=self.passphrase,
             credit_price_wei=10**12,
             min_collateral_wei=self.min_collateral_wei,
-            confirmations_required=1,
+            confirmations_required=self.confirmations_required,
             epoch_blocks=self.epoch_blocks,
             light_kdf=True,
         )
@@ -237,10 +241,14 @@ class LocalFederation:
         for i in range(self.peers):
             node_dir = self.root / f"node-{i}"
             node_dir.mkdir(exist_ok=True)
+            network_file = self.root / "network.json"
+            if i in self.network_patch:
+                network_file = node_dir / "network.json"
+                net.model_copy(update=self.network_patch[i]).save(network_file)
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("SUPERNODE_")},
                 "SUPERNODE_DATA_DIR": str(node_dir),
-                "SUPERNODE_NETWORK_FILE": str(self.root / "network.json"),
+                "SUPERNODE_NETWORK_FILE": str(network_file),
                 "SUPERNODE_KEYSTORE_FILE": str(keystores[i]),
                 "SUPERNODE_KEYSTORE_PASSPHRASE_FILE": str(pass_file),
                 "SUPERNODE_DATABASE_FILE": str(node_dir / "supernode.sqlite"),

@@ -1,8 +1,9 @@
 """Wire terms of a credit-pack purchase and their checks (pure: no I/O).
 
-- buyer's request: an envelope `credit_purchase_request` {credits}, signed by the buyer,
-  for no particular supernode (recipient null). purchase_id = keccak(request id), so the
-  same request always means the same purchase.
+- buyer's request: an envelope `credit_purchase_request` {credits, nonce?}, signed by
+  the buyer, for no particular supernode (recipient null). purchase_id = keccak(request
+  id), so the same request always means the same purchase (a retry); a fresh nonce makes
+  a second purchase of the same size.
 - quote terms, agreed (attested) by a quorum of eligible members: the signed quote is
   {"terms", "agreements"}.
 - pack terms, attested by a quorum once each member checked the payment on chain: the
@@ -88,8 +89,16 @@ def check_request(
     except EnvelopeError as exc:
         raise Refused(str(exc), reason=exc.reason) from exc
     credits = env.payload.get("credits")
-    if set(env.payload) != {"credits"} or not isinstance(credits, int) or isinstance(credits, bool):
-        raise BadRequest("request payload must be {credits: integer}")
+    keys = set(env.payload)
+    if (
+        keys not in ({"credits"}, {"credits", "nonce"})
+        or not isinstance(credits, int)
+        or (isinstance(credits, bool))
+    ):
+        raise BadRequest("request payload must be {credits: integer, nonce?: string}")
+    nonce = env.payload.get("nonce", "")
+    if not isinstance(nonce, str) or len(nonce) > 66:
+        raise BadRequest("nonce must be a string of at most 66 characters")
     if not 1 <= credits <= max_credits:
         raise Refused(f"credits must be 1..{max_credits}", reason="bad_credits")
     return env

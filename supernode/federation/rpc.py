@@ -53,7 +53,9 @@ async def ask_peers(
             return link, None, f"HTTP {resp.status_code}, not JSON"
         if resp.status_code != 200:
             detail = data.get("detail") if isinstance(data, dict) else data
-            return link, None, f"HTTP {resp.status_code}: {detail}"
+            reason = data.get("reason") if isinstance(data, dict) else None
+            why = f"{reason}: {detail}" if reason else detail
+            return link, None, f"HTTP {resp.status_code}: {why}"
         return link, data, None
 
     tasks = [asyncio.create_task(one(link)) for link in links]
