@@ -15,13 +15,24 @@ from supernode.client import SupernodeAPIError, SupernodeClient
 def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from supernode.crypto.keys import Identity, load_keystore, read_passphrase
 
-    if args.key_env and os.environ.get(args.key_env):
-        return Identity.from_hex(os.environ[args.key_env])
-    if args.keystore:
+    keystore = args.keystore
+    if args.key:
+        text = Path(args.key).read_text().strip()
+        if not text.startswith("{"):
+            return Identity.from_hex(text)
+        keystore = args.key  # an eth-account keystore
+    if keystore:
         pass_file = Path(args.passphrase_file) if args.passphrase_file else None
         passphrase = read_passphrase(os.environ.get("SUPERNODE_KEYSTORE_PASSPHRASE"), pass_file)
-        return load_keystore(Path(args.keystore), passphrase)
+        return load_keystore(Path(keystore), passphrase)
+    if args.key_env and os.environ.get(args.key_env):
+        return Identity.from_hex(os.environ[args.key_env])
     return None
+
+
+def _progress(msg: str) -> None:
+    sys.stderr.write(f"  {msg}\n")
+    sys.stderr.flush()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,6 +55,19 @@ def _run(args: argparse.Namespace) -> int:
             result = client.send_user_message(args.to, args.text)
         elif args.action == "user-messages":
             result = client.user_messages()
+        elif args.action == "buy-credits":
+            if not args.credits:
+                raise ValueError("--credits N is required")
+            result = client.buy_credits(args.credits, args.rpc_url, progress=_progress)
+        elif args.action == "pack-balance":
+            result = client.pack_balance(args.pack)
+        elif args.action == "purchase-status":
+            result = client.purchase_status(args.purchase)
+        elif args.action == "packs":
+            who = args.to or (client.identity.address if client.identity else None)
+            if who is None:
+                raise ValueError("give --to ADDRESS or a key")
+            result = client.packs(who)
         elif args.action == "logs":
             sys.stdout.write("\n".join(client.show_logs(args.minutes)) + "\n")
             return 0
@@ -52,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     except SupernodeAPIError as exc:
         sys.stderr.write(f"supernode client: {exc}\n")
         return 1
-    except ValueError as exc:
+    except (ValueError, OSError, TimeoutError) as exc:
         sys.stderr.write(f"supernode client: {exc}\n")
         return 2
     finally:
@@ -72,12 +96,25 @@ def add_client_commands(sub: Any) -> None:
             "broadcast",
             "send-user-message",
             "user-messages",
+            "buy-credits",
+            "pack-balance",
+            "purchase-status",
+            "packs",
             "logs",
         ],
     )
     c.add_argument("text", nargs="?", default="", help="message text")
     c.add_argument("--supernode", default="http://127.0.0.1:7123", help="the supernode's URL")
+    c.add_argument("--key", help="user key: a file with a hex private key or a keystore")
     c.add_argument("--keystore", help="user key: an eth-account keystore file")
+    c.add_argument("--credits", type=int, help="credits to buy (buy-credits)")
+    c.add_argument(
+        "--rpc-url",
+        default="http://127.0.0.1:8545",
+        help="the chain's JSON-RPC URL, to pay (buy-credits)",
+    )
+    c.add_argument("--pack", help="pack id (pack-balance)")
+    c.add_argument("--purchase", help="purchase id (purchase-status)")
     c.add_argument("--passphrase-file", help="its passphrase (else $SUPERNODE_KEYSTORE_PASSPHRASE)")
     c.add_argument(
         "--key-env",

@@ -30,6 +30,7 @@ ANVIL_DEV_ACCOUNT = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 DEVNET_CHAIN_ID = 31337
 ETH = 10**18
 READY_TIMEOUT_S = 60.0
+DEMO_BUYER_ETH = 100
 STOP_TIMEOUT_S = 10.0
 
 
@@ -312,6 +313,10 @@ def run_devnet(peers: int, root: Path) -> int:
     try:
         fed.start()
         d0 = fed.daemons[0]
+        buyer = Identity.generate()  # a demo buyer, funded from anvil's first dev account
+        fed.anvil.send_eth(buyer.address, DEMO_BUYER_ETH * ETH)
+        key_file = fed.root / "buyer.key"
+        write_secret_file(key_file, buyer.private_key.hex())
         lines = [
             f"Supernode devnet: {peers} supernodes, anvil at {fed.anvil.url} "
             f"(chain {DEVNET_CHAIN_ID})",
@@ -320,7 +325,10 @@ def run_devnet(peers: int, root: Path) -> int:
         ]
         for d in fed.daemons:
             lines.append(f"  supernode {d.index}  {d.url}  {d.address}  operator token: {d.token}")
+        urls = " ".join(d.url for d in fed.daemons)
         lines += [
+            "",
+            f"Demo buyer {buyer.address} ({DEMO_BUYER_ETH} ETH), key in {key_file}",
             "",
             "Try:",
             f"  curl -s {d0.url}/supernode_list_json",
@@ -328,6 +336,12 @@ def run_devnet(peers: int, root: Path) -> int:
             f"       -H 'Authorization: Bearer {d0.token}' -H 'content-type: application/json' \\",
             '       -d \'{"message_type": "hello", "message_body": "hi all", "wait_s": 5}\'',
             f"  curl -s '{fed.daemons[-1].url}/get_messages?last_k_minutes=10'",
+            "",
+            "  # buy 1000 credits (quote, pay on anvil, certify) and read the pack at every peer:",
+            f"  .venv/bin/supernode client buy-credits --credits 1000 --supernode {d0.url} \\",
+            f"       --rpc-url {fed.anvil.url} --key {key_file}",
+            f"  for u in {urls}; do curl -s $u/check_credit_pack_balance/PACK_ID; echo; done",
+            "",
             f"  open {d0.url}/ in a browser; API docs at {d0.url}/docs",
             "",
             "Ctrl-C stops every process the devnet started.",
