@@ -143,6 +143,52 @@ class PurchaseMixin:
     def pack_from_tx(self, tx_hash: str) -> dict[str, Any]:
         return self._call("GET", f"/get_credit_pack_ticket_from_txid/{tx_hash}")
 
+    def spend_order(
+        self,
+        pack_id: str,
+        amount: int,
+        *,
+        sequence: int | None = None,
+        request_id: str | None = None,
+        executor: str | None = None,
+        ttl_s: int = 600,
+    ) -> dict[str, Any]:
+        """A signed spend order (wire form) for this supernode to execute."""
+        from supernode.crypto.envelope import sign_envelope
+
+        if self.identity is None:
+            raise ValueError("spending needs the pack owner's key")
+        info = self._call("GET", "/get_local_machine_sn_info")
+        if sequence is None:
+            sequence = self.pack_balance(pack_id)["next_sequence"]
+        payload = {
+            "pack_id": pack_id,
+            "sequence": sequence,
+            "amount": amount,
+            "request_id": request_id or "0x" + secrets.token_hex(32),
+            "executor": executor or info["address"],
+        }
+        return sign_envelope(
+            self.identity,
+            type_="spend_order",
+            network_id=info["network_id"],
+            chain_id=info["chain_id"],
+            payload=payload,
+            ttl_s=ttl_s,
+        ).to_wire()
+
+    def submit_spend(self, order: dict[str, Any]) -> dict[str, Any]:
+        """Have this supernode certify a signed spend order; returns the certificate."""
+        return self._call("POST", "/spend_credits", json=order)
+
+    def spend(self, pack_id: str, amount: int, **kw: Any) -> dict[str, Any]:
+        return self.submit_spend(self.spend_order(pack_id, amount, **kw))
+
+    def pack_spends(self, pack_id: str, from_sequence: int = 0) -> list[dict[str, Any]]:
+        return self._call(
+            "GET", f"/get_credit_pack_spends/{pack_id}", params={"from_sequence": from_sequence}
+        )["certificates"]
+
     def buy_credits(
         self, credits: int, rpc_url: str, *, progress: Any = None, wait_s: float = 120.0
     ) -> dict[str, Any]:

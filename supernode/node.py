@@ -13,6 +13,7 @@ from supernode.chain.client import ChainClient, ChainError
 from supernode.config import Settings
 from supernode.credits.handlers import CertificateHandler, QuoteHandler
 from supernode.credits.purchase import CreditService
+from supernode.credits.spend import SpendCertificateHandler, SpendService
 from supernode.crypto.envelope import Envelope, sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.federation.challenges import ChallengeBook
@@ -110,6 +111,16 @@ class Node:
             gossip=self.gossip,
             publish=self.publish,
         )
+        self.spends = SpendService(
+            identity=identity,
+            network=network,
+            settings=s,
+            db=self.db,
+            membership=self.membership,
+            gossip=self.gossip,
+            publish=self.publish,
+        )
+        self.registry.register(SpendCertificateHandler(self.spends))
         self.scheduler: Any = None
 
     async def start(self) -> None:
@@ -121,6 +132,7 @@ class Node:
         await self.membership.load()
         await self.check_chain()
         self.intake.writer.start()
+        self.spends.start()
         self.gossip.start()
         from supernode.jobs import start_scheduler
 
@@ -155,6 +167,7 @@ class Node:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.gossip.stop()
+        await self.spends.stop()
         await self.intake.writer.stop()
         await self.chain.close()
         await self.db.close()

@@ -99,6 +99,7 @@ async def pack_balance(pack_id: str, node: Node = Depends(get_node)) -> dict[str
         "buyer": pack["buyer"],
         "credits": pack["credits"],
         "remaining_credits": pack["remaining_credits"],
+        "next_sequence": pack["next_sequence"],
     }
 
 

@@ -18,6 +18,7 @@ from supernode.federation.handlers import Checked
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
 from supernode.ledger import credits as repo
+from supernode.ledger import spends as spends_repo
 
 
 class _Certified:
@@ -98,3 +99,5 @@ class CertificateHandler(_Certified):
                 detail=None,
                 confirming=False,
             )
+            # spends certified before the pack reached us apply now
+            await spends_repo.apply_ready(conn, t["pack_id"])

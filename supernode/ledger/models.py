@@ -211,9 +211,48 @@ class CreditPack(Base):
     buyer: Mapped[str] = mapped_column(String(42), index=True)
     credits: Mapped[int] = mapped_column(BigInteger)
     remaining_credits: Mapped[int] = mapped_column(BigInteger)
+    # the sequence number the next spend order must carry (certificates applied so far)
+    next_sequence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     amount_wei: Mapped[str] = mapped_column(Text)
     chain_id: Mapped[int] = mapped_column(BigInteger)
     tx_hash: Mapped[str] = mapped_column(String(66), unique=True)
     block_number: Mapped[int] = mapped_column(BigInteger)
     certificate: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
     certified_at: Mapped[float] = mapped_column(Float)
+
+
+class SpendVote(Base):
+    """This daemon's own vote: at most one order per (pack, sequence), ever. Written
+    durably before the vote leaves the process; asked again, the same vote is returned."""
+
+    __tablename__ = "spend_votes"
+    __table_args__ = (UniqueConstraint("pack_id", "sequence"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pack_id: Mapped[str] = mapped_column(String(66))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    order_id: Mapped[str] = mapped_column(String(66))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    executor: Mapped[str] = mapped_column(String(42))
+    signature: Mapped[str] = mapped_column(String(132))
+    voted_at: Mapped[float] = mapped_column(Float)
+
+
+class SpendCertificate(Base):
+    """A quorum-certified spend order (the inference confirmation). Applied to its pack
+    strictly in sequence order; one per (pack, sequence)."""
+
+    __tablename__ = "spend_certificates"
+    __table_args__ = (UniqueConstraint("pack_id", "sequence"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pack_id: Mapped[str] = mapped_column(String(66), index=True)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    order_id: Mapped[str] = mapped_column(String(66), unique=True)
+    request_id: Mapped[str] = mapped_column(String(66), index=True)
+    executor: Mapped[str] = mapped_column(String(42))
+    spender: Mapped[str] = mapped_column(String(42))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
+    applied: Mapped[bool] = mapped_column(default=False)
+    received_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,54 @@
+"""Spending credits: certify a signed spend order; read a pack's spends; the peer side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from supernode.api.credits import HEX32
+from supernode.api.deps import get_node
+from supernode.api.p2p import read_json, transport
+from supernode.credits.spend import VOTE_REQUEST
+from supernode.node import Node
+
+router = APIRouter(tags=["spends"])
+p2p = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
+
+
+@router.post("/spend_credits")
+async def spend_credits(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+    """Body: the owner's signed `spend_order` envelope {pack_id, sequence, amount,
+    request_id, executor = this supernode}. Returns the spend certificate (the order and a
+    quorum of votes) once certified; the inference path certifies its spends the same way."""
+    return await node.spends.certify(await read_json(request))
+
+
+@router.get("/get_credit_pack_spends/{pack_id}")
+async def pack_spends(
+    pack_id: str = Path(pattern=HEX32),
+    from_sequence: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000),
+    node: Node = Depends(get_node),
+) -> dict[str, Any]:
+    """The pack's spend certificates from ``from_sequence`` on, in sequence order."""
+    certs = await node.spends.certificates(pack_id.lower(), from_sequence, limit)
+    return {"pack_id": pack_id.lower(), "count": len(certs), "certificates": certs}
+
+
+@p2p.post("/spend_vote")
+async def spend_vote(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+    """The order's executor asks for our vote (durable before this answers)."""
+    env = transport(node, await read_json(request), VOTE_REQUEST)
+    return await node.spends.vote_for_peer(env)
+
+
+@p2p.get("/spend_certificates")
+async def spend_certificates(
+    pack_id: str = Query(pattern=HEX32),
+    from_sequence: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000),
+    node: Node = Depends(get_node),
+) -> dict[str, Any]:
+    """Certificates a behind peer fetches to catch up (verifiable by anyone)."""
+    return {"certificates": await node.spends.certificates(pack_id.lower(), from_sequence, limit)}

@@ -1,0 +1,298 @@
+"""Spending credits (design.md §8.2–8.4): votes, certificates, application, catch-up.
+
+The executor asks every eligible member to vote for the owner's signed order. A member
+votes only if the order is the pack's next sequence and fits the remaining credits, and
+writes its vote durably (group-committed, synchronous=FULL) before answering; it never
+votes for two orders at one (pack, sequence), and asked again for the same order it
+returns the same vote. A quorum of votes is the certificate; it is gossiped and every
+member applies certificates to the pack strictly in sequence order. With at most f faulty
+members, two quorums share an honest voter, so no (pack, sequence) gets two certificates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from supernode.config import Settings
+from supernode.credits.spend_terms import (
+    VOTE_KIND,
+    check_against_pack,
+    parse_order,
+    verify_spend_certificate,
+    vote_terms,
+)
+from supernode.crypto.attest import attest, verify_certificate
+from supernode.crypto.canonical import canonical_json
+from supernode.crypto.envelope import Envelope, sign_envelope
+from supernode.crypto.keys import Identity
+from supernode.errors import Refused, SupernodeError, Unavailable
+from supernode.federation.gossip import Gossip
+from supernode.federation.membership import Membership
+from supernode.federation.network import NetworkFile
+from supernode.federation.rpc import ask_peers
+from supernode.federation.transport import sign_transport
+from supernode.ledger import spends as repo
+from supernode.ledger.db import Database
+from supernode.ledger.group_commit import GroupCommit
+
+SPEND_CERTIFICATE = "spend_certificate"
+VOTE_REQUEST = "spend_vote_request"
+CATCH_UP_LIMIT = 500
+
+
+def certificate_row(order: Envelope, cert: dict[str, Any], received_at: float) -> dict[str, Any]:
+    p = order.payload
+    return {
+        "pack_id": p["pack_id"],
+        "sequence": p["sequence"],
+        "order_id": order.id,
+        "request_id": p["request_id"],
+        "executor": p["executor"],
+        "spender": order.sender,
+        "amount": p["amount"],
+        "certificate": canonical_json(cert),
+        "received_at": received_at,
+    }
+
+
+async def store_certificates(
+    conn: AsyncConnection, certs: list[tuple[Envelope, dict[str, Any]]], received_at: float
+) -> None:
+    """Store certificates and apply what is ready, in one transaction."""
+    packs: set[str] = set()
+    for order, cert in sorted(certs, key=lambda oc: oc[0].payload["sequence"]):
+        if await repo.add_certificate(conn, certificate_row(order, cert, received_at)) == "new":
+            packs.add(order.payload["pack_id"])
+    for pack_id in packs:
+        await repo.apply_ready(conn, pack_id)
+
+
+class SpendService:
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        network: NetworkFile,
+        settings: Settings,
+        db: Database,
+        membership: Membership,
+        gossip: Gossip,
+        publish: Callable[[Envelope], Awaitable[Any]],
+    ) -> None:
+        self.identity = identity
+        self.me = identity.address
+        self.network = network
+        self.s = settings
+        self.db = db
+        self.membership = membership
+        self.gossip = gossip
+        self.publish = publish
+        self.votes: GroupCommit[Envelope, Any] = GroupCommit(
+            db, self._vote_batch, max_weight=500, name="votes"
+        )
+        self.http = httpx.AsyncClient(timeout=settings.quorum_timeout_s)
+
+    def start(self) -> None:
+        self.votes.start()
+
+    async def stop(self) -> None:
+        await self.votes.stop()
+        await self.http.aclose()
+
+    # -- voting -------------------------------------------------------------------------
+    async def _vote_batch(self, conn: AsyncConnection, orders: list[Envelope]) -> list[Any]:
+        """One durable transaction for a batch of vote requests, each checked in turn."""
+        out: list[Any] = []
+        for order in orders:
+            try:
+                out.append(await self._vote_one(conn, order))
+            except Refused as exc:
+                out.append(exc)
+        return out
+
+    async def _vote_one(self, conn: AsyncConnection, order: Envelope) -> dict[str, str]:
+        p = order.payload
+        mine = await repo.vote_for(conn, p["pack_id"], p["sequence"])
+        if mine is not None:
+            if mine["order_id"] == order.id:
+                return {"signer": self.me, "signature": mine["signature"]}
+            raise Refused(
+                f"already voted for order {mine['order_id']} at sequence {p['sequence']}",
+                reason="conflicting_order",
+            )
+        check_against_pack(order, await repo.pack_state(conn, p["pack_id"]))
+        vote = attest(
+            self.identity,
+            VOTE_KIND,
+            vote_terms(order),
+            chain_id=self.network.chain_id,
+            network_id=self.network.network_id,
+        )
+        await repo.add_vote(
+            conn,
+            {
+                "pack_id": p["pack_id"],
+                "sequence": p["sequence"],
+                "order_id": order.id,
+                "amount": p["amount"],
+                "executor": p["executor"],
+                "signature": vote["signature"],
+                "voted_at": time.time(),
+            },
+        )
+        return vote
+
+    async def vote(self, order: Envelope) -> dict[str, str]:
+        """Our vote for ``order`` (durable before it returns), or Refused with the reason."""
+        result = await self.votes.submit(order)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _parse(self, raw: Any) -> Envelope:
+        return parse_order(
+            raw, self.network, clock_skew_s=self.s.clock_skew_s, max_ttl_s=self.s.max_envelope_ttl_s
+        )
+
+    async def vote_for_peer(self, env: Envelope) -> dict[str, Any]:
+        """The executor asks for our vote. If we are behind, fetch the certificates we
+        missed from it first (bounded), then vote."""
+        order = self._parse(env.payload.get("order"))
+        if order.payload["executor"] != env.sender:
+            raise Refused("only the order's executor may ask for votes", reason="wrong_executor")
+        try:
+            return {"vote": await self.vote(order)}
+        except Refused as exc:
+            if exc.reason != "behind":
+                raise
+        await self.catch_up(order.payload["pack_id"], env.sender)
+        return {"vote": await self.vote(order)}
+
+    # -- certificates -----------------------------------------------------------------------
+    def verify(self, cert: Any) -> tuple[Envelope, dict[str, Any]]:
+        return verify_spend_certificate(
+            cert, self.network, self.membership.eligible_members(), self.membership.quorum()
+        )
+
+    async def apply_certificates(self, certs: list[Any]) -> None:
+        checked = [(self.verify(c)[0], c) for c in certs]
+        async with self.db.write() as conn:
+            await store_certificates(conn, checked, time.time())
+
+    async def catch_up(self, pack_id: str, source: str) -> int:
+        """Fetch the certificates of ``pack_id`` we have not applied from member ``source``."""
+        member = self.network.member(source)
+        async with self.db.read() as conn:
+            pack = await repo.pack_state(conn, pack_id)
+        if member is None or pack is None:
+            return 0
+        try:
+            resp = await self.http.get(
+                f"{member.url}/p2p/spend_certificates",
+                params={
+                    "pack_id": pack_id,
+                    "from_sequence": pack["next_sequence"],
+                    "limit": CATCH_UP_LIMIT,
+                },
+            )
+            certs = resp.json()["certificates"] if resp.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            logger.warning("catch-up of pack {} from {} failed: {!r}", pack_id, source, exc)
+            return 0
+        await self.apply_certificates(certs)
+        logger.info("caught up pack {}: {} certificates from {}", pack_id, len(certs), source)
+        return len(certs)
+
+    async def certify(self, raw_order: Any) -> dict[str, Any]:
+        """As the executor: our vote, then peers' until a quorum; gossip the certificate."""
+        order = self._parse(raw_order)
+        if order.payload["executor"] != self.me:
+            raise Refused(
+                f"the order names executor {order.payload['executor']}, not this "
+                f"supernode ({self.me})",
+                reason="wrong_executor",
+            )
+        eligible, q = self.membership.eligible_members(), self.membership.quorum()
+        if q is None:
+            raise Unavailable("no eligible members known yet (is the chain reachable?)")
+        votes = [await self.vote(order)] if self.me in eligible else []
+        terms = vote_terms(order)
+        links = [self.gossip.links[a] for a in eligible if a in self.gossip.links]
+        answers = await ask_peers(
+            links,
+            "/p2p/spend_vote",
+            lambda link: sign_transport(
+                self.identity,
+                self.network,
+                VOTE_REQUEST,
+                link.member.address,
+                {"order": order.to_wire()},
+            ),
+            need=q - len(votes),
+            timeout_s=self.s.quorum_timeout_s,
+        )
+        for addr, data in answers.ok.items():
+            vote = data.get("vote") if isinstance(data, dict) else None
+            try:
+                verify_certificate(
+                    VOTE_KIND,
+                    terms,
+                    [vote],
+                    chain_id=self.network.chain_id,
+                    network_id=self.network.network_id,
+                    eligible=eligible,
+                    quorum=1,
+                )
+                votes.append(vote)
+            except (ValueError, TypeError):
+                answers.refused[addr] = "answered with an invalid vote"
+        if len(votes) < q:
+            raise Unavailable(
+                f"spend voted by {len(votes)} of the {q} members needed; {answers.summary()}",
+                reason="no_quorum",
+            )
+        cert = {"order": order.to_wire(), "votes": votes}
+        await self.publish(
+            sign_envelope(
+                self.identity,
+                type_=SPEND_CERTIFICATE,
+                network_id=self.network.network_id,
+                chain_id=self.network.chain_id,
+                payload=cert,
+                ttl_s=self.s.envelope_ttl_s,
+            )
+        )
+        return cert
+
+    async def certificates(self, pack_id: str, from_sequence: int, limit: int) -> list[Any]:
+        async with self.db.read() as conn:
+            rows = await repo.certificates_from(conn, pack_id, from_sequence, limit)
+        return [json.loads(r["certificate"]) for r in rows]
+
+
+class SpendCertificateHandler:
+    """Gossip type `spend_certificate`: checked by every member, applied in order."""
+
+    type = SPEND_CERTIFICATE
+
+    def __init__(self, service: SpendService) -> None:
+        self.service = service
+
+    def validate(self, env: Envelope) -> None:
+        from supernode.crypto.envelope import EnvelopeError
+
+        try:
+            self.service.verify(env.payload)
+        except SupernodeError as exc:
+            raise EnvelopeError(exc.reason or "bad_certificate", exc.detail) from exc
+
+    async def store(self, conn: AsyncConnection, items: Any, received_at: float) -> None:
+        certs = [(self.service.verify(c.env.payload)[0], c.env.payload) for c in items]
+        await store_certificates(conn, certs, received_at)
