@@ -170,7 +170,7 @@ class SpendService:
         try:
             return {"vote": await self.vote(order)}
         except Refused as exc:
-            if exc.reason != "behind":
+            if exc.reason != "sequence_ahead":
                 raise
         await self.catch_up(order.payload["pack_id"], env.sender)
         return {"vote": await self.vote(order)}

@@ -103,7 +103,8 @@ def check_against_pack(order: Envelope, pack: dict[str, Any] | None) -> None:
         )
     if p["sequence"] > pack["next_sequence"]:
         raise Refused(
-            f"sequence {p['sequence']}; this peer expects {pack['next_sequence']}", reason="behind"
+            f"sequence {p['sequence']}; this peer expects {pack['next_sequence']}",
+            reason="sequence_ahead",
         )
     if p["amount"] > pack["remaining_credits"]:
         raise Refused(

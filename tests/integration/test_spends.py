@@ -1,0 +1,352 @@
+"""Spending credits with real daemons: no double spend under races, a Byzantine voter,
+a voter killed after voting, replays applied once, bad orders refused."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from supernode.client import SupernodeAPIError, SupernodeClient
+from supernode.crypto.attest import attest
+from supernode.crypto.canonical import canonical_json
+from supernode.crypto.envelope import sign_envelope
+from supernode.crypto.keys import Identity
+from supernode.devnet import ETH, LocalFederation
+from supernode.federation.transport import batch_body, sign_transport
+from tests.conftest import TEST_SETTINGS, wait_until
+
+pytestmark = pytest.mark.integration
+SETTINGS = {**TEST_SETTINGS, "SUPERNODE_QUORUM_TIMEOUT_S": "3"}
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    f = LocalFederation(root=tmp_path_factory.mktemp("spends"), peers=4, settings=dict(SETTINGS))
+    try:
+        f.start()
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture(scope="module")
+def byz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """Three daemons and a fourth eligible member whose key the test holds."""
+    f = LocalFederation(
+        root=tmp_path_factory.mktemp("byzantine"), peers=3, extra_members=1, settings=dict(SETTINGS)
+    )
+    try:
+        f.start()
+        yield f
+    finally:
+        f.stop()
+
+
+def new_pack(fed: LocalFederation, credits: int) -> tuple[Identity, str]:
+    owner = Identity.generate()
+    fed.anvil.send_eth(owner.address, 10 * ETH)  # type: ignore[union-attr]
+    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
+        pack = c.buy_credits(credits, fed.anvil.url)  # type: ignore[union-attr]
+    wait_until(
+        lambda: all(state(fed, i, pack["pack_id"]) for i in range(len(fed.daemons))),
+        what="every daemon holds the pack",
+    )
+    return owner, pack["pack_id"]
+
+
+def state(fed: LocalFederation, i: int, pack_id: str) -> dict[str, Any] | None:
+    r = httpx.get(f"{fed.daemons[i].url}/check_credit_pack_balance/{pack_id}", timeout=5)
+    return r.json() if r.status_code == 200 else None
+
+
+def certs_at(fed: LocalFederation, i: int, pack_id: str) -> list[dict[str, Any]]:
+    with SupernodeClient(fed.daemons[i].url) as c:
+        return c.pack_spends(pack_id)
+
+
+def order(
+    fed: LocalFederation, owner: Identity, pack_id: str, seq: int, amount: int, executor: str
+) -> dict[str, Any]:
+    net = fed.network
+    assert net is not None
+    return sign_envelope(
+        owner,
+        type_="spend_order",
+        network_id=net.network_id,
+        chain_id=net.chain_id,
+        payload={
+            "pack_id": pack_id,
+            "sequence": seq,
+            "amount": amount,
+            "request_id": "0x" + secrets.token_hex(32),
+            "executor": executor,
+        },
+    ).to_wire()
+
+
+def assert_no_double_spend(fed: LocalFederation, pack_id: str, credits: int) -> int:
+    """Every daemon: one certificate per sequence, the same ones, within the pack."""
+    per_daemon = []
+    for i in range(len(fed.daemons)):
+        certs = certs_at(fed, i, pack_id)
+        seqs = [c["order"]["payload"]["sequence"] for c in certs]
+        assert len(seqs) == len(set(seqs)), f"daemon {i} holds two certificates for a sequence"
+        per_daemon.append({c["order"]["payload"]["sequence"]: c["order"]["id"] for c in certs})
+        total = sum(c["order"]["payload"]["amount"] for c in certs)
+        assert total <= credits
+        st = state(fed, i, pack_id)
+        assert st is not None and st["remaining_credits"] == credits - total
+    # the same order holds each sequence everywhere
+    merged: dict[int, str] = {}
+    for d in per_daemon:
+        for seq, oid in d.items():
+            assert merged.setdefault(seq, oid) == oid, f"sequence {seq} certified twice"
+    return sum(1 for _ in merged)
+
+
+def test_racing_orders_through_two_supernodes_never_overspend(fed: LocalFederation) -> None:
+    owner, pack_id = new_pack(fed, 100)
+    a, b = fed.daemons[0], fed.daemons[1]
+    # 50 orders of 10 credits for sequences 0..49 (500 credits against 100), half executed
+    # by A and half by B, sent at once; a client retries what failed, a bounded number of
+    # times, as a real one would.
+    orders = [
+        order(fed, owner, pack_id, s, 10, (a if s % 2 == 0 else b).address) for s in range(50)
+    ]
+    outcome: dict[int, Any] = {}
+
+    def run(seqs: list[int], url: str) -> None:
+        with SupernodeClient(url) as c:
+            for _ in range(30):
+                pending = [s for s in seqs if s not in outcome]
+                if not pending:
+                    return
+                for s in pending:
+                    try:
+                        outcome[s] = c.submit_spend(orders[s])
+                    except SupernodeAPIError as exc:
+                        reason = exc.body.get("reason") if isinstance(exc.body, dict) else None
+                        if reason in ("insufficient_credits", "stale_sequence"):
+                            outcome[s] = exc
+                time.sleep(0.05)
+
+    threads = [
+        threading.Thread(target=run, args=(list(range(0, 50, 2)), a.url)),
+        threading.Thread(target=run, args=(list(range(1, 50, 2)), b.url)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    certified = sorted(s for s, r in outcome.items() if isinstance(r, dict))
+    assert certified == list(range(10)), certified
+    wait_until(
+        lambda: all((state(fed, i, pack_id) or {}).get("remaining_credits") == 0 for i in range(4)),
+        what="every daemon applied all ten",
+    )
+    assert assert_no_double_spend(fed, pack_id, 100) == 10
+    # conflicting orders for one sequence at two supernodes at once: at most one wins
+    owner2, pack2 = new_pack(fed, 50)
+    conflicting = [order(fed, owner2, pack2, 0, 50, d.address) for d in (a, b)]
+    results: list[Any] = []
+
+    def submit(o: dict[str, Any], url: str) -> None:
+        with SupernodeClient(url) as c:
+            try:
+                results.append(c.submit_spend(o))
+            except SupernodeAPIError as exc:
+                results.append(exc)
+
+    ts = [
+        threading.Thread(target=submit, args=(o, d.url))
+        for o, d in zip(conflicting, (a, b), strict=True)
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    assert sum(1 for r in results if isinstance(r, dict)) <= 1
+    time.sleep(1.0)  # let gossip settle
+    assert assert_no_double_spend(fed, pack2, 50) <= 1
+
+
+def test_replayed_order_and_certificate_apply_once(fed: LocalFederation) -> None:
+    owner, pack_id = new_pack(fed, 60)
+    o = order(fed, owner, pack_id, 0, 25, fed.daemons[2].address)
+    with SupernodeClient(fed.daemons[2].url) as c:
+        cert = c.submit_spend(o)
+        again = c.submit_spend(o)  # the same order: the same votes, nothing new applied
+    assert again["order"]["id"] == cert["order"]["id"]
+    net = fed.network
+    assert net is not None
+    pusher = fed.identity(3)
+    env = sign_envelope(
+        pusher,
+        type_="spend_certificate",
+        network_id=net.network_id,
+        chain_id=net.chain_id,
+        payload=cert,
+    ).to_wire()
+    for target in (0, 0, 1, 3):
+        body = batch_body(
+            pusher,
+            net.network_id,
+            net.chain_id,
+            fed.daemons[target].address,
+            [env["id"]],
+            [canonical_json(env)],
+        )
+        r = httpx.post(
+            f"{fed.daemons[target].url}/p2p/envelopes",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        assert r.status_code == 200 and not r.json()["rejected"]
+    time.sleep(1.0)
+    for i in range(4):
+        st = state(fed, i, pack_id)
+        assert st is not None and st["remaining_credits"] == 35 and st["next_sequence"] == 1
+        assert len(certs_at(fed, i, pack_id)) == 1
+
+
+def test_bad_orders_refused_with_reasons_and_nothing_spent(fed: LocalFederation) -> None:
+    owner, pack_id = new_pack(fed, 30)
+    d = fed.daemons[1]
+    stranger = Identity.generate()
+    cases = [
+        (order(fed, stranger, pack_id, 0, 5, d.address), 422, "not_owner"),
+        (order(fed, owner, pack_id, 0, 31, d.address), 422, "insufficient_credits"),
+        (order(fed, owner, pack_id, 0, 5, fed.daemons[2].address), 422, "wrong_executor"),
+        (order(fed, owner, "0x" + "ab" * 32, 0, 5, d.address), 422, "unknown_pack"),
+        (order(fed, owner, pack_id, 3, 5, d.address), 422, "sequence_ahead"),
+        (
+            {**order(fed, owner, pack_id, 0, 5, d.address), "signature": "0x"},
+            422,
+            "empty_signature",
+        ),
+    ]
+    for o, status, reason in cases:
+        r = httpx.post(f"{d.url}/spend_credits", json=o, timeout=15)
+        assert r.status_code == status, (reason, r.text)
+        if status == 422:
+            assert r.json()["reason"] == reason, r.text
+    bad = order(fed, owner, pack_id, 0, 5, d.address)
+    bad["payload"]["amount"] = 0
+    assert httpx.post(f"{d.url}/spend_credits", json=bad, timeout=10).status_code == 400
+    assert httpx.post(f"{d.url}/spend_credits", content=b"{", timeout=10).status_code == 400
+    for i in range(4):
+        assert state(fed, i, pack_id) == {
+            "pack_id": pack_id,
+            "buyer": owner.address,
+            "credits": 30,
+            "remaining_credits": 30,
+            "next_sequence": 0,
+        }
+
+
+def vote_request(
+    fed: LocalFederation, executor: Identity, target: int, o: dict[str, Any]
+) -> httpx.Response:
+    net = fed.network
+    assert net is not None
+    body = sign_transport(
+        executor, net, "spend_vote_request", fed.daemons[target].address, {"order": o}
+    )
+    return httpx.post(
+        f"{fed.daemons[target].url}/p2p/spend_vote",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+
+
+def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> None:
+    net = byz.network
+    assert net is not None
+    owner, pack_id = new_pack(byz, 40)
+    evil = byz.identity(3)  # eligible member (collateral), no daemon: the test acts for it
+    o1 = order(byz, owner, pack_id, 0, 40, evil.address)
+    o2 = order(byz, owner, pack_id, 0, 40, evil.address)
+    # honest daemons 0 and 1 vote for o1; daemon 2 for o2
+    v1 = [vote_request(byz, evil, i, o1) for i in (0, 1)]
+    v2 = [vote_request(byz, evil, 2, o2)]
+    assert all(r.status_code == 200 for r in v1 + v2)
+    # they refuse the other order for the same sequence
+    for i, o in ((0, o2), (1, o2), (2, o1)):
+        r = vote_request(byz, evil, i, o)
+        assert r.status_code == 422 and r.json()["reason"] == "conflicting_order"
+    # the Byzantine member signs both orders
+    from supernode.credits.spend_terms import vote_terms
+    from supernode.crypto.envelope import Envelope
+
+    def evil_vote(o: dict[str, Any]) -> dict[str, str]:
+        return attest(
+            evil,
+            "spend_vote",
+            vote_terms(Envelope.model_validate(o)),
+            chain_id=net.chain_id,
+            network_id=net.network_id,
+        )
+
+    cert1 = {"order": o1, "votes": [r.json()["vote"] for r in v1] + [evil_vote(o1)]}
+    cert2 = {"order": o2, "votes": [r.json()["vote"] for r in v2] + [evil_vote(o2)]}
+    padded = {"order": o2, "votes": cert2["votes"] + [evil_vote(o2)]}  # the same vote twice
+    for cert, reason in (
+        (cert2, "too_few_signatures"),
+        (padded, "duplicate_signer"),
+        (cert1, None),
+    ):
+        env = sign_envelope(
+            evil,
+            type_="spend_certificate",
+            network_id=net.network_id,
+            chain_id=net.chain_id,
+            payload=cert,
+        ).to_wire()
+        for i in range(3):
+            body = batch_body(
+                evil,
+                net.network_id,
+                net.chain_id,
+                byz.daemons[i].address,
+                [env["id"]],
+                [canonical_json(env)],
+            )
+            r = httpx.post(
+                f"{byz.daemons[i].url}/p2p/envelopes",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=10,
+            )
+            got = [x["reason"] for x in r.json()["rejected"]]
+            assert got == ([reason] if reason else []), r.json()
+    wait_until(
+        lambda: all((state(byz, i, pack_id) or {}).get("remaining_credits") == 0 for i in range(3)),
+        what="cert1 applied everywhere",
+    )
+    for i in range(3):
+        certs = certs_at(byz, i, pack_id)
+        assert [c["order"]["id"] for c in certs] == [o1["id"]]
+
+
+def test_voter_killed_after_voting_still_refuses_a_conflict(byz: LocalFederation) -> None:
+    owner, pack_id = new_pack(byz, 20)
+    evil = byz.identity(3)
+    o1 = order(byz, owner, pack_id, 0, 5, evil.address)
+    o2 = order(byz, owner, pack_id, 0, 7, evil.address)
+    first = vote_request(byz, evil, 1, o1)
+    assert first.status_code == 200
+    byz.daemons[1].kill()  # SIGKILL right after it answered
+    byz.daemons[1].start()
+    byz.daemons[1].wait_ready()
+    r = vote_request(byz, evil, 1, o2)
+    assert r.status_code == 422 and r.json()["reason"] == "conflicting_order"
+    same = vote_request(byz, evil, 1, o1)
+    assert same.status_code == 200 and same.json() == first.json()  # the same vote
