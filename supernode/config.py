@@ -121,6 +121,38 @@ class Settings(BaseSettings):
     # Seconds between tries to finish purchases waiting for confirmations or a quorum.
     pending_purchase_interval_s: float = Field(default=2.0, gt=0)
 
+    # --- inference ----------------------------------------------------------------------
+    # Local inference nodes: comma-separated URLs; "openai:" before a URL marks an
+    # OpenAI-compatible server, otherwise it speaks the Petals HTTP API.
+    petals_nodes: str = ""
+    # Credits per prompt token, for models the menu file does not price.
+    credits_per_input_token: int = Field(default=1, ge=0)
+    # Credits per generated token, for models the menu file does not price.
+    credits_per_output_token: int = Field(default=2, ge=0)
+    # Most new tokens one request may ask for (a model's own limit may be lower).
+    max_new_tokens: int = Field(default=256, gt=0)
+    # Most prompt tokens one request may carry.
+    max_input_tokens: int = Field(default=2048, gt=0)
+    # JSON menu file: [{"model", "credits_per_input_token", "credits_per_output_token",
+    # "max_new_tokens", "max_input_tokens"}]; models not in it use the defaults above.
+    model_menu_file: Path | None = None
+    # Timeout of one generation request to a node (s).
+    node_request_timeout_s: float = Field(default=60.0, gt=0)
+    # Timeout to connect to a node (s).
+    node_connect_timeout_s: float = Field(default=3.0, gt=0)
+    # Longest silence between streamed chunks before the node counts as hung (s).
+    node_stream_idle_timeout_s: float = Field(default=30.0, gt=0)
+    # Nodes tried for one request before giving up (fail-over bound).
+    node_max_tries: int = Field(default=3, gt=0)
+    # Consecutive failures that open a node's circuit breaker.
+    node_breaker_failures: int = Field(default=3, gt=0)
+    # Seconds an open breaker waits before one trial request.
+    node_breaker_reset_s: float = Field(default=15.0, gt=0)
+    # Seconds between node health checks.
+    node_health_interval_s: float = Field(default=5.0, gt=0)
+    # How long a usage quote (validate_inference_api_usage_request) stays valid (s).
+    usage_quote_ttl_s: int = Field(default=600, gt=0)
+
     # --- peer scoring -----------------------------------------------------------------
     # Penalty points for an invalid envelope (bad signature, wrong binding, bad schema).
     penalty_invalid: int = Field(default=10, gt=0)

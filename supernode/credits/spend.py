@@ -24,6 +24,7 @@ from supernode.config import Settings
 from supernode.credits.spend_terms import (
     VOTE_KIND,
     check_against_pack,
+    delegation_id,
     parse_order,
     verify_spend_certificate,
     vote_terms,
@@ -57,6 +58,7 @@ def certificate_row(order: Envelope, cert: dict[str, Any], received_at: float) -
         "executor": p["executor"],
         "spender": order.sender,
         "amount": p["amount"],
+        "delegation_id": delegation_id(order),
         "certificate": canonical_json(cert),
         "received_at": received_at,
     }
@@ -127,7 +129,9 @@ class SpendService:
                 f"already voted for order {mine['order_id']} at sequence {p['sequence']}",
                 reason="conflicting_order",
             )
-        check_against_pack(order, await repo.pack_state(conn, p["pack_id"]))
+        did = delegation_id(order)
+        spent = await repo.delegated_spent(conn, did) if did else 0
+        check_against_pack(order, await repo.pack_state(conn, p["pack_id"]), spent)
         vote = attest(
             self.identity,
             VOTE_KIND,

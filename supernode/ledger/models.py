@@ -253,6 +253,75 @@ class SpendCertificate(Base):
     executor: Mapped[str] = mapped_column(String(42))
     spender: Mapped[str] = mapped_column(String(42))
     amount: Mapped[int] = mapped_column(BigInteger)
+    # the owner's delegation the order was signed under (OpenAI path), if any
+    delegation_id: Mapped[str | None] = mapped_column(String(66), index=True)
     certificate: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
     applied: Mapped[bool] = mapped_column(default=False)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class Refund(Base):
+    """Credits given back by a request's executor (unused tokens, a failed run), bounded
+    by what was certified for that request; applied once its spend is applied."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    envelope_id: Mapped[str] = mapped_column(String(66), unique=True)
+    pack_id: Mapped[str] = mapped_column(String(66), index=True)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[str] = mapped_column(String(66), index=True)
+    executor: Mapped[str] = mapped_column(String(42))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(64))
+    applied: Mapped[bool] = mapped_column(default=False)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class InferenceRequest(Base):
+    """A request this daemon quoted and executes: its quote, spend, run and result."""
+
+    __tablename__ = "inference_requests"
+
+    request_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    usage_request_id: Mapped[str] = mapped_column(String(66), unique=True)
+    requester: Mapped[str] = mapped_column(String(42), index=True)
+    pack_id: Mapped[str] = mapped_column(String(66), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str] = mapped_column(Text)
+    params: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    quote_expires_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    sequence: Mapped[int | None] = mapped_column(BigInteger)
+    order_id: Mapped[str | None] = mapped_column(String(66))
+    result_text: Mapped[str | None] = mapped_column(Text)
+    result_hash: Mapped[str | None] = mapped_column(String(66))
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    node_url: Mapped[str | None] = mapped_column(String(512))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class InferenceResult(Base):
+    """A signed result summary an executor announced (tokens, latency, node, hash)."""
+
+    __tablename__ = "inference_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    envelope_id: Mapped[str] = mapped_column(String(66), unique=True)
+    request_id: Mapped[str] = mapped_column(String(66), index=True)
+    executor: Mapped[str] = mapped_column(String(42), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    result_hash: Mapped[str | None] = mapped_column(String(66))
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    node_url: Mapped[str | None] = mapped_column(String(512))
     received_at: Mapped[float] = mapped_column(Float)

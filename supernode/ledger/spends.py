@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -105,6 +105,12 @@ async def apply_ready(conn: AsyncConnection, pack_id: str) -> int:
             .values(remaining_credits=remaining, next_sequence=nxt)
         )
     return applied
+
+
+async def delegated_spent(conn: AsyncConnection, delegation_id: str) -> int:
+    """Credits certified so far under one delegation (its running total)."""
+    q = select(func.coalesce(func.sum(sc.c.amount), 0)).where(sc.c.delegation_id == delegation_id)
+    return (await conn.execute(q)).scalar_one()
 
 
 async def pack_state(conn: AsyncConnection, pack_id: str) -> dict[str, Any] | None:
