@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aiohttp
 from loguru import logger
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound
@@ -29,9 +30,20 @@ class ChainClient:
                 exception_retry_configuration=None,  # our own bounded retries below
             )
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _keep_alive(self) -> None:
+        """web3's own session closes each connection after one call; give it a pooled
+        keep-alive session (made inside the running loop, on first use)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=30)
+            )
+            await self.w3.provider.cache_async_session(self._session)  # type: ignore[attr-defined]
 
     async def _read(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run a read-only RPC call with a timeout, retrying (bounded, with back-off)."""
+        await self._keep_alive()
         last: Exception | None = None
         for attempt in range(self.read_retries + 1):
             try:
@@ -84,3 +96,5 @@ class ChainClient:
             await self.w3.provider.disconnect()
         except Exception:  # noqa: BLE001 - closing is best effort
             pass
+        if self._session is not None and not self._session.closed:
+            await self._session.close()

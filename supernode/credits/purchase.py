@@ -9,6 +9,7 @@ idempotent by purchase id and transaction hash, so the buyer may retry anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,8 @@ class CreditService:
         self.membership = membership
         self.gossip = gossip
         self.publish = publish
+        # one certification attempt per purchase at a time (confirms and the job)
+        self._certifying: dict[str, asyncio.Lock] = {}
 
     # -- helpers ------------------------------------------------------------------------
     def _eligible(self) -> tuple[list[str], int | None]:
@@ -274,6 +277,22 @@ class CreditService:
             raise Refused(f"{tx} already paid for purchase {bound}", reason="tx_already_used")
 
     async def try_certify(self, signed_quote: dict[str, Any], tx: str) -> dict[str, Any]:
+        """One certification attempt per purchase at a time (a confirm and the pending job
+        must not both run the quorum round for it)."""
+        pid = signed_quote["terms"]["purchase_id"]
+        lock = self._certifying.setdefault(pid, asyncio.Lock())
+        try:
+            async with lock:
+                async with self.db.read() as conn:
+                    pack = await repo.get_pack(conn, pid)
+                if pack is not None:  # certified while we waited
+                    return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
+                return await self._try_certify(signed_quote, tx)
+        finally:
+            if not lock.locked():
+                self._certifying.pop(pid, None)
+
+    async def _try_certify(self, signed_quote: dict[str, Any], tx: str) -> dict[str, Any]:
         terms = signed_quote["terms"]
         pid = terms["purchase_id"]
         verdict = await self._check_payment(terms, tx)
@@ -357,7 +376,11 @@ class CreditService:
         async with self.db.read() as conn:
             rows = await repo.confirming_pending(conn, PENDING_BATCH)
         done = 0
+        fresh = time.time() - self.s.pending_purchase_interval_s
         for row in rows:
+            busy = self._certifying.get(row["purchase_id"])
+            if (busy is not None and busy.locked()) or row["updated_at"] > fresh:
+                continue  # a confirm is on it, or it was tried a moment ago
             try:
                 result = await self.try_certify(json.loads(row["quote"]), row["tx_hash"])
             except (Refused, Unavailable, Conflict) as exc:
