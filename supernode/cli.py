@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=s.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets",
+        ws="websockets-sansio",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
@@ -157,6 +157,12 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     return run_devnet(args.peers, Path(args.dir))
 
 
+def cmd_petals_node(args: argparse.Namespace) -> int:
+    from supernode.petals.server import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="supernode", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -205,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("--peers", type=int, default=4)
     dn.add_argument("--dir", default=".devnet", help="state and logs (wiped at start)")
     dn.set_defaults(func=cmd_devnet)
+
+    pn = sub.add_parser("petals-node", help="serve the Petals HTTP API from a local model")
+    from supernode.petals.server import add_arguments as petals_arguments
+
+    petals_arguments(pn)
+    pn.set_defaults(func=cmd_petals_node)
 
     from supernode.client_cli import add_client_commands
 

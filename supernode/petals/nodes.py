@@ -1,0 +1,463 @@
+"""One inference node as the pool sees it: its wire protocol, its health and its circuit breaker.
+
+Two kinds of node:
+
+- ``petals``: the Petals HTTP API as chat.petals.dev has it: ``POST /api/v1/generate`` (form
+  fields) for a whole answer, the WebSocket ``/api/v2/generate`` for a stream, and ``GET
+  /health`` for the models it serves;
+- ``openai``: an OpenAI-compatible server: ``GET /v1/models``, ``POST /v1/completions`` (streamed
+  as server-sent events with ``"stream": true``).
+
+A call here returns a non-empty answer (or yields chunks), or raises ``NodeFailure`` (the node
+is at fault: timeout, connection error, HTTP 5xx, ``"ok": false``, an error event), or raises
+``NodeRejected`` (the node refused the request's parameters: a 4xx the caller caused). Empty
+output is judged by the pool (``pool.py``), which also picks nodes and fails over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from loguru import logger
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from supernode.errors import BadRequest
+
+T = TypeVar("T")
+KINDS = ("petals", "openai")
+REJECT_STATUSES = frozenset({400, 413, 422})  # the request's fault; any other non-2xx is the node's
+REJECT_CODES = frozenset({"bad_request", "payload_too_large", "refused"})  # the same, on the wire
+MAX_REASON_CHARS = 300  # of a node's own error text, kept in errors and logs
+MAX_MESSAGE_BYTES = 4_000_000  # largest WebSocket message taken from a node
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A node from config: where it is, which API it speaks, its share of the load."""
+
+    url: str  # base URL, no trailing slash
+    kind: str = "petals"  # "petals" (Petals HTTP API) or "openai" (OpenAI-compatible server)
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """How much to generate and how to pick tokens (greedy unless ``do_sample``)."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    request_s: float  # a whole request (and the total wait on a node during one stream)
+    connect_s: float  # TCP connect and the WebSocket handshake
+    stream_idle_s: float  # the wait for each streamed message
+    health_s: float  # a whole health check
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+class NodeRejected(BadRequest):
+    """A node refused the request's parameters (e.g. max_new_tokens over its limit)."""
+
+    def __init__(self, detail: str, *, reason: str | None = None, node_url: str = "") -> None:
+        super().__init__(detail, reason=reason or "node_rejected")
+        self.node_url = node_url
+
+
+class NodeFailure(Exception):
+    """The node did not give a usable answer; it counts toward the node's breaker."""
+
+
+def _short(text: object) -> str:
+    s = str(text).strip() or type(text).__name__
+    return s if len(s) <= MAX_REASON_CHARS else s[: MAX_REASON_CHARS - 3] + "..."
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _error_text(body: object) -> str:
+    """The human part of an error body: Petals ``traceback``, OpenAI ``error.message``..."""
+    if isinstance(body, dict):
+        for key in ("traceback", "error", "detail", "message"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message", value)
+            if value:
+                return _short(value if isinstance(value, str) else json.dumps(value))
+    return _short(body)
+
+
+def _parse_json(raw: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise NodeFailure(f"{what} is not JSON: {_short(raw[:80])}") from None
+    if not isinstance(data, dict):
+        raise NodeFailure(f"{what} is not a JSON object")
+    return data
+
+
+def _judge_response(resp: httpx.Response, url: str) -> dict[str, Any]:
+    """A 2xx JSON object, or the right exception for the status."""
+    try:
+        body: object = resp.json()
+    except ValueError:
+        body = resp.text
+    if resp.status_code in REJECT_STATUSES:
+        reason = body.get("reason") if isinstance(body, dict) else None
+        raise NodeRejected(
+            _error_text(body), reason=reason if isinstance(reason, str) else None, node_url=url
+        )
+    if not resp.is_success:
+        raise NodeFailure(f"HTTP {resp.status_code}: {_error_text(body)}")
+    if not isinstance(body, dict):
+        raise NodeFailure(f"the answer is not a JSON object: {_short(body)}")
+    return body
+
+
+def _judge_event(event: dict[str, Any], url: str) -> None:
+    """A Petals ``"ok": false`` message: the request's fault or the node's."""
+    code = event.get("error")
+    if isinstance(code, str) and code in REJECT_CODES:
+        reason = event.get("reason")
+        raise NodeRejected(
+            _error_text(event), reason=reason if isinstance(reason, str) else None, node_url=url
+        )
+    raise NodeFailure(f"error event: {_error_text(event)}")
+
+
+class Node:
+    """A configured node: one keep-alive HTTP client, last health, in-flight count, breaker."""
+
+    def __init__(self, config: NodeConfig, timeouts: Timeouts) -> None:
+        if config.kind not in KINDS:
+            raise ValueError(f"node {config.url}: kind must be one of {KINDS}, not {config.kind!r}")
+        if not config.url.startswith(("http://", "https://")) or config.url.endswith("/"):
+            raise ValueError(
+                f"node URL must be http(s)://host:port without a trailing slash: {config.url!r}"
+            )
+        if not config.weight > 0:
+            raise ValueError(f"node {config.url}: weight must be positive")
+        self.config, self.url, self.timeouts = config, config.url, timeouts
+        self.client: httpx.AsyncClient | None = None
+        self.sockets: set[ClientConnection] = set()
+        self.healthy = False
+        self.models: tuple[str, ...] = ()
+        self.limits: dict[str, int] = {}  # max_new_tokens, max_length where /health tells
+        self.last_check: float | None = None  # wall-clock time of the last health check
+        self.inflight = 0
+        self.failures = 0  # consecutive
+        self.last_error: str | None = None
+        self.opened_at: float | None = None  # monotonic time the breaker opened
+        self.trial = False  # a half-open trial request is running
+        self.current_weight = 0.0  # smooth weighted round-robin among equally loaded nodes
+
+    # --- lifecycle and health ----------------------------------------------------------
+
+    def open(self) -> None:
+        if self.client is None:
+            self.client = httpx.AsyncClient(
+                base_url=self.url,
+                timeout=httpx.Timeout(self.timeouts.request_s, connect=self.timeouts.connect_s),
+                trust_env=False,  # nodes are reached directly, never through a proxy
+            )
+
+    async def close(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close()
+        self.sockets.clear()
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self.client is None:
+            raise NodeFailure("the pool is not started")
+        return self.client
+
+    async def check_health(self) -> None:
+        """Ask the node what it serves; ``healthy`` and ``models`` follow the answer."""
+        path = "/health" if self.config.kind == "petals" else "/v1/models"
+        was = self.healthy
+        try:
+            async with asyncio.timeout(self.timeouts.health_s):
+                resp = await self._client().get(path)
+            body = _judge_response(resp, self.url)
+            models, limits = _read_health(body, self.config.kind)
+        except (NodeFailure, NodeRejected, httpx.HTTPError, OSError, TimeoutError) as exc:
+            why = _describe(exc, self.timeouts.health_s, self.timeouts.connect_s, "health answer")
+            self.healthy, self.last_error = False, why
+            first = self.last_check is None
+            (logger.warning if was or first else logger.debug)(
+                "node {} unhealthy: {}", self.url, why
+            )
+        except Exception as exc:  # a bug here must not stop the health job
+            logger.opt(exception=exc).error("node {}: health check broke", self.url)
+            self.healthy, self.last_error = False, f"health check broke: {type(exc).__name__}"
+        else:
+            self.healthy, self.models, self.limits = True, models, limits
+            if not was:
+                logger.info("node {} healthy, serving {}", self.url, ", ".join(models) or "nothing")
+        self.last_check = time.time()
+
+    # --- circuit breaker ----------------------------------------------------------------
+
+    def breaker(self, reset_s: float, now: float | None = None) -> str:
+        if self.opened_at is None:
+            return "closed"
+        now = time.monotonic() if now is None else now
+        return "open" if now - self.opened_at < reset_s else "half-open"
+
+    def available(self, model: str, reset_s: float, now: float) -> bool:
+        """Healthy, serves ``model``, and its breaker lets a request through now."""
+        if not self.healthy or model not in self.models:
+            return False
+        state = self.breaker(reset_s, now)
+        return state == "closed" or (state == "half-open" and not self.trial)
+
+    def record_success(self) -> None:
+        if self.opened_at is not None:
+            logger.info("node {}: trial request succeeded, breaker closed", self.url)
+        self.failures, self.opened_at, self.trial = 0, None, False
+
+    def record_failure(self, why: str, threshold: int, reset_s: float) -> None:
+        self.failures += 1
+        self.last_error = why
+        if self.trial:  # the half-open trial failed: open again
+            self.opened_at, self.trial = time.monotonic(), False
+            logger.warning(
+                "node {}: trial request failed, breaker open {} s more", self.url, reset_s
+            )
+        elif self.opened_at is None and self.failures >= threshold:
+            self.opened_at = time.monotonic()
+            logger.warning(
+                "node {}: breaker opened after {} consecutive failures; trial in {} s",
+                self.url,
+                self.failures,
+                reset_s,
+            )
+
+    # --- generation ---------------------------------------------------------------------
+
+    async def generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
+        """One whole answer, within ``request_s``."""
+        try:
+            async with asyncio.timeout(self.timeouts.request_s):
+                if self.config.kind == "petals":
+                    return await self._petals_generate(model, prompt, params)
+                return await self._openai_generate(model, prompt, params)
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            raise NodeFailure(
+                _describe(exc, self.timeouts.request_s, self.timeouts.connect_s, "answer")
+            ) from None
+
+    async def _petals_generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
+        form = {"model": model, "inputs": prompt, **_petals_fields(params)}
+        resp = await self._client().post("/api/v1/generate", data=form)
+        body = _judge_response(resp, self.url)
+        if body.get("ok") is not True:
+            _judge_event(body, self.url)
+        text = body.get("outputs")
+        if not isinstance(text, str):
+            raise NodeFailure("the answer has no text outputs")
+        return Answer(
+            text, _int_or_none(body.get("input_tokens")), _int_or_none(body.get("output_tokens"))
+        )
+
+    async def _openai_generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
+        resp = await self._client().post(
+            "/v1/completions", json=_openai_body(model, prompt, params)
+        )
+        body = _judge_response(resp, self.url)
+        if "error" in body:
+            raise NodeFailure(f"error: {_error_text(body)}")
+        text = _choice_text(body)
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        return Answer(
+            text,
+            _int_or_none(usage.get("prompt_tokens")),
+            _int_or_none(usage.get("completion_tokens")),
+        )
+
+    async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[str]:
+        """Non-empty text chunks as the node makes them; each wait at most ``stream_idle_s``,
+        all waits together at most ``request_s`` (a slow reader's own time is not counted)."""
+        clock = _WaitClock(self.timeouts.request_s, self.timeouts.stream_idle_s)
+        inner = self._petals_stream if self.config.kind == "petals" else self._openai_stream
+        try:
+            async with aclosing(inner(model, prompt, params, clock)) as chunks:
+                async for chunk in chunks:
+                    if chunk:
+                        yield chunk
+        except (httpx.HTTPError, OSError, TimeoutError, WebSocketException) as exc:
+            why = _describe(exc, clock.last_limit, self.timeouts.connect_s, "stream message")
+            raise NodeFailure(why) from None
+
+    async def _petals_stream(
+        self, model: str, prompt: str, params: GenerateParams, clock: _WaitClock
+    ) -> AsyncIterator[str]:
+        ws_url = "ws" + self.url.removeprefix("http") + "/api/v2/generate"
+        opener = connect(
+            ws_url,
+            open_timeout=self.timeouts.connect_s,
+            close_timeout=self.timeouts.connect_s,
+            proxy=None,
+            max_size=MAX_MESSAGE_BYTES,
+        )
+        clock.last_limit = self.timeouts.connect_s
+        async with opener as ws:
+            self.sockets.add(ws)
+            try:
+                session: dict[str, Any] = {"type": "open_inference_session", "model": model}
+                if "max_length" in self.limits:
+                    session["max_length"] = self.limits["max_length"]
+                await ws.send(json.dumps(session))
+                opened = _parse_json(await clock.wait(ws.recv()), "the session reply")
+                if opened.get("ok") is not True:
+                    _judge_event(opened, self.url)
+                step = {"type": "generate", "inputs": prompt, **_petals_fields(params)}
+                await ws.send(json.dumps(step))
+                while True:
+                    event = _parse_json(await clock.wait(ws.recv()), "a stream message")
+                    if event.get("ok") is not True:
+                        _judge_event(event, self.url)
+                    text = event.get("outputs", "")
+                    if not isinstance(text, str):
+                        raise NodeFailure("a stream message has no text outputs")
+                    yield text
+                    if event.get("stop"):
+                        return
+            finally:
+                self.sockets.discard(ws)
+
+    async def _openai_stream(
+        self, model: str, prompt: str, params: GenerateParams, clock: _WaitClock
+    ) -> AsyncIterator[str]:
+        body = {**_openai_body(model, prompt, params), "stream": True}
+        timeout = httpx.Timeout(self.timeouts.stream_idle_s, connect=self.timeouts.connect_s)
+        clock.last_limit = self.timeouts.stream_idle_s  # httpx's read timeout, for the headers
+        client = self._client()
+        async with client.stream("POST", "/v1/completions", json=body, timeout=timeout) as resp:
+            if not resp.is_success:
+                await clock.wait(resp.aread())
+                _judge_response(resp, self.url)
+            lines = resp.aiter_lines()
+            while True:
+                try:
+                    line = await clock.wait(anext(lines))
+                except StopAsyncIteration:
+                    raise NodeFailure("the stream ended without [DONE]") from None
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, event names
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                event = _parse_json(data, "a stream event")
+                if "error" in event:
+                    raise NodeFailure(f"error event: {_error_text(event)}")
+                yield _choice_text(event)
+
+
+class _WaitClock:
+    """Bounds each wait by ``idle_s`` and the sum of all waits by ``total_s``."""
+
+    def __init__(self, total_s: float, idle_s: float) -> None:
+        self.left, self.idle_s = total_s, idle_s
+        self.last_limit = idle_s
+
+    async def wait(self, aw: Awaitable[T]) -> T:
+        if self.left <= 0:
+            raise NodeFailure("the stream ran past the request timeout")
+        self.last_limit = min(self.idle_s, self.left)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.last_limit):
+                return await aw
+        finally:
+            self.left -= time.monotonic() - started
+
+
+def _petals_fields(params: GenerateParams) -> dict[str, Any]:
+    """chat.petals.dev's field names; ``do_sample`` as 0/1, unset options left out."""
+    fields: dict[str, Any] = {
+        "max_new_tokens": params.max_new_tokens,
+        "do_sample": int(params.do_sample),
+        "temperature": params.temperature,
+        "top_k": params.top_k,
+        "top_p": params.top_p,
+        "repetition_penalty": params.repetition_penalty,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _openai_body(model: str, prompt: str, params: GenerateParams) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature if params.do_sample else 0.0,  # 0: greedy
+    }
+    if params.top_p is not None:
+        body["top_p"] = params.top_p
+    return body
+
+
+def _choice_text(body: dict[str, Any]) -> str:
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    text = first.get("text") if isinstance(first, dict) else None
+    if not isinstance(text, str):
+        raise NodeFailure("the answer has no choices[0].text")
+    return text
+
+
+def _read_health(body: dict[str, Any], kind: str) -> tuple[tuple[str, ...], dict[str, int]]:
+    if kind == "openai":
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise NodeFailure("/v1/models has no data list")
+        ids = [m.get("id") for m in data if isinstance(m, dict)]
+        return tuple(i for i in ids if isinstance(i, str)), {}
+    if body.get("status", "ok") != "ok":
+        raise NodeFailure(f"status is {_short(body.get('status'))}")
+    models = body.get("models")
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise NodeFailure("/health has no models list")
+    limits = {k: v for k in ("max_new_tokens", "max_length") if (v := _int_or_none(body.get(k)))}
+    return tuple(models), limits
+
+
+def _describe(exc: BaseException, limit_s: float, connect_s: float, what: str) -> str:
+    """A short reason for logs and errors: which wait failed and how."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {connect_s:g} s"
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return f"no {what} within {limit_s:g} s"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect: {_short(exc)}"
+    if isinstance(exc, NodeRejected):
+        return f"refused: {exc.detail}"
+    if isinstance(exc, NodeFailure):
+        return str(exc)
+    return f"{type(exc).__name__}: {_short(exc)}"

@@ -1,0 +1,285 @@
+"""The node pool: which local inference node runs a request, and what happens when one fails.
+
+Nodes come from config (``NodeConfig``); ``check_health`` (an apscheduler job) asks each what it
+serves. A request goes to a healthy node that serves the model and whose circuit breaker lets it
+through, the least loaded relative to its weight (in-flight requests / weight); equally loaded
+nodes take turns by smooth weighted round-robin. A failure (timeout, connection error, HTTP 5xx,
+``"ok": false``, an error event, empty output) counts toward that node's breaker and the request
+moves to another node, at most ``max_tries`` tries in all and never the same node twice while an
+untried one is left. A stream moves only until its first chunk was handed on. A node that refuses
+the request's parameters (a 4xx) ends the call with ``NodeRejected`` (400): another node would
+refuse it too.
+
+Breaker: ``breaker_failures`` consecutive failures open it for ``breaker_reset_s``; then it is
+half-open and lets one trial request through, whose outcome closes or reopens it.
+
+The wire (Petals HTTP/WebSocket API, OpenAI completions) lives in ``nodes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from supernode.errors import Unavailable
+from supernode.petals.nodes import (
+    GenerateParams,
+    Node,
+    NodeConfig,
+    NodeFailure,
+    NodeRejected,
+    Timeouts,
+)
+
+__all__ = [
+    "GenerateParams",
+    "GenerateResult",
+    "NodeConfig",
+    "NodePool",
+    "NodeRejected",
+    "NodeUnavailable",
+]
+
+DEFAULT_HEALTH_TIMEOUT_S = 5.0  # a whole health check of one node
+
+
+class NodeUnavailable(Unavailable):
+    """No healthy node serves the model, or every try failed; the message names nodes and why.
+
+    ``reason``: ``no_node`` (none could take it), ``all_tries_failed``, ``stream_broken``."""
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    text: str
+    input_tokens: int | None
+    output_tokens: int | None
+    node_url: str
+    latency_s: float  # the whole call, failed tries included
+    attempts: int  # tries made, this one included
+
+
+class NodePool:
+    """Local inference nodes: health, load-aware choice, fail-over and a breaker per node."""
+
+    def __init__(
+        self,
+        nodes: list[NodeConfig],
+        *,
+        request_timeout_s: float,
+        connect_timeout_s: float,
+        max_tries: int,
+        breaker_failures: int,
+        breaker_reset_s: float,
+        stream_idle_timeout_s: float,
+        health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+    ) -> None:
+        timeouts = Timeouts(
+            request_timeout_s, connect_timeout_s, stream_idle_timeout_s, health_timeout_s
+        )
+        if min(request_timeout_s, connect_timeout_s, stream_idle_timeout_s, health_timeout_s) <= 0:
+            raise ValueError("node timeouts must be positive")
+        if max_tries < 1 or breaker_failures < 1 or breaker_reset_s <= 0:
+            raise ValueError("max_tries, breaker_failures and breaker_reset_s must be positive")
+        urls = [n.url for n in nodes]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"a node is listed twice: {urls}")
+        self._nodes = [Node(config, timeouts) for config in nodes]
+        self.max_tries = max_tries
+        self.breaker_failures = breaker_failures
+        self.breaker_reset_s = breaker_reset_s
+
+    async def start(self) -> None:
+        """Open one keep-alive client per node and check every node once."""
+        for node in self._nodes:
+            node.open()
+        await self.check_health()
+
+    async def stop(self) -> None:
+        """Close every client and open stream; the pool starts no background task."""
+        for node in self._nodes:
+            await node.close()
+
+    async def check_health(self) -> None:
+        """``GET /health`` (petals) or ``GET /v1/models`` (openai) on every node, at once."""
+        await asyncio.gather(*(node.check_health() for node in self._nodes))
+
+    def models(self) -> dict[str, list[str]]:
+        """Model name -> URLs of the healthy nodes serving it (breakers not considered)."""
+        served: dict[str, list[str]] = {}
+        for node in self._nodes:
+            if node.healthy:
+                for model in node.models:
+                    served.setdefault(model, []).append(node.url)
+        return served
+
+    def status(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [
+            {
+                "url": n.url,
+                "kind": n.config.kind,
+                "weight": n.config.weight,
+                "healthy": n.healthy,
+                "models": list(n.models),
+                "inflight": n.inflight,
+                "failures": n.failures,
+                "breaker": n.breaker(self.breaker_reset_s, now),
+                "last_error": n.last_error,
+                "last_check": n.last_check,
+                "max_new_tokens": n.limits.get("max_new_tokens"),
+            }
+            for n in self._nodes
+        ]
+
+    # --- choosing a node ----------------------------------------------------------------
+
+    def _pick(self, model: str, tried: list[Node]) -> Node | None:
+        """The least loaded available node, untried ones first; ties by weighted turns."""
+        now = time.monotonic()
+        ready = [n for n in self._nodes if n.available(model, self.breaker_reset_s, now)]
+        ready = [n for n in ready if n not in tried] or ready
+        if not ready:
+            return None
+        least = min(n.inflight / n.config.weight for n in ready)
+        tied = [n for n in ready if n.inflight / n.config.weight == least]
+        for n in tied:
+            n.current_weight += n.config.weight
+        chosen = max(tied, key=lambda n: n.current_weight)  # the first on a tie
+        chosen.current_weight -= sum(n.config.weight for n in tied)
+        return chosen
+
+    @contextmanager
+    def _lease(self, node: Node) -> Iterator[None]:
+        """Counts the request in flight; a half-open node's request is its trial."""
+        node.inflight += 1
+        trial = node.breaker(self.breaker_reset_s) == "half-open"
+        node.trial = node.trial or trial
+        try:
+            yield
+        finally:
+            node.inflight -= 1
+            if trial:
+                node.trial = False  # no verdict (the caller left): the next request is the trial
+
+    def _failed(self, node: Node, model: str, attempt: int, exc: NodeFailure) -> str:
+        logger.warning(
+            "node {} failed (model {}, try {}/{}): {}",
+            node.url,
+            model,
+            attempt,
+            self.max_tries,
+            exc,
+        )
+        node.record_failure(str(exc), self.breaker_failures, self.breaker_reset_s)
+        return f"{node.url}: {exc}"
+
+    def _nothing_ready(self, model: str) -> str:
+        """Why no node can take ``model`` now, node by node."""
+        if not self._nodes:
+            return "no nodes are configured"
+        now = time.monotonic()
+        why = []
+        for n in self._nodes:
+            state = n.breaker(self.breaker_reset_s, now)
+            if not n.healthy:
+                reason = f"unhealthy ({n.last_error or 'not checked yet'})"
+            elif model not in n.models:
+                reason = "does not serve it"
+            elif state == "open":
+                left = self.breaker_reset_s - (now - (n.opened_at or now))
+                reason = f"breaker open for {left:.1f} s more ({n.last_error})"
+            else:
+                reason = "busy with its half-open trial request"
+            why.append(f"{n.url}: {reason}")
+        return "; ".join(why)
+
+    def _give_up(self, model: str, errors: list[str]) -> NodeUnavailable:
+        if not errors:
+            detail = f"no node can serve model {model!r} now: {self._nothing_ready(model)}"
+            return NodeUnavailable(detail, reason="no_node")
+        tries = f"{len(errors)} {'try' if len(errors) == 1 else 'tries'}"
+        detail = f"model {model!r} failed on every node tried ({tries}): {'; '.join(errors)}"
+        if len(errors) < self.max_tries:
+            detail += f"; no other node left ({self._nothing_ready(model)})"
+        logger.warning("giving up on a request for {}: {}", model, detail)
+        return NodeUnavailable(detail, reason="all_tries_failed")
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def generate(self, model: str, prompt: str, params: GenerateParams) -> GenerateResult:
+        """One whole answer from the first node that gives a non-empty one."""
+        started = time.monotonic()
+        tried: list[Node] = []
+        errors: list[str] = []
+        for attempt in range(1, self.max_tries + 1):
+            node = self._pick(model, tried)
+            if node is None:
+                break
+            tried.append(node)
+            with self._lease(node):
+                try:
+                    answer = await node.generate(model, prompt, params)
+                    if not answer.text:
+                        raise NodeFailure("empty output")
+                except NodeFailure as exc:
+                    errors.append(self._failed(node, model, attempt, exc))
+                    continue
+                except NodeRejected as exc:
+                    node.record_success()  # it answered, and rightly: the node is fine
+                    logger.info("node {} refused a request for {}: {}", node.url, model, exc)
+                    raise
+                node.record_success()
+            if attempt > 1:
+                logger.info("request for {} served by {} on try {}", model, node.url, attempt)
+            return GenerateResult(
+                text=answer.text,
+                input_tokens=answer.input_tokens,
+                output_tokens=answer.output_tokens,
+                node_url=node.url,
+                latency_s=time.monotonic() - started,
+                attempts=attempt,
+            )
+        raise self._give_up(model, errors)
+
+    async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[str]:
+        """Text chunks as a node makes them (non-empty, in order; the iterator ends after the
+        last). Fails over only before the first chunk was yielded; after that a failure ends
+        the stream with ``NodeUnavailable``."""
+        tried: list[Node] = []
+        errors: list[str] = []
+        for attempt in range(1, self.max_tries + 1):
+            node = self._pick(model, tried)
+            if node is None:
+                break
+            tried.append(node)
+            sent = 0
+            with self._lease(node):
+                try:
+                    async with aclosing(node.stream(model, prompt, params)) as chunks:
+                        async for chunk in chunks:
+                            sent += 1
+                            yield chunk
+                    if not sent:
+                        raise NodeFailure("empty stream (no text)")
+                except NodeFailure as exc:
+                    errors.append(self._failed(node, model, attempt, exc))
+                    if sent:
+                        detail = f"node {node.url} failed after {sent} chunks of {model!r}: {exc}"
+                        raise NodeUnavailable(detail, reason="stream_broken") from None
+                    continue
+                except NodeRejected as exc:
+                    node.record_success()
+                    logger.info("node {} refused a stream for {}: {}", node.url, model, exc)
+                    raise
+                node.record_success()
+            if attempt > 1:
+                logger.info("stream for {} served by {} on try {}", model, node.url, attempt)
+            return
+        raise self._give_up(model, errors)

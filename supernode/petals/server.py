@@ -1,0 +1,438 @@
+"""The Petals node: chat.petals.dev's HTTP and WebSocket API over a local transformers model.
+
+Wire (field names as chat.petals.dev has them):
+- ``POST /api/v1/generate``, form (or query or JSON) fields ``model, inputs, max_new_tokens |
+  max_length, do_sample, temperature, top_k, top_p, repetition_penalty`` (and ``seed``) →
+  ``{"ok": true, "outputs": text, "input_tokens", "output_tokens", "finish_reason"}``.
+- WebSocket ``/api/v2/generate``: ``{"type": "open_inference_session", "model", "max_length"}``
+  → ``{"ok": true}``; then ``{"type": "generate", "inputs", "max_new_tokens", ...,
+  "stop_sequence"?, "extra_stop_sequences"?}`` → ``{"ok": true, "outputs": chunk, "stop": false,
+  "token_count": n}``..., the last one with ``"stop": true``. The session keeps its tokens, so a
+  later step continues the text. As in chat.petals.dev, without a stop sequence a step makes
+  ``max_new_tokens`` tokens; with one, it goes on until the text ends with a stop sequence, an
+  end-of-text token or the session's ``max_length`` (at most ``max_new_tokens_limit`` a step).
+- ``POST /api/v1/tokenize``, the same body formats, fields ``model, inputs`` → ``{"ok": true,
+  "token_count": n}``: the model's tokenizer's count, as ``input_tokens`` of ``generate``. It
+  skips the generation worker's queue (it runs in asyncio's thread pool), so never waits for it.
+- ``GET /health`` → models, engine, in-flight requests, limits, generations served (``served``,
+  by API) and texts tokenized (``tokenized``).
+
+Refusals are ``{"ok": false, "traceback": reason}`` with a 4xx status, never a Python traceback.
+One worker thread runs every generation in arrival order (torch gets the cores to itself), and
+each request has a deadline that covers its wait in the queue. Greedy decoding (``do_sample``
+false) is deterministic: the same prompt gives the same text, on v1 and v2 alike.
+
+The model and its worker are in ``engine``, the request fields and body reading in ``wire``.
+torch and transformers are imported only when a model loads, after the offline switches are set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from supernode.errors import BadRequest, NotFound, PayloadTooLarge, SupernodeError
+from supernode.petals.engine import Engine, GenerationTimeout, Job, Result, Worker, retrieve
+from supernode.petals.wire import (
+    MAX_BODY_BYTES,
+    parse_inputs,
+    parse_int,
+    parse_sampling,
+    parse_stop_sequences,
+    read_values,
+    short,
+)
+
+DEFAULT_PORT = 5000  # chat.petals.dev's port
+DEFAULT_MAX_NEW_TOKENS = 256  # most new tokens one request (or one session step) may make
+DEFAULT_TIMEOUT_S = 120.0  # one generation, its wait in the queue included
+DEFAULT_STEP_TIMEOUT_S = 300.0  # WebSocket: wait for the client's next message
+DEFAULT_MAX_QUEUE = 64  # requests queued or running before new ones get 503
+
+
+# --- HTTP and WebSocket --------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    engine: Engine
+    worker: Worker
+    model_name: str
+    limit: int
+    step_timeout_s: float
+    sessions: int = 0
+    served: dict[str, int] = field(default_factory=lambda: {"v1": 0, "v2": 0})  # generations
+    tokenized: int = 0
+
+    def check_model(self, values: Mapping[str, Any]) -> None:
+        model = values.get("model")
+        if model not in (None, "", self.model_name):
+            raise NotFound(
+                f"model {short(model)} is not served here; this node serves {self.model_name!r}",
+                reason="unknown_model",
+            )
+
+
+def _refusal(exc: SupernodeError) -> dict[str, Any]:
+    return {"ok": False, "traceback": exc.detail, "error": exc.code, "reason": exc.reason}
+
+
+def create_petals_app(
+    model_path: str,
+    model_name: str | None = None,
+    max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    threads: int | None = None,
+) -> FastAPI:
+    """Load the model (blocking, a few seconds) and return the app that serves it."""
+    if max_new_tokens_limit < 1 or timeout_s <= 0 or step_timeout_s <= 0 or max_queue < 1:
+        raise ValueError("limits and timeouts must be positive")
+    path = Path(model_path)
+    name = model_name or (path.resolve().name if path.is_dir() else model_path)
+    engine = Engine(model_path, threads=threads)
+    logger.info(
+        "petals node: model {} from {} loaded in {:.2f} s ({}, context {} tokens)",
+        name,
+        model_path,
+        engine.load_seconds,
+        engine.device,
+        engine.max_length,
+    )
+    limit = min(max_new_tokens_limit, engine.max_length - 1)
+    node = _Node(engine, Worker(engine, timeout_s, max_queue), name, limit, step_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            node.worker.close()
+
+    app = FastAPI(title="Supernode petals node", lifespan=lifespan)
+    app.state.node = node
+
+    @app.exception_handler(SupernodeError)
+    async def _known(request: Request, exc: SupernodeError) -> JSONResponse:
+        logger.info("{} {} refused ({}): {}", request.method, request.url.path, exc.code, exc)
+        return JSONResponse(_refusal(exc), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {"ok": False, "traceback": str(exc.detail), "error": "http_error"}
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        logger.debug("client hung up during {}", request.url.path)
+        return JSONResponse({"ok": False, "traceback": "client disconnected"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        logger.opt(exception=exc).error("error {} on {}", error_id, request.url.path)
+        body = {"ok": False, "traceback": f"internal error {error_id}", "error_id": error_id}
+        return JSONResponse(body, status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "models": [node.model_name],
+            "engine": node.engine.engine,
+            "busy": node.worker.busy,
+            "sessions": node.sessions,
+            "max_new_tokens": node.limit,
+            "max_length": node.engine.max_length,
+            "served": node.served,
+            "tokenized": node.tokenized,
+        }
+
+    @app.post("/api/v1/generate")
+    async def generate_v1(request: Request) -> dict[str, Any]:
+        values = await read_values(request)
+        node.check_model(values)
+        if values.get("session_id"):
+            raise BadRequest("the HTTP API has no sessions; use the WebSocket /api/v2/generate")
+        inputs = parse_inputs(values, required=True)
+        sampling = parse_sampling(values)
+        max_new = parse_int(values, "max_new_tokens", 1, node.limit)
+        max_length = parse_int(values, "max_length", 1, node.engine.max_length)
+        if max_new is None and max_length is None:
+            raise BadRequest("give max_new_tokens (or max_length)", reason="missing_max_new_tokens")
+        job = Job(inputs, sampling, max_new, max_length or node.engine.max_length, node.limit)
+        result = await node.worker.run(job)
+        node.served["v1"] += 1
+        logger.info(
+            "v1 generate: {} + {} tokens in {:.3f} s ({})",
+            result.prompt_tokens,
+            len(result.token_ids),
+            result.seconds,
+            result.finish_reason,
+        )
+        return {
+            "ok": True,
+            "outputs": result.text,
+            "model": node.model_name,
+            "input_tokens": result.prompt_tokens,
+            "output_tokens": len(result.token_ids),
+            "finish_reason": result.finish_reason,
+        }
+
+    @app.post("/api/v1/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        values = await read_values(request)
+        node.check_model(values)
+        inputs = parse_inputs(values, required=True)
+        assert inputs is not None  # required
+        # Not through the worker: the tokenizer is only read, so it may run beside a generation;
+        # on a thread, not the event loop, as 100,000 characters take ~20 ms.
+        count = len(await asyncio.to_thread(node.engine.encode, inputs))
+        node.tokenized += 1
+        return {"ok": True, "token_count": count}
+
+    @app.websocket("/api/v2/generate")
+    async def generate_v2(ws: WebSocket) -> None:
+        await ws.accept()
+        node.sessions += 1
+        try:
+            await _session(ws, node)
+        except (WebSocketDisconnect, OSError):
+            logger.debug("v2 session: the client left")
+        except SupernodeError as exc:
+            logger.info("v2 session refused ({}): {}", exc.code, exc)
+            await _close(ws, _refusal(exc), 1000)
+        except Exception as exc:
+            error_id = uuid.uuid4().hex[:12]
+            logger.opt(exception=exc).error("error {} in a v2 session", error_id)
+            await _close(ws, {"ok": False, "traceback": f"internal error {error_id}"}, 1011)
+        finally:
+            node.sessions -= 1
+
+    return app
+
+
+async def _close(ws: WebSocket, message: dict[str, Any], code: int) -> None:
+    try:
+        await ws.send_json(message)
+        await ws.close(code)
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        pass
+
+
+async def _receive(ws: WebSocket, node: _Node) -> dict[str, Any]:
+    try:
+        message = await asyncio.wait_for(ws.receive(), node.step_timeout_s)
+    except TimeoutError:
+        detail = f"no message from the client in {node.step_timeout_s} s"
+        raise GenerationTimeout(detail, reason="idle") from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    raw = message.get("text") or message.get("bytes") or b""
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"message over {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("a message must be a JSON object", reason="bad_message") from None
+    if not isinstance(data, dict):
+        raise BadRequest("a message must be a JSON object", reason="bad_message")
+    return data
+
+
+async def _session(ws: WebSocket, node: _Node) -> None:
+    """One inference session: open, then generate steps until the client leaves."""
+    opened = await _receive(ws, node)
+    if opened.get("type") != "open_inference_session":
+        raise BadRequest('the first message must be {"type": "open_inference_session", ...}')
+    node.check_model(opened)
+    max_length = parse_int(opened, "max_length", 1, node.engine.max_length)
+    max_length = max_length or node.engine.max_length
+    await ws.send_json({"ok": True})
+    history: list[int] = []
+    while True:
+        step = await _receive(ws, node)
+        if step.get("type") != "generate":
+            raise BadRequest('a session step must be {"type": "generate", ...}')
+        inputs = parse_inputs(step, required=not history)
+        stops = parse_stop_sequences(step)
+        max_new = parse_int(step, "max_new_tokens", 1, node.limit)
+        job = Job(
+            inputs,
+            parse_sampling(step),
+            None if stops else max_new,  # with a stop sequence, max_new_tokens is a step size
+            max_length,
+            node.limit,
+            tuple(history),
+            stops,
+        )
+        result = await _stream(ws, node, job)
+        history += result.input_ids + result.token_ids
+
+
+async def _stream(ws: WebSocket, node: _Node, job: Job) -> Result:
+    """Run one step, sending text as it comes; the last message says ``"stop": true``."""
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
+
+    def sink(text: str, tokens: int) -> None:  # on the worker thread
+        loop.call_soon_threadsafe(chunks.put_nowait, (text, tokens))
+
+    task = asyncio.create_task(node.worker.run(job, sink))
+    task.add_done_callback(lambda _: chunks.put_nowait(None))  # after every chunk
+    try:
+        held: tuple[str, int] | None = None  # one chunk back, so the last can carry stop=true
+        while (chunk := await chunks.get()) is not None:
+            if held is not None:
+                await ws.send_json(
+                    {"ok": True, "outputs": held[0], "stop": False, "token_count": held[1]}
+                )
+            held = chunk
+        result = await task
+    finally:
+        if not task.done():
+            task.cancel()  # the client left: the worker drops the job at its next token
+        else:
+            retrieve(task)
+    text, count = held or ("", 0)
+    node.served["v2"] += 1
+    await ws.send_json(
+        {
+            "ok": True,
+            "outputs": text,
+            "stop": True,
+            "token_count": count,
+            "input_tokens": result.prompt_tokens,
+            "output_tokens": len(result.token_ids),
+            "finish_reason": result.finish_reason,
+        }
+    )
+    return result
+
+
+# --- running it ----------------------------------------------------------------------
+
+
+def run_petals_node(
+    host: str,
+    port: int,
+    model_path: str | None = None,
+    tiny_random_dir: Path | None = None,
+    *,
+    model_name: str | None = None,
+    max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+    threads: int | None = None,
+    log_level: str = "INFO",
+) -> int:
+    """Serve until stopped (uvicorn with uvloop); returns a process exit status."""
+    import uvicorn
+
+    from supernode.logs import setup_logging
+
+    setup_logging(log_level, 1000, None)
+    if model_path is None and tiny_random_dir is None:
+        raise ValueError("give model_path or tiny_random_dir")
+    try:
+        if tiny_random_dir is not None:
+            _offline()
+            from supernode.petals.tiny_model import make_tiny_model
+
+            model_path = str(make_tiny_model(Path(tiny_random_dir)))
+        elif Path(str(model_path)).is_dir():
+            _offline()
+        elif str(model_path).startswith(("/", ".", "~")):
+            raise FileNotFoundError(f"no model folder at {model_path}")
+        app = create_petals_app(
+            str(model_path),
+            model_name,
+            max_new_tokens_limit,
+            timeout_s=timeout_s,
+            step_timeout_s=step_timeout_s,
+            threads=threads,
+        )
+    except (OSError, ValueError) as exc:  # no such model, not a model, a bad limit
+        source = tiny_random_dir if tiny_random_dir is not None else model_path
+        logger.error("petals node not started: cannot load {}: {}", source, exc)
+        return 1
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _offline() -> None:
+    """A local model needs no network; say so before transformers is imported."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ.setdefault(name, "1")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``supernode petals-node`` (and of ``python -m supernode.petals.server``)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a local model folder or a (cached) hub model name")
+    source.add_argument(
+        "--tiny-random", metavar="DIR", help="make (or reuse) a tiny random model in DIR"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--model-name", default=None, help="name to serve (default: folder name)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
+    parser.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT_S)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    return run_petals_node(
+        args.host,
+        args.port,
+        args.model,
+        Path(args.tiny_random) if args.tiny_random else None,
+        model_name=args.model_name,
+        max_new_tokens_limit=args.max_new_tokens,
+        timeout_s=args.timeout,
+        step_timeout_s=args.step_timeout,
+        threads=args.threads,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="supernode petals-node", description="Serve the Petals API from a local model."
+    )
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
