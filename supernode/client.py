@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any
@@ -233,7 +234,138 @@ class PurchaseMixin:
             time.sleep(1)
 
 
-class SupernodeClient(PurchaseMixin):
+class InferenceMixin:
+    """Paid inference, for SupernodeClient."""
+
+    http: httpx.Client
+    identity: Identity | None
+    _call: Any
+    auth_headers: Any
+    spend_order: Any
+
+    def model_menu(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/get_inference_model_menu")["models"]
+
+    def validate_usage(
+        self, pack_id: str, model: str, prompt: str, params: dict[str, Any], max_cost: int
+    ) -> dict[str, Any]:
+        """The supernode's signed usage response (its payload has request_id and cost)."""
+        from supernode.crypto.envelope import sign_envelope
+
+        if self.identity is None:
+            raise ValueError("inference needs the pack owner's key")
+        info = self._call("GET", "/get_local_machine_sn_info")
+        req = sign_envelope(
+            self.identity,
+            type_="inference_usage_request",
+            network_id=info["network_id"],
+            chain_id=info["chain_id"],
+            payload={
+                "pack_id": pack_id,
+                "model": model,
+                "input": prompt,
+                "params": params,
+                "max_cost": max_cost,
+            },
+            ttl_s=600,
+        )
+        return self._call(
+            "POST",
+            "/validate_inference_api_usage_request",
+            content=req.model_dump_json(),
+            headers={"content-type": "application/json"},
+        )
+
+    def confirm_usage(self, quote: dict[str, Any]) -> dict[str, Any]:
+        """Sign the spend order for a quote and have the supernode certify and run it."""
+        order = self.spend_order(
+            quote["pack_id"],
+            quote["cost"],
+            request_id=quote["request_id"],
+            executor=quote["executor"],
+        )
+        return self._call("POST", "/process_inference_confirmation", json=order)
+
+    def request_status(self, request_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/check_status_of_inference_request_results/{request_id}")
+
+    def retrieve_result(self, request_id: str) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            "/retrieve_inference_output_results",
+            headers=self.auth_headers("/retrieve_inference_output_results"),
+            json={"request_id": request_id},
+        )
+
+    def stream_output(self, request_id: str) -> Any:
+        """Yield text chunks over SSE as the model makes them."""
+        headers = self.auth_headers("/stream_inference_output")
+        with self.http.stream(
+            "GET", f"/stream_inference_output/{request_id}", headers=headers
+        ) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise SupernodeAPIError(resp.status_code, resp.json())
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                if "text" in event:
+                    yield event["text"]
+                elif "error" in event:
+                    raise SupernodeAPIError(503, {"detail": event["error"]})
+                else:
+                    return
+
+    def infer(
+        self,
+        pack_id: str,
+        model: str,
+        prompt: str,
+        *,
+        max_new_tokens: int = 16,
+        max_cost: int | None = None,
+        stream: bool = False,
+        wait_s: float = 120.0,
+    ) -> Any:
+        """The whole native flow: quote → signed order → certified → run → output."""
+        quote = self.validate_usage(
+            pack_id, model, prompt, {"max_new_tokens": max_new_tokens}, max_cost or 10**12
+        )["payload"]
+        self.confirm_usage(quote)
+        if stream:
+            return self.stream_output(quote["request_id"])
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            st = self.request_status(quote["request_id"])
+            if st["status"] == "completed":
+                return self.retrieve_result(quote["request_id"])
+            if st["status"] == "failed":
+                raise SupernodeAPIError(503, {"detail": st.get("error"), "status": st})
+            time.sleep(0.1)
+        raise TimeoutError(f"request {quote['request_id']} still {st['status']}")
+
+    def delegate(self, pack_id: str, max_credits: int, expires_in_s: int) -> str:
+        """An OpenAI API key: this supernode may spend up to ``max_credits`` of the pack
+        for ``expires_in_s`` seconds (signed with the owner's key)."""
+        from supernode.crypto.envelope import sign_envelope
+        from supernode.inference.openai import encode_api_key
+
+        if self.identity is None:
+            raise ValueError("a delegation is signed with the pack owner's key")
+        info = self._call("GET", "/get_local_machine_sn_info")
+        d = sign_envelope(
+            self.identity,
+            type_="spend_delegation",
+            network_id=info["network_id"],
+            chain_id=info["chain_id"],
+            ttl_s=expires_in_s,
+            payload={"pack_id": pack_id, "delegate": info["address"], "max_credits": max_credits},
+        )
+        return encode_api_key(d.to_wire())
+
+
+class SupernodeClient(PurchaseMixin, InferenceMixin):
     """One supernode, as a user (``identity``) or its operator (``operator_token``)."""
 
     def __init__(

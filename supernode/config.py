@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     node_breaker_failures: int = Field(default=3, gt=0)
     # Seconds an open breaker waits before one trial request.
     node_breaker_reset_s: float = Field(default=15.0, gt=0)
+    # Timeout of one node health check (s).
+    node_health_timeout_s: float = Field(default=5.0, gt=0)
     # Seconds between node health checks.
     node_health_interval_s: float = Field(default=5.0, gt=0)
     # How long a usage quote (validate_inference_api_usage_request) stays valid (s).

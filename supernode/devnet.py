@@ -194,6 +194,82 @@ class Daemon:
 
 
 @dataclass
+class PetalsNode:
+    """One `supernode petals-node` process serving a tiny random model."""
+
+    index: int
+    model_dir: Path
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def model(self) -> str:
+        return self.model_dir.name
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "supernode.cli",
+                    "petals-node",
+                    "--tiny-random",
+                    str(self.model_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            )
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise DevnetError(f"petals-node {self.index} exited:\n{tail}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise DevnetError(f"petals-node {self.index} not ready within {timeout_s:.0f} s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # in case it was suspended
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.proc = None
+
+    def suspend(self) -> None:
+        """SIGSTOP: the node hangs (accepts connections, never answers)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            _stop_process(self.proc)
+            self.proc = None
+
+
+@dataclass
 class LocalFederation:
     """anvil + a network file + ``peers`` daemons (+ ``extra_members`` listed but not run).
 
@@ -210,6 +286,9 @@ class LocalFederation:
     # per daemon index: fields of the network file that daemon reads differently (a
     # misconfigured operator, e.g. another credit price)
     network_patch: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # local Petals nodes (tiny random model) every daemon sends its requests to
+    petals_nodes: int = 0
+    nodes: list[PetalsNode] = field(default_factory=list)
     anvil: Anvil | None = None
     network: NetworkFile | None = None
     daemons: list[Daemon] = field(default_factory=list)
@@ -239,6 +318,7 @@ class LocalFederation:
         for i, m in enumerate(net.members):
             if i not in self.unfunded:
                 self.anvil.send_eth(m.address, 2 * self.min_collateral_wei)
+        self._start_petals_nodes()
         for i in range(self.peers):
             node_dir = self.root / f"node-{i}"
             node_dir.mkdir(exist_ok=True)
@@ -259,6 +339,7 @@ class LocalFederation:
                 "SUPERNODE_CHAIN_ID": str(DEVNET_CHAIN_ID),
                 "SUPERNODE_OPERATOR_TOKEN": secrets.token_urlsafe(32),
                 "SUPERNODE_MEMBERSHIP_INTERVAL_S": "1",
+                "SUPERNODE_PETALS_NODES": ",".join(n.url for n in self.nodes),
                 **self.settings,
             }
             self.daemons.append(
@@ -276,6 +357,21 @@ class LocalFederation:
         for d in self.daemons:
             d.wait_ready()
 
+    def _start_petals_nodes(self) -> None:
+        model_dir = self.root / "tiny-llama"
+        self.nodes = [
+            PetalsNode(i, model_dir, self.root / f"petals-{i}.log")
+            for i in range(self.petals_nodes)
+        ]
+        if not self.nodes:
+            return
+        self.nodes[0].start()  # the first makes the model; the others load it
+        self.nodes[0].wait_ready()
+        for n in self.nodes[1:]:
+            n.start()
+        for n in self.nodes[1:]:
+            n.wait_ready()
+
     def identity(self, index: int) -> Identity:
         """A member's key (for tests that act as that member)."""
         return load_keystore(self.root / f"member-{index}.keystore.json", self.passphrase)
@@ -283,6 +379,8 @@ class LocalFederation:
     def stop(self) -> None:
         for d in self.daemons:
             d.stop()
+        for n in self.nodes:
+            n.stop()
         if self.anvil is not None:
             self.anvil.stop()
 

@@ -86,6 +86,13 @@ def start_scheduler(node: Node) -> AsyncIOScheduler:
         s.quorum_timeout_s * 4 + s.chain_timeout_s * 4,
         first_in_s=1.0,
     )
+    add(
+        "node_health",
+        node.pool.check_health,
+        s.node_health_interval_s,
+        s.node_connect_timeout_s + s.node_request_timeout_s,
+        first_in_s=s.node_health_interval_s,
+    )
     add("housekeeping", housekeeping, HOUSEKEEPING_INTERVAL_S, 60.0, first_in_s=30.0)
     sched.start()
     return sched

@@ -24,9 +24,13 @@ from supernode.federation.membership import Membership
 from supernode.federation.messaging import SnMessageHandler, UserMessageHandler
 from supernode.federation.network import NetworkFile
 from supernode.federation.scoring import PeerScoring
+from supernode.inference.handlers import RefundHandler, ResultSummaryHandler
+from supernode.inference.openai import OpenAIGateway
+from supernode.inference.service import InferenceService
 from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Database, run_migrations
 from supernode.logs import LogRing
+from supernode.petals.pool import NodeConfig, NodePool
 
 
 class StartupError(RuntimeError):
@@ -121,6 +125,28 @@ class Node:
             publish=self.publish,
         )
         self.registry.register(SpendCertificateHandler(self.spends))
+        self.pool = NodePool(
+            parse_nodes(s.petals_nodes),
+            request_timeout_s=s.node_request_timeout_s,
+            connect_timeout_s=s.node_connect_timeout_s,
+            max_tries=s.node_max_tries,
+            breaker_failures=s.node_breaker_failures,
+            breaker_reset_s=s.node_breaker_reset_s,
+            stream_idle_timeout_s=s.node_stream_idle_timeout_s,
+            health_timeout_s=s.node_health_timeout_s,
+        )
+        self.inference = InferenceService(
+            identity=identity,
+            network=network,
+            settings=s,
+            db=self.db,
+            pool=self.pool,
+            spends=self.spends,
+            publish=self.publish,
+        )
+        self.openai = OpenAIGateway(self.inference)
+        self.registry.register(ResultSummaryHandler())
+        self.registry.register(RefundHandler())
         self.scheduler: Any = None
 
     async def start(self) -> None:
@@ -133,6 +159,7 @@ class Node:
         await self.check_chain()
         self.intake.writer.start()
         self.spends.start()
+        await self.pool.start()
         self.gossip.start()
         from supernode.jobs import start_scheduler
 
@@ -167,6 +194,8 @@ class Node:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.gossip.stop()
+        await self.inference.stop()
+        await self.pool.stop()
         await self.spends.stop()
         await self.intake.writer.stop()
         await self.chain.close()
@@ -194,3 +223,18 @@ class Node:
         waiters = self.gossip.push([checked], wait=wait_s > 0)
         deliveries = await self.gossip.wait_delivered(waiters, wait_s) if wait_s > 0 else []
         return checked, deliveries
+
+
+def parse_nodes(spec: str) -> list[NodeConfig]:
+    """SUPERNODE_PETALS_NODES: comma-separated URLs; "openai:" marks an OpenAI server."""
+    nodes = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        kind = "petals"
+        if item.startswith("openai:"):
+            kind, item = "openai", item.removeprefix("openai:")
+        if not item.startswith(("http://", "https://")):
+            raise StartupError(f"SUPERNODE_PETALS_NODES: {item!r} is not an http(s) URL")
+        nodes.append(NodeConfig(url=item.rstrip("/"), kind=kind))
+    return nodes

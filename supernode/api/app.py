@@ -130,7 +130,16 @@ def create_app(node: Node) -> FastAPI:
             status_code=500,
         )
 
-    from supernode.api import credits, messages, ops, p2p, spends, supernodes
+    from supernode.api import (
+        credits,
+        inference,
+        messages,
+        openai,
+        ops,
+        p2p,
+        spends,
+        supernodes,
+    )
 
     app.include_router(supernodes.router)
     app.include_router(messages.router)
@@ -138,6 +147,8 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(p2p.router)
     app.include_router(credits.p2p)
     app.include_router(spends.router)
+    app.include_router(inference.router)
+    app.include_router(openai.router)
     app.include_router(spends.p2p)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, max_bytes=node.settings.max_body_bytes)

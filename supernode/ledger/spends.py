@@ -9,6 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from supernode.ledger.inference import apply_refunds
 from supernode.ledger.models import CreditPack, SpendCertificate, SpendVote
 
 sv = SpendVote.__table__
@@ -104,6 +105,7 @@ async def apply_ready(conn: AsyncConnection, pack_id: str) -> int:
             .where(pk.c.pack_id == pack_id)
             .values(remaining_credits=remaining, next_sequence=nxt)
         )
+    await apply_refunds(conn, pack_id)  # refunds wait for their spend
     return applied
 
 

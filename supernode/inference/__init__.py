@@ -1,0 +1,1 @@
+"""Inference: the model menu, usage quotes, execution on local nodes, results, refunds."""

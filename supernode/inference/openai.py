@@ -1,0 +1,225 @@
+"""The OpenAI-compatible path (design.md §8.8).
+
+The API key is a delegation the pack's owner signed: "supernode S may spend up to M
+credits of pack P until T" (`spend_delegation`, base64url JSON behind an `sn-` prefix).
+For each request S quotes the cost, signs a spend order itself under the delegation and
+asks for votes while the model already runs; the output is released only once the spend
+is certified. Orders of one pack are certified one at a time (they share a sequence),
+generation is not serialized. Billing is the native path's: certified spends, refunds of
+unused tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from supernode.credits.spend_terms import parse_delegation
+from supernode.crypto.canonical import canonical_json
+from supernode.crypto.envelope import Envelope, sign_envelope
+from supernode.errors import Refused, SupernodeError, Unauthorized
+from supernode.inference.service import InferenceService
+from supernode.inference.usage import MILLI
+from supernode.ledger import inference as repo
+from supernode.ledger import spends as spends_repo
+from supernode.petals.pool import GenerateParams
+
+KEY_PREFIX = "sn-"
+
+
+def encode_api_key(delegation: dict[str, Any]) -> str:
+    return KEY_PREFIX + base64.urlsafe_b64encode(canonical_json(delegation)).decode().rstrip("=")
+
+
+def decode_api_key(key: str) -> Any:
+    if not key.startswith(KEY_PREFIX):
+        raise Unauthorized("the API key is not a supernode delegation (sn-...)")
+    body = key[len(KEY_PREFIX) :]
+    try:
+        return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except ValueError as exc:
+        raise Unauthorized("the API key does not decode") from exc
+
+
+def chat_prompt(messages: list[dict[str, Any]]) -> str:
+    """A plain chat template: one `role: content` line per message, then `assistant:`."""
+    lines = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}]
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        lines.append(f"{m.get('role', 'user')}: {content}")
+    return "\n".join(lines) + "\nassistant:"
+
+
+@dataclass
+class Job:
+    request_id: str
+    model: str
+    prompt: str
+    params: GenerateParams
+    created: int
+
+
+class OpenAIGateway:
+    def __init__(self, service: InferenceService) -> None:
+        self.svc = service
+        self._pack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def delegation(self, authorization: str | None) -> Envelope:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized("send the delegation as `Authorization: Bearer sn-...`")
+        raw = decode_api_key(authorization[7:].strip())
+        try:
+            d = parse_delegation(
+                raw,
+                self.svc.network,
+                clock_skew_s=self.svc.s.clock_skew_s,
+                max_ttl_s=self.svc.s.max_envelope_ttl_s,
+            )
+        except SupernodeError as exc:  # a bad key is an authentication failure
+            raise Unauthorized(f"API key refused: {exc.detail}", reason=exc.reason) from exc
+        if d.payload["delegate"] != self.svc.me:
+            raise Unauthorized(
+                f"this key delegates to {d.payload['delegate']}, not to this "
+                f"supernode ({self.svc.me})"
+            )
+        return d
+
+    async def prepare(
+        self,
+        d: Envelope,
+        model: str,
+        prompt: str,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+    ) -> Job:
+        """Quote the request against the pack and the delegation's cap."""
+        entry = self.svc.entry(model)
+        params_raw: dict[str, Any] = {"max_new_tokens": max_tokens or min(16, entry.max_new_tokens)}
+        if temperature is not None and temperature > 0:
+            params_raw.update(do_sample=True, temperature=max(1, int(temperature * MILLI)))
+        if top_p is not None and 0 < top_p < 1:
+            params_raw["top_p"] = max(1, int(top_p * MILLI))
+        pack_id = d.payload["pack_id"]
+        async with self.svc.db.read() as conn:
+            pack = await spends_repo.pack_state(conn, pack_id)
+            spent = await spends_repo.delegated_spent(conn, d.id)
+        if pack is None:
+            raise Refused(f"no certified pack {pack_id} known here", reason="unknown_pack")
+        if d.sender != pack["buyer"]:
+            raise Refused(
+                "the delegation is not signed by the pack's owner", reason="bad_delegation"
+            )
+        cap_left = d.payload["max_credits"] - spent
+        usage_id = "0x" + secrets.token_hex(32)
+        q = await self.svc.quote(
+            pack_id, d.sender, model, prompt, params_raw, max(1, cap_left), usage_id, delegated=True
+        )
+        return Job(
+            q["request_id"],
+            model,
+            prompt,
+            self.svc.menu_params(model, params_raw),
+            int(time.time()),
+        )
+
+    async def certify(self, d: Envelope, job: Job) -> dict[str, Any]:
+        """Sign the order under the delegation and get it certified (one per pack at a
+        time: the order takes the pack's next sequence)."""
+        async with self.svc.db.read() as conn:
+            req = await repo.get_request(conn, job.request_id)
+        assert req is not None
+        async with self._pack_locks[req["pack_id"]]:
+            async with self.svc.db.read() as conn:
+                pack = await spends_repo.pack_state(conn, req["pack_id"])
+            assert pack is not None
+            order = sign_envelope(
+                self.svc.identity,
+                type_="spend_order",
+                network_id=self.svc.network.network_id,
+                chain_id=self.svc.network.chain_id,
+                ttl_s=self.svc.s.usage_quote_ttl_s,
+                payload={
+                    "pack_id": req["pack_id"],
+                    "sequence": pack["next_sequence"],
+                    "amount": req["cost"],
+                    "request_id": req["request_id"],
+                    "executor": self.svc.me,
+                    "delegation": d.to_wire(),
+                },
+            )
+            cert = await self.svc.spends.certify(order.to_wire())
+            await self.svc._certified(job.request_id, order)
+        return cert
+
+    async def complete(self, d: Envelope, job: Job) -> tuple[str, dict[str, int]]:
+        """Run and certify at once; the text only once certified. Returns (text, usage)."""
+        gen = asyncio.create_task(self.svc.pool.generate(job.model, job.prompt, job.params))
+        try:
+            await self.certify(d, job)
+        except BaseException:
+            gen.cancel()
+            await asyncio.gather(gen, return_exceptions=True)
+            await self._drop(job)
+            raise
+        try:
+            result = await gen
+        except SupernodeError as exc:
+            await self.svc.fail_request(job.request_id, str(exc))
+            raise
+        usage = await self.svc.complete_request(
+            job.request_id, result.text, result.latency_s, result.output_tokens
+        )
+        return result.text, usage
+
+    async def stream(self, d: Envelope, job: Job) -> AsyncIterator[str]:
+        """Chunks as the model makes them, held back until the spend is certified."""
+        buffered: asyncio.Queue[str | None] = asyncio.Queue()
+        failure: list[BaseException] = []
+
+        async def produce() -> None:
+            try:
+                async for chunk in self.svc.pool.stream(job.model, job.prompt, job.params):
+                    await buffered.put(chunk)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                failure.append(exc)
+            finally:
+                await buffered.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            await self.certify(d, job)
+        except BaseException:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+            await self._drop(job)
+            raise
+        text = ""
+        started = time.perf_counter()
+        while (chunk := await buffered.get()) is not None:
+            text += chunk
+            yield chunk
+        if failure or not text:
+            err = str(failure[0]) if failure else "empty output"
+            await self.svc.fail_request(job.request_id, err)
+            raise failure[0] if failure else Refused(err, reason="empty_output")
+        await self.svc.complete_request(job.request_id, text, time.perf_counter() - started)
+
+    async def _drop(self, job: Job) -> None:
+        """Certification failed: the quote is void and nothing was spent."""
+        async with self.svc.db.write() as conn:
+            await repo.update_request(
+                conn,
+                job.request_id,
+                status=repo.FAILED,
+                error="spend not certified",
+                updated_at=time.time(),
+            )

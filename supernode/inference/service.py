@@ -1,0 +1,563 @@
+"""Running paid requests (design.md §8): quote → certified spend → execution on a local
+node → result, result summary and refund.
+
+The executor never releases output before the spend is certified. On the native path the
+user's signed order is certified first and the run starts after; the OpenAI path
+(supernode.inference.openai) gathers the votes while the model runs and releases the
+output once certified. A run that fails, or uses fewer tokens than certified, gets a
+refund signed by the executor, bounded by the certified amount."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from eth_hash.auto import keccak
+from loguru import logger
+
+from supernode.config import Settings
+from supernode.credits.spend import SpendService
+from supernode.crypto.canonical import canonical_json
+from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, sign_envelope
+from supernode.crypto.keys import Identity
+from supernode.errors import BadRequest, Conflict, Forbidden, NotFound, Refused
+from supernode.federation.network import NetworkFile
+from supernode.inference.menu import Menu, ModelEntry
+from supernode.inference.usage import (
+    USAGE_RESPONSE,
+    check_usage_shape,
+    parse_params,
+    request_id_for,
+)
+from supernode.ledger import inference as repo
+from supernode.ledger import spends as spends_repo
+from supernode.ledger.db import Database
+from supernode.petals.pool import GenerateParams, NodePool, NodeUnavailable
+
+RESULT_SUMMARY = "inference_result"
+REFUND = "spend_refund"
+TOKENIZE_TIMEOUT_S = 5.0
+
+
+def result_hash(text: str) -> str:
+    return "0x" + keccak(text.encode("utf-8")).hex()
+
+
+class RequestStream:
+    """Fan-out of one run's chunks to live subscribers (SSE / WebSocket), with replay of
+    what was produced before they joined."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.done = False
+        self.error: str | None = None
+        self._cond = asyncio.Condition()
+
+    async def push(self, chunk: str) -> None:
+        async with self._cond:
+            self.chunks.append(chunk)
+            self._cond.notify_all()
+
+    async def close(self, error: str | None = None) -> None:
+        async with self._cond:
+            self.done, self.error = True, error
+            self._cond.notify_all()
+
+    async def follow(self, idle_timeout_s: float) -> AsyncIterator[str]:
+        i = 0
+        while True:
+            async with self._cond:
+                if i >= len(self.chunks) and not self.done:
+                    await asyncio.wait_for(self._cond.wait(), idle_timeout_s)
+                new, done = self.chunks[i:], self.done
+            for c in new:
+                yield c
+            i += len(new)
+            if done and i >= len(self.chunks):
+                return
+
+
+class InferenceService:
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        network: NetworkFile,
+        settings: Settings,
+        db: Database,
+        pool: NodePool,
+        spends: SpendService,
+        publish: Any,
+    ) -> None:
+        self.identity = identity
+        self.me = identity.address
+        self.network = network
+        self.s = settings
+        self.db = db
+        self.pool = pool
+        self.spends = spends
+        self.publish = publish
+        self.menu = Menu(settings)
+        self.streams: dict[str, RequestStream] = {}
+        self._seen_models: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.http = httpx.AsyncClient(timeout=TOKENIZE_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.http.aclose()
+
+    # -- menu and tokens ---------------------------------------------------------------
+    def model_menu(self) -> list[dict[str, Any]]:
+        return [
+            {**self.menu.entry(m).to_dict(), "nodes": len(urls)}
+            for m, urls in sorted(self.pool.models().items())
+            if urls
+        ]
+
+    def entry(self, model: str) -> ModelEntry:
+        """The menu entry of a model a healthy local node serves. A model no node serves
+        is unknown (422); one whose nodes are all down now is unavailable (503)."""
+        if self.pool.models().get(model):
+            self._seen_models.add(model)
+            return self.menu.entry(model)
+        if model in self._seen_models or model in self.menu.priced:
+            raise NodeUnavailable(
+                f"no healthy node serves {model!r} right now; try later", reason="no_healthy_node"
+            )
+        raise Refused(
+            f"model {model!r} is not on this supernode's menu; see /get_inference_model_menu",
+            reason="unknown_model",
+        )
+
+    async def count_tokens(self, model: str, text: str) -> int:
+        """The model's own count, asked of a node that serves it; a safe over-estimate
+        (one token per 3 bytes) when none can tell."""
+        for url in self.pool.models().get(model, [])[:2]:
+            try:
+                r = await self.http.post(
+                    f"{url}/api/v1/tokenize", data={"model": model, "inputs": text}
+                )
+                if r.status_code == 200 and r.json().get("ok"):
+                    return int(r.json()["token_count"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                continue
+        return len(text.encode("utf-8")) // 3 + 1
+
+    # -- quote ---------------------------------------------------------------------------
+    def _user_envelope(self, raw: Any, what: str) -> Envelope:
+        from pydantic import ValidationError
+
+        try:
+            env = Envelope.model_validate(raw)
+        except ValidationError as exc:
+            raise BadRequest(f"{what} malformed: {exc.errors()[0]['msg']}") from exc
+        try:
+            check_envelope(
+                env,
+                network_id=self.network.network_id,
+                chain_id=self.network.chain_id,
+                me=None,
+                clock_skew_s=self.s.clock_skew_s,
+                max_ttl_s=self.s.max_envelope_ttl_s,
+            )
+        except EnvelopeError as exc:
+            raise Refused(str(exc), reason=exc.reason) from exc
+        return env
+
+    async def quote(
+        self,
+        pack_id: str,
+        requester: str,
+        model: str,
+        prompt: str,
+        params_raw: Any,
+        max_cost: int,
+        usage_request_id: str,
+        delegated: bool = False,
+    ) -> dict[str, Any]:
+        """Check a request against the pack, the menu and the node limits; store and
+        return the quote (request_id, cost). Idempotent per usage request."""
+        request_id = request_id_for(usage_request_id)
+        async with self.db.read() as conn:
+            known = await repo.get_request(conn, request_id)
+            pack = await spends_repo.pack_state(conn, pack_id)
+        if known is not None:
+            return self._quote_view(known)
+        if pack is None:
+            raise Refused(f"no certified pack {pack_id} known here", reason="unknown_pack")
+        if not delegated and requester != pack["buyer"]:
+            raise Refused("the request is not signed by the pack's owner", reason="not_owner")
+        entry = self.entry(model)
+        params = parse_params(params_raw, entry)
+        prompt_tokens = await self.count_tokens(model, prompt)
+        if prompt_tokens > entry.max_input_tokens:
+            raise Refused(
+                f"prompt is {prompt_tokens} tokens; {model} takes at most {entry.max_input_tokens}",
+                reason="too_many_tokens",
+            )
+        cost = entry.cost(prompt_tokens, params.max_new_tokens)
+        if cost > max_cost:
+            raise Refused(f"costs {cost} credits, over max_cost {max_cost}", reason="over_max_cost")
+        if cost > pack["remaining_credits"]:
+            raise Refused(
+                f"costs {cost} credits; the pack holds {pack['remaining_credits']}",
+                reason="insufficient_credits",
+            )
+        now = time.time()
+        row = {
+            "request_id": request_id,
+            "usage_request_id": usage_request_id,
+            "requester": requester,
+            "pack_id": pack_id,
+            "model": model,
+            "prompt": prompt,
+            "params": canonical_json(params_raw),
+            "prompt_tokens": prompt_tokens,
+            "cost": cost,
+            "quote_expires_at": now + self.s.usage_quote_ttl_s,
+            "status": repo.QUOTED,
+            "refunded": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self.db.write() as conn:
+            await repo.add_request(conn, row)
+        return self._quote_view(row)
+
+    def _quote_view(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "request_id": row["request_id"],
+            "usage_request_id": row["usage_request_id"],
+            "pack_id": row["pack_id"],
+            "model": row["model"],
+            "prompt_tokens": row["prompt_tokens"],
+            "cost": row["cost"],
+            "quote_expires_at": int(row["quote_expires_at"]),
+            "executor": self.me,
+        }
+
+    async def validate_usage(self, raw: Any) -> dict[str, Any]:
+        """/validate_inference_api_usage_request: a signed usage response with the quote."""
+        env = self._user_envelope(raw, "usage request")
+        p = check_usage_shape(env)
+        q = await self.quote(
+            p["pack_id"], env.sender, p["model"], p["input"], p["params"], p["max_cost"], env.id
+        )
+        resp = sign_envelope(
+            self.identity,
+            type_=USAGE_RESPONSE,
+            network_id=self.network.network_id,
+            chain_id=self.network.chain_id,
+            payload=q,
+            recipient=env.sender,
+            ttl_s=self.s.usage_quote_ttl_s,
+        )
+        return resp.to_wire()
+
+    # -- confirm and execute -------------------------------------------------------------
+    async def _request_for_order(self, order: Envelope) -> dict[str, Any]:
+        p = order.payload
+        async with self.db.read() as conn:
+            req = await repo.get_request(conn, p["request_id"])
+        if req is None:
+            raise NotFound(f"no quoted request {p['request_id']} here: validate it first")
+        if req["pack_id"] != p["pack_id"]:
+            raise Refused("the order's pack is not the request's", reason="wrong_pack")
+        if p["amount"] != req["cost"]:
+            raise Refused(
+                f"the order spends {p['amount']}; the request costs {req['cost']}",
+                reason="wrong_amount",
+            )
+        if req["status"] == repo.QUOTED and req["quote_expires_at"] < time.time():
+            raise Refused("the quote expired; validate the request again", reason="quote_expired")
+        return req
+
+    async def process_confirmation(self, raw_order: Any) -> dict[str, Any]:
+        """/process_inference_confirmation: certify the user's spend order, then run."""
+        order = self.spends._parse(raw_order)
+        req = await self._request_for_order(order)
+        if req["status"] != repo.QUOTED:
+            return await self.status(req["request_id"])  # a retry: already certified
+        cert = await self.spends.certify(raw_order)
+        await self._certified(req["request_id"], order)
+        self.start_run(req["request_id"])
+        return {"request_id": req["request_id"], "status": repo.RUNNING, "certificate": cert}
+
+    async def _certified(self, request_id: str, order: Envelope) -> None:
+        async with self.db.write() as conn:
+            await repo.update_request(
+                conn,
+                request_id,
+                status=repo.CERTIFIED,
+                sequence=order.payload["sequence"],
+                order_id=order.id,
+                updated_at=time.time(),
+            )
+
+    def start_run(self, request_id: str) -> RequestStream:
+        stream = self.streams.get(request_id)
+        if stream is None or stream.done:
+            stream = self.streams[request_id] = RequestStream()
+            task = asyncio.create_task(self._run(request_id, stream), name=f"run-{request_id[:10]}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return stream
+
+    async def _run(self, request_id: str, stream: RequestStream) -> None:
+        async with self.db.read() as conn:
+            req = await repo.get_request(conn, request_id)
+        assert req is not None
+        entry = self.menu.entry(req["model"])
+        params: GenerateParams = parse_params(json.loads(req["params"]), entry)
+        async with self.db.write() as conn:
+            await repo.update_request(conn, request_id, status=repo.RUNNING, updated_at=time.time())
+        started = time.perf_counter()
+        try:
+            text, note = await self._generate(req, params, stream)
+            out_tokens = await self.count_tokens(req["model"], text) if text else 0
+            await self._finish(req, entry, text, out_tokens, time.perf_counter() - started)
+            await stream.close(note)
+        except asyncio.CancelledError:
+            await stream.close("the daemon is stopping")
+            raise
+        except (NodeUnavailable, BadRequest, Refused) as exc:
+            await self._fail(req, str(exc))
+            await stream.close(str(exc))
+
+    async def _generate(
+        self, req: dict[str, Any], params: GenerateParams, stream: RequestStream
+    ) -> tuple[str, str | None]:
+        """Stream the run to followers. A node that dies after it sent chunks cannot be
+        failed over mid-stream: the run is redone on another node (the pool fails over).
+        Greedy output is the same there, so followers just get the rest; a sampled run
+        that came out different is stored whole and followers are told to fetch it."""
+        text = ""
+        try:
+            async for chunk in self.pool.stream(req["model"], req["prompt"], params):
+                text += chunk
+                await stream.push(chunk)
+            return text, None
+        except NodeUnavailable as exc:
+            if exc.reason != "stream_broken":
+                raise
+            logger.warning(
+                "request {}: {}; running it again on another node", req["request_id"], exc.detail
+            )
+        redo = await self.pool.generate(req["model"], req["prompt"], params)
+        if redo.text.startswith(text):
+            if redo.text[len(text) :]:
+                await stream.push(redo.text[len(text) :])
+            return redo.text, None
+        return redo.text, "the run moved to another node mid-stream: fetch the result"
+
+    def menu_params(self, model: str, params_raw: dict[str, Any]) -> GenerateParams:
+        return parse_params(params_raw, self.menu.entry(model))
+
+    async def complete_request(
+        self, request_id: str, text: str, latency_s: float, output_tokens: int | None = None
+    ) -> dict[str, int]:
+        """Record a finished run (result, summary, refund of unused tokens); returns the
+        OpenAI-style usage."""
+        async with self.db.read() as conn:
+            req = await repo.get_request(conn, request_id)
+        assert req is not None
+        out_tokens = output_tokens
+        if out_tokens is None:  # the node did not say: ask its tokenizer
+            out_tokens = await self.count_tokens(req["model"], text) if text else 0
+        await self._finish(req, self.menu.entry(req["model"]), text, out_tokens, latency_s)
+        out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
+        return {
+            "prompt_tokens": req["prompt_tokens"],
+            "completion_tokens": out_tokens,
+            "total_tokens": req["prompt_tokens"] + out_tokens,
+        }
+
+    async def fail_request(self, request_id: str, error: str) -> None:
+        async with self.db.read() as conn:
+            req = await repo.get_request(conn, request_id)
+        assert req is not None
+        await self._fail(req, error)
+
+    async def _finish(
+        self, req: dict[str, Any], entry: ModelEntry, text: str, out_tokens: int, latency_s: float
+    ) -> None:
+        out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
+        actual = min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"])
+        digest = result_hash(text)
+        async with self.db.write() as conn:
+            await repo.update_request(
+                conn,
+                req["request_id"],
+                status=repo.COMPLETED,
+                result_text=text,
+                result_hash=digest,
+                input_tokens=req["prompt_tokens"],
+                output_tokens=out_tokens,
+                latency_ms=latency_s * 1000,
+                updated_at=time.time(),
+            )
+        await self._announce(req, repo.COMPLETED, digest, out_tokens, latency_s)
+        if actual < req["cost"]:
+            await self.refund(req, req["cost"] - actual, "unused_tokens")
+        logger.info(
+            "request {} completed: {} output tokens, {} of {} credits used",
+            req["request_id"],
+            out_tokens,
+            actual,
+            req["cost"],
+        )
+
+    async def _fail(self, req: dict[str, Any], error: str) -> None:
+        async with self.db.write() as conn:
+            await repo.update_request(
+                conn,
+                req["request_id"],
+                status=repo.FAILED,
+                error=error[:1000],
+                updated_at=time.time(),
+            )
+        await self._announce(req, repo.FAILED, None, 0, 0.0)
+        await self.refund(req, req["cost"], "failed_run")
+        logger.warning(
+            "request {} failed ({}); {} credits refunded", req["request_id"], error, req["cost"]
+        )
+
+    async def _announce(
+        self,
+        req: dict[str, Any],
+        status: str,
+        digest: str | None,
+        out_tokens: int,
+        latency_s: float,
+    ) -> None:
+        await self.publish(
+            self._sign(
+                RESULT_SUMMARY,
+                {
+                    "request_id": req["request_id"],
+                    "model": req["model"],
+                    "status": status,
+                    "result_hash": digest,
+                    "input_tokens": req["prompt_tokens"],
+                    "output_tokens": out_tokens,
+                    "latency_ms": int(latency_s * 1000),
+                },
+            )
+        )
+
+    async def refund(self, req: dict[str, Any], amount: int, reason: str) -> None:
+        if amount <= 0 or req.get("sequence") is None:
+            return
+        await self.publish(
+            self._sign(
+                REFUND,
+                {
+                    "pack_id": req["pack_id"],
+                    "sequence": req["sequence"],
+                    "request_id": req["request_id"],
+                    "amount": amount,
+                    "reason": reason,
+                },
+            )
+        )
+        async with self.db.write() as conn:
+            await repo.update_request(
+                conn, req["request_id"], refunded=amount, updated_at=time.time()
+            )
+
+    def _sign(self, type_: str, payload: dict[str, Any]) -> Envelope:
+        return sign_envelope(
+            self.identity,
+            type_=type_,
+            network_id=self.network.network_id,
+            chain_id=self.network.chain_id,
+            payload=payload,
+            ttl_s=self.s.envelope_ttl_s,
+        )
+
+    async def rerun(self, request_id: str) -> dict[str, Any]:
+        """/execute_inference_request (operator): run a certified request again after a
+        failed run; its refund, if any was applied, is not given twice."""
+        async with self.db.read() as conn:
+            req = await repo.get_request(conn, request_id)
+        if req is None:
+            raise NotFound(f"no request {request_id} here")
+        if req["status"] not in (repo.FAILED, repo.CERTIFIED):
+            raise Conflict(
+                f"request is {req['status']}; only a certified request whose run "
+                "failed can run again",
+                reason="not_rerunnable",
+            )
+        if req["refunded"]:
+            raise Conflict("its credits were refunded already", reason="refunded")
+        self.start_run(request_id)
+        return {"request_id": request_id, "status": repo.RUNNING}
+
+    # -- results -------------------------------------------------------------------------
+    async def status(self, request_id: str) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            req = await repo.get_request(conn, request_id)
+            summaries = await repo.results_for(conn, request_id)
+        if req is None and not summaries:
+            raise NotFound(f"no request {request_id} known here")
+        out: dict[str, Any] = {"request_id": request_id}
+        if req is not None:
+            out.update(
+                {
+                    k: req[k]
+                    for k in (
+                        "status",
+                        "model",
+                        "pack_id",
+                        "prompt_tokens",
+                        "cost",
+                        "sequence",
+                        "result_hash",
+                        "input_tokens",
+                        "output_tokens",
+                        "latency_ms",
+                        "refunded",
+                        "error",
+                    )
+                }
+            )
+            out["executor"] = self.me
+        elif summaries:
+            s = summaries[-1]
+            out.update(
+                status=s["status"],
+                model=s["model"],
+                executor=s["executor"],
+                result_hash=s["result_hash"],
+                input_tokens=s["input_tokens"],
+                output_tokens=s["output_tokens"],
+                latency_ms=s["latency_ms"],
+            )
+        return out
+
+    async def result(self, request_id: str, caller: str, operator: bool) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            req = await repo.get_request(conn, request_id)
+        if req is None:
+            raise NotFound(f"request {request_id} was not executed here")
+        if caller != req["requester"] and not operator:
+            raise Forbidden("only the requester may read the result")
+        if req["status"] != repo.COMPLETED:
+            raise Conflict(f"request is {req['status']}", reason=req["status"])
+        return {
+            "request_id": request_id,
+            "model": req["model"],
+            "output": req["result_text"],
+            "result_hash": req["result_hash"],
+            "input_tokens": req["input_tokens"],
+            "output_tokens": req["output_tokens"],
+            "cost": req["cost"] - req["refunded"],
+        }

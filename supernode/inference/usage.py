@@ -1,0 +1,87 @@
+"""Usage requests (design.md §8.1): what the user asks to run, and its checks.
+
+`inference_usage_request`, signed by the pack's owner: {pack_id, model, input, params,
+max_cost}; params: max_new_tokens (required), do_sample, temperature, top_k, top_p,
+repetition_penalty. request_id = keccak(the usage request's id): a retry is the same
+request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_hash.auto import keccak
+
+from supernode.credits.spend_terms import HEX32
+from supernode.crypto.envelope import Envelope
+from supernode.errors import BadRequest, Refused
+from supernode.inference.menu import ModelEntry
+from supernode.petals.pool import GenerateParams
+
+USAGE_REQUEST = "inference_usage_request"
+USAGE_RESPONSE = "inference_usage_response"
+USAGE_FIELDS = {"pack_id", "model", "input", "params", "max_cost"}
+PARAM_FIELDS = {
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+}
+# floats are not allowed in signed payloads: sampling knobs travel as thousandths
+MILLI = 1000
+
+
+def request_id_for(usage_request_id: str) -> str:
+    return "0x" + keccak(bytes.fromhex(usage_request_id[2:])).hex()
+
+
+def _int(p: dict[str, Any], name: str, low: int, high: int, default: int | None) -> int | None:
+    v = p.get(name, default)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+        raise Refused(f"{name} must be an integer from {low} to {high}", reason="bad_params")
+    return v
+
+
+def parse_params(params: Any, entry: ModelEntry) -> GenerateParams:
+    """Params within the model's limits. Temperature, top_p and repetition_penalty are
+    given in thousandths (integers), e.g. temperature_milli... as `temperature: 700`."""
+    if not isinstance(params, dict) or not set(params) <= PARAM_FIELDS:
+        raise BadRequest(f"params: an object with keys from {sorted(PARAM_FIELDS)}")
+    max_new = _int(params, "max_new_tokens", 1, entry.max_new_tokens, None)
+    if max_new is None:
+        raise BadRequest("params.max_new_tokens is required")
+    do_sample = params.get("do_sample", False)
+    if not isinstance(do_sample, bool):
+        raise BadRequest("params.do_sample must be true or false")
+    temp = _int(params, "temperature", 1, 5 * MILLI, MILLI)
+    top_k = _int(params, "top_k", 1, 1000, None)
+    top_p = _int(params, "top_p", 1, MILLI, None)
+    rep = _int(params, "repetition_penalty", 1, 5 * MILLI, None)
+    return GenerateParams(
+        max_new_tokens=max_new,
+        do_sample=do_sample,
+        temperature=(temp or MILLI) / MILLI,
+        top_k=top_k,
+        top_p=top_p / MILLI if top_p else None,
+        repetition_penalty=rep / MILLI if rep else None,
+    )
+
+
+def check_usage_shape(env: Envelope) -> dict[str, Any]:
+    if env.type != USAGE_REQUEST:
+        raise BadRequest(f"expected an {USAGE_REQUEST} envelope")
+    p = env.payload
+    if set(p) != USAGE_FIELDS:
+        raise BadRequest(f"usage request payload: exactly {sorted(USAGE_FIELDS)}")
+    if not isinstance(p["pack_id"], str) or not HEX32.match(p["pack_id"]):
+        raise BadRequest("pack_id must be 0x followed by 64 lower-case hex digits")
+    if not isinstance(p["model"], str) or not 0 < len(p["model"]) <= 128:
+        raise BadRequest("model must be a name")
+    if not isinstance(p["input"], str) or not p["input"].strip():
+        raise BadRequest("input must be a non-empty string")
+    if not isinstance(p["max_cost"], int) or isinstance(p["max_cost"], bool) or (p["max_cost"] < 1):
+        raise BadRequest("max_cost must be a positive integer")
+    return p
