@@ -225,7 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `supernode client infer --model M "prompt"`: argparse cannot put a positional
+        # after options when two positionals are adjacent; the text comes back as extra
+        if args.command == "client" and not args.text and not extra[0].startswith("-"):
+            args.text = " ".join(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,27 @@ def _run(args: argparse.Namespace) -> int:
             if not args.credits:
                 raise ValueError("--credits N is required")
             result = client.buy_credits(args.credits, args.rpc_url, progress=_progress)
+        elif args.action == "infer":
+            if not (args.model and args.pack and args.text):
+                raise ValueError('infer needs --model M --pack P "prompt"')
+            for chunk in client.infer(
+                args.pack, args.model, args.text, stream=True, max_new_tokens=args.max_new_tokens
+            ):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return 0
+        elif args.action == "delegate":
+            if not (args.pack and args.max_credits and args.expires):
+                raise ValueError("delegate needs --pack P --max-credits M --expires T")
+            now = int(time.time())
+            ttl = args.expires - now if args.expires > 10**9 else args.expires
+            if ttl <= 0:
+                raise ValueError("--expires is in the past")
+            sys.stdout.write(client.delegate(args.pack, args.max_credits, ttl) + "\n")
+            return 0
+        elif args.action == "menu":
+            result = client.model_menu()
         elif args.action == "pack-balance":
             result = client.pack_balance(args.pack)
         elif args.action == "purchase-status":
@@ -97,6 +119,9 @@ def add_client_commands(sub: Any) -> None:
             "send-user-message",
             "user-messages",
             "buy-credits",
+            "infer",
+            "delegate",
+            "menu",
             "pack-balance",
             "purchase-status",
             "packs",
@@ -113,7 +138,13 @@ def add_client_commands(sub: Any) -> None:
         default="http://127.0.0.1:8545",
         help="the chain's JSON-RPC URL, to pay (buy-credits)",
     )
-    c.add_argument("--pack", help="pack id (pack-balance)")
+    c.add_argument("--pack", help="pack id (pack-balance, infer, delegate)")
+    c.add_argument("--model", help="model name (infer); see `client menu`")
+    c.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (infer)")
+    c.add_argument("--max-credits", type=int, help="the delegation's cap (delegate)")
+    c.add_argument(
+        "--expires", type=int, help="delegate: seconds from now, or a unix time when it expires"
+    )
     c.add_argument("--purchase", help="purchase id (purchase-status)")
     c.add_argument("--passphrase-file", help="its passphrase (else $SUPERNODE_KEYSTORE_PASSPHRASE)")
     c.add_argument(

@@ -400,7 +400,7 @@ def run_devnet(peers: int, root: Path) -> int:
     """`supernode devnet`: start a local federation, print how to use it, wait for Ctrl-C."""
     if root.exists():
         shutil.rmtree(root)
-    fed = LocalFederation(root=root, peers=peers)
+    fed = LocalFederation(root=root, peers=peers, petals_nodes=1)
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -435,10 +435,24 @@ def run_devnet(peers: int, root: Path) -> int:
             '       -d \'{"message_type": "hello", "message_body": "hi all", "wait_s": 5}\'',
             f"  curl -s '{fed.daemons[-1].url}/get_messages?last_k_minutes=10'",
             "",
-            "  # buy 1000 credits (quote, pay on anvil, certify) and read the pack at every peer:",
-            f"  .venv/bin/supernode client buy-credits --credits 1000 --supernode {d0.url} \\",
-            f"       --rpc-url {fed.anvil.url} --key {key_file}",
+            f"Petals node {fed.nodes[0].url} serves model {fed.nodes[0].model!r} (tiny, random)",
+            "",
+            "  # 1. buy 1000 credits (quote, pay on anvil, certify); note the pack_id it prints",
+            f"  SN={d0.url}; KEY={key_file}",
+            f"  .venv/bin/supernode client buy-credits --credits 1000 --supernode $SN \\",
+            f"       --rpc-url {fed.anvil.url} --key $KEY",
+            "  # 2. run a paid request (streams the output)",
+            f"  .venv/bin/supernode client infer --supernode $SN --key $KEY --pack PACK_ID \\",
+            f"       --model {fed.nodes[0].model} 'the cat sat on the'",
+            "  # 3. the balance, the same at every peer",
             f"  for u in {urls}; do curl -s $u/check_credit_pack_balance/PACK_ID; echo; done",
+            "  # 4. an API key for the OpenAI SDK: a delegation of 200 credits for an hour",
+            "  API_KEY=$(.venv/bin/supernode client delegate --supernode $SN --key $KEY \\",
+            "       --pack PACK_ID --max-credits 200 --expires 3600)",
+            f"  .venv/bin/python -c \"import openai, sys; c = openai.OpenAI(base_url='$SN/v1', "
+            f"api_key='$API_KEY'); print(c.chat.completions.create(model='{fed.nodes[0].model}', "
+            "max_tokens=16, messages=[{'role': 'user', 'content': 'hello'}]).choices[0]"
+            '.message.content)"',
             "",
             f"  open {d0.url}/ in a browser; API docs at {d0.url}/docs",
             "",
