@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from supernode.api.deps import Caller, get_node, operator_auth, prove, user_auth
 from supernode.api.p2p import read_json
 from supernode.errors import BadRequest, Forbidden, NotFound, SupernodeError
-from supernode.inference.service import RequestStream
+from supernode.inference.streams import RequestStream
 from supernode.ledger import inference as repo
 from supernode.node import Node
 

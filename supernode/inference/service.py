@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,9 +23,11 @@ from supernode.credits.spend import SpendService
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, sign_envelope
 from supernode.crypto.keys import Identity
-from supernode.errors import BadRequest, Conflict, Forbidden, NotFound, Refused
+from supernode.errors import BadRequest, Conflict, NotFound, Refused
 from supernode.federation.network import NetworkFile
+from supernode.inference import results
 from supernode.inference.menu import Menu, ModelEntry
+from supernode.inference.streams import RequestStream
 from supernode.inference.usage import (
     USAGE_RESPONSE,
     check_usage_shape,
@@ -45,40 +46,6 @@ TOKENIZE_TIMEOUT_S = 5.0
 
 def result_hash(text: str) -> str:
     return "0x" + keccak(text.encode("utf-8")).hex()
-
-
-class RequestStream:
-    """Fan-out of one run's chunks to live subscribers (SSE / WebSocket), with replay of
-    what was produced before they joined."""
-
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-        self.done = False
-        self.error: str | None = None
-        self._cond = asyncio.Condition()
-
-    async def push(self, chunk: str) -> None:
-        async with self._cond:
-            self.chunks.append(chunk)
-            self._cond.notify_all()
-
-    async def close(self, error: str | None = None) -> None:
-        async with self._cond:
-            self.done, self.error = True, error
-            self._cond.notify_all()
-
-    async def follow(self, idle_timeout_s: float) -> AsyncIterator[str]:
-        i = 0
-        while True:
-            async with self._cond:
-                if i >= len(self.chunks) and not self.done:
-                    await asyncio.wait_for(self._cond.wait(), idle_timeout_s)
-                new, done = self.chunks[i:], self.done
-            for c in new:
-                yield c
-            i += len(new)
-            if done and i >= len(self.chunks):
-                return
 
 
 class InferenceService:
@@ -501,63 +468,8 @@ class InferenceService:
         self.start_run(request_id)
         return {"request_id": request_id, "status": repo.RUNNING}
 
-    # -- results -------------------------------------------------------------------------
     async def status(self, request_id: str) -> dict[str, Any]:
-        async with self.db.read() as conn:
-            req = await repo.get_request(conn, request_id)
-            summaries = await repo.results_for(conn, request_id)
-        if req is None and not summaries:
-            raise NotFound(f"no request {request_id} known here")
-        out: dict[str, Any] = {"request_id": request_id}
-        if req is not None:
-            out.update(
-                {
-                    k: req[k]
-                    for k in (
-                        "status",
-                        "model",
-                        "pack_id",
-                        "prompt_tokens",
-                        "cost",
-                        "sequence",
-                        "result_hash",
-                        "input_tokens",
-                        "output_tokens",
-                        "latency_ms",
-                        "refunded",
-                        "error",
-                    )
-                }
-            )
-            out["executor"] = self.me
-        elif summaries:
-            s = summaries[-1]
-            out.update(
-                status=s["status"],
-                model=s["model"],
-                executor=s["executor"],
-                result_hash=s["result_hash"],
-                input_tokens=s["input_tokens"],
-                output_tokens=s["output_tokens"],
-                latency_ms=s["latency_ms"],
-            )
-        return out
+        return await results.status(self.db, self.me, request_id)
 
     async def result(self, request_id: str, caller: str, operator: bool) -> dict[str, Any]:
-        async with self.db.read() as conn:
-            req = await repo.get_request(conn, request_id)
-        if req is None:
-            raise NotFound(f"request {request_id} was not executed here")
-        if caller != req["requester"] and not operator:
-            raise Forbidden("only the requester may read the result")
-        if req["status"] != repo.COMPLETED:
-            raise Conflict(f"request is {req['status']}", reason=req["status"])
-        return {
-            "request_id": request_id,
-            "model": req["model"],
-            "output": req["result_text"],
-            "result_hash": req["result_hash"],
-            "input_tokens": req["input_tokens"],
-            "output_tokens": req["output_tokens"],
-            "cost": req["cost"] - req["refunded"],
-        }
+        return await results.result(self.db, request_id, caller, operator)
