@@ -166,8 +166,9 @@ class SpendService:
         )
 
     async def vote_for_peer(self, env: Envelope) -> dict[str, Any]:
-        """The executor asks for our vote. If we are behind, fetch the certificates we
-        missed from it first (bounded), then vote."""
+        """The executor asks for our vote. The request carries the pack's previous
+        certificate: if that one has not reached us by gossip yet we apply it here;
+        further behind, we fetch what we missed from the executor (bounded)."""
         order = self._parse(env.payload.get("order"))
         if order.payload["executor"] != env.sender:
             raise Refused("only the order's executor may ask for votes", reason="wrong_executor")
@@ -176,6 +177,18 @@ class SpendService:
         except Refused as exc:
             if exc.reason != "sequence_ahead":
                 raise
+        prior = env.payload.get("prior")
+        if prior is not None:
+            try:
+                await self.apply_certificates([prior])
+            except SupernodeError as exc:
+                logger.warning("prior certificate from {} refused: {}", env.sender, exc)
+            else:
+                try:
+                    return {"vote": await self.vote(order)}
+                except Refused as exc:
+                    if exc.reason != "sequence_ahead":
+                        raise
         await self.catch_up(order.payload["pack_id"], env.sender)
         return {"vote": await self.vote(order)}
 
@@ -226,6 +239,11 @@ class SpendService:
         eligible, q = self.membership.eligible_members(), self.membership.quorum()
         if q is None:
             raise Unavailable("no eligible members known yet (is the chain reachable?)")
+        seq = order.payload["sequence"]
+        prior = None
+        if seq > 0:  # the certificate before this order, for voters gossip has not reached
+            previous = await self.certificates(order.payload["pack_id"], seq - 1, 1)
+            prior = previous[0] if previous else None
         votes = [await self.vote(order)] if self.me in eligible else []
         terms = vote_terms(order)
         links = [self.gossip.links[a] for a in eligible if a in self.gossip.links]
@@ -237,7 +255,7 @@ class SpendService:
                 self.network,
                 VOTE_REQUEST,
                 link.member.address,
-                {"order": order.to_wire()},
+                {"order": order.to_wire(), "prior": prior},
             ),
             need=q - len(votes),
             timeout_s=self.s.quorum_timeout_s,

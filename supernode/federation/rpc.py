@@ -72,10 +72,18 @@ async def ask_peers(
             else:
                 answers.refused[link.member.address] = error
     finally:
+        # Answers not needed are left to finish (each is bounded by timeout_s): a
+        # cancelled request would drop its keep-alive connection.
         for t in tasks:
-            t.cancel()
+            if not t.done():
+                t.add_done_callback(_discard)
     for link in links:
         addr = link.member.address
         if addr not in answers.ok and addr not in answers.refused:
             answers.refused[addr] = "no answer in time" if len(answers.ok) < need else "not needed"
     return answers
+
+
+def _discard(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" warning
