@@ -202,7 +202,11 @@ class Node:
         was = self.healthy
         try:
             async with asyncio.timeout(self.timeouts.health_s):
-                resp = await self._client().get(path)
+                try:
+                    resp = await self._client().get(path)
+                except (httpx.RemoteProtocolError, httpx.ReadError):
+                    # a kept-alive connection the node was just closing: one fresh try
+                    resp = await self._client().get(path)
             body = _judge_response(resp, self.url)
             models, limits = _read_health(body, self.config.kind)
         except (NodeFailure, NodeRejected, httpx.HTTPError, OSError, TimeoutError) as exc:

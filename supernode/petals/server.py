@@ -382,6 +382,9 @@ def run_petals_node(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # longer than any client's health-check interval, so a check never lands on a
+        # connection the node is closing (uvicorn's default, 5 s, did)
+        timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
     server.run()
