@@ -30,7 +30,8 @@ def table() -> str:
             if m and m.group(1) in fields and comment:
                 default = fields[m.group(1)].default
                 shown = "" if default is None else str(default)
-                rows.append(f"| `SUPERNODE_{m.group(1).upper()}` | `{shown}` | {' '.join(comment)} |")
+                name = f"SUPERNODE_{m.group(1).upper()}"
+                rows.append(f"| `{name}` | `{shown}` | {' '.join(comment)} |")
             comment = []
     return "\n".join([HEADER, "|---|---|---|", *rows])
 
