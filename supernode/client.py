@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import secrets
 import time
@@ -30,6 +31,13 @@ class ChainRPCError(Exception):
 
 
 _RPC_CLIENTS: dict[str, httpx.Client] = {}
+
+
+@atexit.register
+def _close_rpc_clients() -> None:
+    for client in _RPC_CLIENTS.values():
+        client.close()
+    _RPC_CLIENTS.clear()
 
 
 def _rpc_client(rpc_url: str) -> httpx.Client:
