@@ -81,14 +81,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import shutil
 import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,28 +92,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from benchlib import T0, federation, log, pct, run
 
 from supernode.client import SupernodeClient
 from supernode.crypto.keys import Identity
 from supernode.devnet import ETH, LocalFederation
 
-T0 = time.time()
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven red kites circle above an old "
     "stone bridge near the quiet river and children count boats drifting toward the sea"
 ).split()
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"[bench {time.time() - T0:7.2f}s] {msg}\n")
-    sys.stderr.flush()
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))], 2)  # nearest rank
 
 
 def diff(a: float | None, b: float | None) -> float | None:
@@ -713,38 +697,14 @@ def main() -> int:
     if args.rounds > args.requests:
         p.error("--rounds must be <= --requests")
 
-    def on_term(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # unwind through the finally below
-
-    signal.signal(signal.SIGTERM, on_term)
     headline = ["direct_p50_ms", "direct_p99_ms", "gateway_p50_ms", "gateway_p99_ms"]
     headline += ["overhead_p50_ms", "overhead_p99_ms", "failures", "direct_rps", "gateway_rps"]
     headline += ["credits_spent"]
     out: dict[str, Any] = {"requests": args.requests, "concurrency": args.concurrency}
     out["max_new_tokens"] = args.max_new_tokens
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
-    root = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    fed = LocalFederation(root=root, peers=args.peers, petals_nodes=1)
-    try:
-        log(f"starting anvil + a petals-node + {args.peers} daemons in {root}")
-        t = time.perf_counter()
-        fed.start()
-        out["federation_start_s"] = round(time.perf_counter() - t, 2)
-        log(f"federation ready in {out['federation_start_s']} s; model {fed.nodes[0].model}")
+    with federation("bench-gateway-", out, args.keep, peers=args.peers, petals_nodes=1) as fed:
         asyncio.run(Bench(fed, args, out).go())
-    except BaseException:
-        log(f"failed; partial results: {json.dumps(out)}")
-        raise
-    finally:
-        # a second Ctrl-C must not cut the clean-up short (each stop is bounded)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("stopping the federation")
-        fed.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     out.update(
         gateway_daemon=0,
         rounds=args.rounds,
@@ -758,7 +718,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)  # the federation is already stopped (main's finally)
+    run(main)

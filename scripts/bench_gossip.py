@@ -43,18 +43,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from benchlib import T0, federation, log, pct, run
 
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import sign_envelope
@@ -63,14 +58,8 @@ from supernode.devnet import Daemon, LocalFederation
 from supernode.federation.network import NetworkFile
 from supernode.federation.transport import batch_body
 
-T0 = time.time()
 INGEST, BCAST, CATCHUP = "bench-ingest", "bench-bcast", "bench-catchup"
 Signed = tuple[str, bytes]  # (envelope id, canonical JSON bytes)
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"[bench {time.time() - T0:7.2f}s] {msg}\n")
-    sys.stderr.flush()
 
 
 def presign(identity: Identity, net: NetworkFile, message_type: str, n: int) -> list[Signed]:
@@ -197,11 +186,6 @@ async def list_messages(
     )
     r.raise_for_status()
     return r.json()["messages"]
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]  # nearest rank
 
 
 async def phase_ingest(
@@ -353,36 +337,12 @@ def main() -> int:
     if args.broadcasts is not None and args.broadcasts < 1:
         p.error("--broadcasts must be >= 1")
 
-    def on_term(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # unwind through the finally below
-
-    signal.signal(signal.SIGTERM, on_term)
     settings = {"SUPERNODE_ANTI_ENTROPY_INTERVAL_S": str(args.anti_entropy_interval)}
     headline = ("ingest_msgs_per_s", "broadcast_p50_ms", "broadcast_p99_ms", "catchup_s")
     out: dict[str, Any] = {"peers": args.peers, "messages": args.messages}
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
-    root = Path(tempfile.mkdtemp(prefix="bench-gossip-"))
-    fed = LocalFederation(root=root, peers=args.peers, settings=settings)
-    try:
-        log(f"starting anvil + {args.peers} daemons in {root}")
-        t = time.perf_counter()
-        fed.start()
-        out["federation_start_s"] = round(time.perf_counter() - t, 2)
-        log(f"federation ready in {out['federation_start_s']} s")
+    with federation("bench-gossip-", out, args.keep, peers=args.peers, settings=settings) as fed:
         asyncio.run(bench(fed, args, out))
-    except BaseException:
-        log(f"failed; partial results: {json.dumps(out)}")
-        raise
-    finally:
-        # a second Ctrl-C must not cut the clean-up short (each stop is bounded)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("stopping the federation")
-        fed.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     out.update(
         ingest_batch_size=args.batch,
         ingest_concurrency=args.concurrency,
@@ -396,7 +356,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)  # the federation is already stopped (main's finally)
+    run(main)

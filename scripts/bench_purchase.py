@@ -38,38 +38,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import secrets
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from benchlib import T0, federation, log, pct, run
 
 from supernode.client import SupernodeClient, send_payment
 from supernode.crypto.envelope import sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.devnet import ETH, LocalFederation
-
-T0 = time.time()
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"[bench {time.time() - T0:7.2f}s] {msg}\n")
-    sys.stderr.flush()
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))], 2)  # nearest rank
 
 
 def fund(fed: LocalFederation, n: int) -> list[Identity]:
@@ -282,39 +264,15 @@ def main() -> int:
     if args.e2e < 0:
         p.error("--e2e must be >= 0")
 
-    def on_term(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # unwind through the finally below
-
-    signal.signal(signal.SIGTERM, on_term)
     headline = ["confirm_to_certificate_p50_ms", "confirm_to_certificate_p99_ms"]
     headline += ["purchases_per_s", "failures", "all_peers_hold_packs"]
     out: dict[str, Any] = {"peers": args.peers, "purchases": args.purchases}
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
-    root = Path(tempfile.mkdtemp(prefix="bench-purchase-"))
-    fed = LocalFederation(root=root, peers=args.peers)
-    try:
-        log(f"starting anvil + {args.peers} daemons in {root}")
-        t = time.perf_counter()
-        fed.start()
-        out["federation_start_s"] = round(time.perf_counter() - t, 2)
-        log(f"federation ready in {out['federation_start_s']} s")
+    with federation("bench-purchase-", out, args.keep, peers=args.peers) as fed:
         bench = Bench(fed, args, out)
         asyncio.run(bench.run())
         if args.e2e:
             bench.end_to_end()  # synchronous, as a user's command: Ctrl-C stops it at once
-    except BaseException:
-        log(f"failed; partial results: {json.dumps(out)}")
-        raise
-    finally:
-        # a second Ctrl-C must not cut the clean-up short (each stop is bounded)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("stopping the federation")
-        fed.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     out.update(concurrency=args.concurrency, setup_concurrency=args.setup_concurrency)
     out.update(credits_per_pack=args.credits, confirmations_required=fed.confirmations_required)
     out.update(e2e_purchases=args.e2e, cpu_count=os.cpu_count())
@@ -324,7 +282,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)  # the federation is already stopped (main's finally)
+    run(main)

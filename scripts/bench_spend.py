@@ -73,11 +73,7 @@ import json
 import math
 import os
 import secrets
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -87,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from benchlib import T0, federation, log, pct, run
 
 from supernode.client import SupernodeClient
 from supernode.credits.spend_terms import verify_spend_certificate
@@ -96,23 +93,10 @@ from supernode.devnet import ETH, LocalFederation
 from supernode.errors import SupernodeError
 from supernode.federation.membership import quorum
 
-T0 = time.time()
 CONFLICT_REASONS = ("conflicting_order", "no_quorum")
 PAGE = 1000  # the API's largest page of certificates
 
 Post = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"[bench {time.time() - T0:7.2f}s] {msg}\n")
-    sys.stderr.flush()
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))], 2)  # nearest rank
 
 
 def machine_busy_s() -> float | None:
@@ -580,41 +564,17 @@ def main() -> int:
     if args.packs < args.concurrency:
         log(f"note: {args.packs} packs allow at most {args.packs} orders in flight")
 
-    def on_term(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # unwind through the finally below
-
-    signal.signal(signal.SIGTERM, on_term)
     headline = ["certs_per_s", "p50_ms", "p99_ms", "conflicts", "double_spends"]
     headline += ["balances_consistent", "failures"]
     out: dict[str, Any] = {"peers": args.peers, "spends": args.spends}
     out["concurrency"] = args.concurrency
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
-    root = Path(tempfile.mkdtemp(prefix="bench-spend-"))
-    fed = LocalFederation(root=root, peers=args.peers)
-    try:
-        log(f"starting anvil + {args.peers} daemons in {root}")
-        t = time.perf_counter()
-        fed.start()
-        out["federation_start_s"] = round(time.perf_counter() - t, 2)
-        log(f"federation ready in {out['federation_start_s']} s")
+    with federation("bench-spend-", out, args.keep, peers=args.peers) as fed:
         bench = Bench(fed, args, out)
         out["client"] = bench.choose_client()
         bench.fund_owners()
         bench.buy_packs()  # synchronous SDK calls in threads: Ctrl-C still stops here
         asyncio.run(bench.run())
-    except BaseException:
-        log(f"failed; partial results: {json.dumps(out)}")
-        raise
-    finally:
-        # a second Ctrl-C must not cut the clean-up short (each stop is bounded)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("stopping the federation")
-        fed.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     out.update(packs=len(bench.packs), amount=args.amount, credits_per_pack=bench.credits)
     out.update(quorum=quorum(args.peers), cpu_count=os.cpu_count())
     out["wall_s"] = round(time.time() - T0, 2)
@@ -623,7 +583,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)  # the federation is already stopped (main's finally)
+    run(main)
