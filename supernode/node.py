@@ -14,7 +14,7 @@ from supernode.config import Settings
 from supernode.credits.handlers import CertificateHandler, QuoteHandler
 from supernode.credits.purchase import CreditService
 from supernode.credits.spend import SpendCertificateHandler, SpendService
-from supernode.crypto.envelope import Envelope, sign_envelope
+from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
 from supernode.federation.challenges import ChallengeBook
 from supernode.federation.gossip import Gossip, PushSettings
@@ -24,6 +24,7 @@ from supernode.federation.membership import Membership
 from supernode.federation.messaging import SnMessageHandler, UserMessageHandler
 from supernode.federation.network import NetworkFile
 from supernode.federation.scoring import PeerScoring
+from supernode.federation.signer import Signer
 from supernode.inference.handlers import RefundHandler, ResultSummaryHandler
 from supernode.inference.openai import OpenAIGateway
 from supernode.inference.service import InferenceService
@@ -64,6 +65,7 @@ class Node:
             s.chain_rpc_url, timeout_s=s.chain_timeout_s, read_retries=s.chain_read_retries
         )
         self.chain_ok: bool | None = None
+        self.signer = Signer(identity, network, s.envelope_ttl_s)
         self.registry = HandlerRegistry()
         self.registry.register(SnMessageHandler(s.max_message_chars))
         self.registry.register(UserMessageHandler(network.network_id, s.max_message_chars))
@@ -204,15 +206,7 @@ class Node:
 
     # -- publishing --------------------------------------------------------------------
     def sign(self, type_: str, payload: dict[str, Any], recipient: str | None = None) -> Envelope:
-        return sign_envelope(
-            self.identity,
-            type_=type_,
-            network_id=self.network.network_id,
-            chain_id=self.network.chain_id,
-            payload=payload,
-            recipient=recipient,
-            ttl_s=self.settings.envelope_ttl_s,
-        )
+        return self.signer.sign(type_, payload, recipient=recipient)
 
     async def publish(
         self, env: Envelope, *, wait_s: float = 0.0

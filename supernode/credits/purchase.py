@@ -40,6 +40,7 @@ from supernode.federation.gossip import Gossip
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
 from supernode.federation.rpc import ask_peers
+from supernode.federation.signer import Signer
 from supernode.federation.transport import sign_transport
 from supernode.ledger import credits as repo
 from supernode.ledger.db import Database
@@ -75,6 +76,7 @@ class CreditService:
         self.publish = publish
         # one certification attempt per purchase at a time (confirms and the job)
         self._certifying: dict[str, asyncio.Lock] = {}
+        self.signer = Signer(identity, network, settings.envelope_ttl_s)
 
     # -- helpers ------------------------------------------------------------------------
     def _eligible(self) -> tuple[list[str], int | None]:
@@ -176,7 +178,7 @@ class CreditService:
         if len(agreements) < q:
             raise Unavailable(f"price agreed by {len(agreements)} of the {q} members needed; {why}")
         quote = {"terms": terms, "agreements": agreements}
-        await self.publish(self._sign_gossip(QUOTE_ENVELOPE, quote))
+        await self.publish(self.signer.sign(QUOTE_ENVELOPE, quote))
         logger.info(
             "quote {} for {} credits ({} wei) by {}: {} agreements",
             purchase_id,
@@ -186,18 +188,6 @@ class CreditService:
             len(agreements),
         )
         return quote
-
-    def _sign_gossip(self, type_: str, payload: dict[str, Any]) -> Envelope:
-        from supernode.crypto.envelope import sign_envelope
-
-        return sign_envelope(
-            self.identity,
-            type_=type_,
-            network_id=self.network.network_id,
-            chain_id=self.network.chain_id,
-            payload=payload,
-            ttl_s=self.s.envelope_ttl_s,
-        )
 
     async def agree(self, env: Envelope) -> dict[str, Any]:
         """A peer asks us to agree to its quote: recompute it and attest."""
@@ -337,7 +327,7 @@ class CreditService:
                 )
             raise Unavailable(detail, reason="awaiting_quorum")
         cert = {"terms": pterms, "signatures": sigs}
-        await self.publish(self._sign_gossip(CERTIFICATE_ENVELOPE, cert))
+        await self.publish(self.signer.sign(CERTIFICATE_ENVELOPE, cert))
         logger.info(
             "credit pack {} certified ({} credits, tx {}, {} signatures)",
             pid,

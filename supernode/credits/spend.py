@@ -31,13 +31,14 @@ from supernode.credits.spend_terms import (
 )
 from supernode.crypto.attest import attest, verify_certificate
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, sign_envelope
+from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
 from supernode.errors import Refused, SupernodeError, Unavailable
 from supernode.federation.gossip import Gossip
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
 from supernode.federation.rpc import ask_peers
+from supernode.federation.signer import Signer
 from supernode.federation.transport import sign_transport
 from supernode.ledger import spends as repo
 from supernode.ledger.db import Database
@@ -100,6 +101,7 @@ class SpendService:
             db, self._vote_batch, max_weight=500, name="votes"
         )
         self.http = httpx.AsyncClient(timeout=settings.quorum_timeout_s)
+        self.signer = Signer(identity, network, settings.envelope_ttl_s)
 
     def start(self) -> None:
         self.votes.start()
@@ -281,16 +283,7 @@ class SpendService:
                 reason="no_quorum",
             )
         cert = {"order": order.to_wire(), "votes": votes}
-        await self.publish(
-            sign_envelope(
-                self.identity,
-                type_=SPEND_CERTIFICATE,
-                network_id=self.network.network_id,
-                chain_id=self.network.chain_id,
-                payload=cert,
-                ttl_s=self.s.envelope_ttl_s,
-            )
-        )
+        await self.publish(self.signer.sign(SPEND_CERTIFICATE, cert))
         return cert
 
     async def certificates(self, pack_id: str, from_sequence: int, limit: int) -> list[Any]:

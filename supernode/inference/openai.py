@@ -22,7 +22,7 @@ from typing import Any
 
 from supernode.credits.spend_terms import parse_delegation
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, sign_envelope
+from supernode.crypto.envelope import Envelope
 from supernode.errors import Refused, SupernodeError, Unauthorized
 from supernode.inference.service import InferenceService
 from supernode.inference.usage import MILLI
@@ -141,13 +141,9 @@ class OpenAIGateway:
             async with self.svc.db.read() as conn:
                 pack = await spends_repo.pack_state(conn, req["pack_id"])
             assert pack is not None
-            order = sign_envelope(
-                self.svc.identity,
-                type_="spend_order",
-                network_id=self.svc.network.network_id,
-                chain_id=self.svc.network.chain_id,
-                ttl_s=self.svc.s.usage_quote_ttl_s,
-                payload={
+            order = self.svc.signer.sign(
+                "spend_order",
+                {
                     "pack_id": req["pack_id"],
                     "sequence": pack["next_sequence"],
                     "amount": req["cost"],
@@ -155,6 +151,7 @@ class OpenAIGateway:
                     "executor": self.svc.me,
                     "delegation": d.to_wire(),
                 },
+                ttl_s=self.svc.s.usage_quote_ttl_s,
             )
             cert = await self.svc.spends.certify(order.to_wire())
             await self.svc._certified(job.request_id, order)

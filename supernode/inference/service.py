@@ -21,10 +21,11 @@ from loguru import logger
 from supernode.config import Settings
 from supernode.credits.spend import SpendService
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, sign_envelope
+from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Conflict, NotFound, Refused
 from supernode.federation.network import NetworkFile
+from supernode.federation.signer import Signer
 from supernode.inference import results
 from supernode.inference.menu import Menu, ModelEntry
 from supernode.inference.streams import RequestStream
@@ -71,6 +72,7 @@ class InferenceService:
         self.menu = Menu(settings)
         self.streams: dict[str, RequestStream] = {}
         self._seen_models: set[str] = set()
+        self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self.http = httpx.AsyncClient(timeout=TOKENIZE_TIMEOUT_S)
 
@@ -218,14 +220,8 @@ class InferenceService:
         q = await self.quote(
             p["pack_id"], env.sender, p["model"], p["input"], p["params"], p["max_cost"], env.id
         )
-        resp = sign_envelope(
-            self.identity,
-            type_=USAGE_RESPONSE,
-            network_id=self.network.network_id,
-            chain_id=self.network.chain_id,
-            payload=q,
-            recipient=env.sender,
-            ttl_s=self.s.usage_quote_ttl_s,
+        resp = self.signer.sign(
+            USAGE_RESPONSE, q, recipient=env.sender, ttl_s=self.s.usage_quote_ttl_s
         )
         return resp.to_wire()
 
@@ -406,7 +402,7 @@ class InferenceService:
         latency_s: float,
     ) -> None:
         await self.publish(
-            self._sign(
+            self.signer.sign(
                 RESULT_SUMMARY,
                 {
                     "request_id": req["request_id"],
@@ -424,7 +420,7 @@ class InferenceService:
         if amount <= 0 or req.get("sequence") is None:
             return
         await self.publish(
-            self._sign(
+            self.signer.sign(
                 REFUND,
                 {
                     "pack_id": req["pack_id"],
@@ -439,16 +435,6 @@ class InferenceService:
             await repo.update_request(
                 conn, req["request_id"], refunded=amount, updated_at=time.time()
             )
-
-    def _sign(self, type_: str, payload: dict[str, Any]) -> Envelope:
-        return sign_envelope(
-            self.identity,
-            type_=type_,
-            network_id=self.network.network_id,
-            chain_id=self.network.chain_id,
-            payload=payload,
-            ttl_s=self.s.envelope_ttl_s,
-        )
 
     async def rerun(self, request_id: str) -> dict[str, Any]:
         """/execute_inference_request (operator): run a certified request again after a
