@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from supernode.crypto.envelope import Envelope, sign_envelope
 from supernode.crypto.keys import Identity
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -108,28 +109,18 @@ class PurchaseMixin:
     http: httpx.Client
     identity: Identity | None
     _call: Any
+    sign: Any
+    node: Any
+    _post_envelope: Any
 
     def request_quote(self, credits: int, ttl_s: int = 600) -> dict[str, Any]:
         """Sign a purchase request and get a quote agreed by a quorum."""
-        from supernode.crypto.envelope import sign_envelope
-
-        if self.identity is None:
-            raise ValueError("buying needs a user key")
-        info = self._call("GET", "/get_local_machine_sn_info")
-        req = sign_envelope(
-            self.identity,
-            type_="credit_purchase_request",
-            network_id=info["network_id"],
-            chain_id=info["chain_id"],
-            payload={"credits": credits, "nonce": secrets.token_hex(16)},
+        req = self.sign(
+            "credit_purchase_request",
+            {"credits": credits, "nonce": secrets.token_hex(16)},
             ttl_s=ttl_s,
         )
-        return self._call(
-            "POST",
-            "/credit_purchase_initial_request",
-            content=req.model_dump_json(),
-            headers={"content-type": "application/json"},
-        )
+        return self._post_envelope("/credit_purchase_initial_request", req)
 
     def pay_quote(self, quote: dict[str, Any], rpc_url: str) -> str:
         if self.identity is None:
@@ -174,11 +165,6 @@ class PurchaseMixin:
         ttl_s: int = 600,
     ) -> dict[str, Any]:
         """A signed spend order (wire form) for this supernode to execute."""
-        from supernode.crypto.envelope import sign_envelope
-
-        if self.identity is None:
-            raise ValueError("spending needs the pack owner's key")
-        info = self._call("GET", "/get_local_machine_sn_info")
         if sequence is None:
             sequence = self.pack_balance(pack_id)["next_sequence"]
         payload = {
@@ -186,16 +172,9 @@ class PurchaseMixin:
             "sequence": sequence,
             "amount": amount,
             "request_id": request_id or "0x" + secrets.token_hex(32),
-            "executor": executor or info["address"],
+            "executor": executor or self.node()["address"],
         }
-        return sign_envelope(
-            self.identity,
-            type_="spend_order",
-            network_id=info["network_id"],
-            chain_id=info["chain_id"],
-            payload=payload,
-            ttl_s=ttl_s,
-        ).to_wire()
+        return self.sign("spend_order", payload, ttl_s=ttl_s).to_wire()
 
     def submit_spend(self, order: dict[str, Any]) -> dict[str, Any]:
         """Have this supernode certify a signed spend order; returns the certificate."""
@@ -250,6 +229,9 @@ class InferenceMixin:
     _call: Any
     auth_headers: Any
     spend_order: Any
+    sign: Any
+    node: Any
+    _post_envelope: Any
 
     def model_menu(self) -> list[dict[str, Any]]:
         return self._call("GET", "/get_inference_model_menu")["models"]
@@ -258,31 +240,17 @@ class InferenceMixin:
         self, pack_id: str, model: str, prompt: str, params: dict[str, Any], max_cost: int
     ) -> dict[str, Any]:
         """The supernode's signed usage response (its payload has request_id and cost)."""
-        from supernode.crypto.envelope import sign_envelope
-
-        if self.identity is None:
-            raise ValueError("inference needs the pack owner's key")
-        info = self._call("GET", "/get_local_machine_sn_info")
-        req = sign_envelope(
-            self.identity,
-            type_="inference_usage_request",
-            network_id=info["network_id"],
-            chain_id=info["chain_id"],
-            payload={
+        req = self.sign(
+            "inference_usage_request",
+            {
                 "pack_id": pack_id,
                 "model": model,
                 "input": prompt,
                 "params": params,
                 "max_cost": max_cost,
             },
-            ttl_s=600,
         )
-        return self._call(
-            "POST",
-            "/validate_inference_api_usage_request",
-            content=req.model_dump_json(),
-            headers={"content-type": "application/json"},
-        )
+        return self._post_envelope("/validate_inference_api_usage_request", req)
 
     def confirm_usage(self, quote: dict[str, Any]) -> dict[str, Any]:
         """Sign the spend order for a quote and have the supernode certify and run it."""
@@ -356,19 +324,12 @@ class InferenceMixin:
     def delegate(self, pack_id: str, max_credits: int, expires_in_s: int) -> str:
         """An OpenAI API key: this supernode may spend up to ``max_credits`` of the pack
         for ``expires_in_s`` seconds (signed with the owner's key)."""
-        from supernode.crypto.envelope import sign_envelope
         from supernode.inference.openai import encode_api_key
 
-        if self.identity is None:
-            raise ValueError("a delegation is signed with the pack owner's key")
-        info = self._call("GET", "/get_local_machine_sn_info")
-        d = sign_envelope(
-            self.identity,
-            type_="spend_delegation",
-            network_id=info["network_id"],
-            chain_id=info["chain_id"],
+        d = self.sign(
+            "spend_delegation",
+            {"pack_id": pack_id, "delegate": self.node()["address"], "max_credits": max_credits},
             ttl_s=expires_in_s,
-            payload={"pack_id": pack_id, "delegate": info["address"], "max_credits": max_credits},
         )
         return encode_api_key(d.to_wire())
 
@@ -388,6 +349,7 @@ class SupernodeClient(PurchaseMixin, InferenceMixin):
         self.identity = identity
         self.operator_token = operator_token
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._node: dict[str, Any] | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -408,6 +370,34 @@ class SupernodeClient(PurchaseMixin, InferenceMixin):
         if resp.status_code >= 400:
             raise SupernodeAPIError(resp.status_code, body)
         return body
+
+    def node(self) -> dict[str, Any]:
+        """This supernode's address, network and chain (asked once per client)."""
+        if self._node is None:
+            self._node = self._call("GET", "/get_local_machine_sn_info")
+        return self._node
+
+    def sign(self, type_: str, payload: dict[str, Any], *, ttl_s: int = 600) -> Envelope:
+        """An envelope signed with our key for this supernode's network and chain."""
+        if self.identity is None:
+            raise ValueError(f"{type_} must be signed: this call needs the user's key")
+        info = self.node()
+        return sign_envelope(
+            self.identity,
+            type_=type_,
+            network_id=info["network_id"],
+            chain_id=info["chain_id"],
+            payload=payload,
+            ttl_s=ttl_s,
+        )
+
+    def _post_envelope(self, path: str, env: Envelope) -> Any:
+        return self._call(
+            "POST",
+            path,
+            content=env.model_dump_json(),
+            headers={"content-type": "application/json"},
+        )
 
     def _operator(self) -> dict[str, str]:
         if not self.operator_token:
