@@ -5,7 +5,8 @@ enough) before storing; a certificate also binds its transaction to the purchase
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,27 +23,30 @@ from supernode.ledger import spends as spends_repo
 
 
 class _Certified:
+    """A gossip type whose payload is a quorum certificate: ``verify`` checks it against
+    the eligible members this daemon knows now."""
+
+    verify: Callable[[Any, NetworkFile, list[str], int | None], Any]
+
     def __init__(self, network: NetworkFile, membership: Membership) -> None:
         self.network = network
         self.membership = membership
 
-    def _reject(self, exc: SupernodeError) -> EnvelopeError:
-        return EnvelopeError(exc.reason or "bad_certificate", exc.detail)
-
-
-class QuoteHandler(_Certified):
-    type = QUOTE_ENVELOPE
-
     def validate(self, env: Envelope) -> None:
         try:
-            verify_quote(
+            self.verify(
                 env.payload,
                 self.network,
                 self.membership.eligible_members(),
                 self.membership.quorum(),
             )
         except SupernodeError as exc:
-            raise self._reject(exc) from exc
+            raise EnvelopeError(exc.reason or "bad_certificate", exc.detail) from exc
+
+
+class QuoteHandler(_Certified):
+    type = QUOTE_ENVELOPE
+    verify = staticmethod(verify_quote)
 
     async def store(
         self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
@@ -55,17 +59,7 @@ class QuoteHandler(_Certified):
 
 class CertificateHandler(_Certified):
     type = CERTIFICATE_ENVELOPE
-
-    def validate(self, env: Envelope) -> None:
-        try:
-            verify_pack_certificate(
-                env.payload,
-                self.network,
-                self.membership.eligible_members(),
-                self.membership.quorum(),
-            )
-        except SupernodeError as exc:
-            raise self._reject(exc) from exc
+    verify = staticmethod(verify_pack_certificate)
 
     async def store(
         self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
