@@ -14,11 +14,17 @@ from supernode.node import Node
 AUTH_HEADERS = "X-Auth-Address, X-Auth-Challenge-Id and X-Auth-Signature"
 
 
-def get_node(request: Request) -> Node:
+def ready_node(request: Request) -> Node:
     node: Node = request.app.state.node
     if not node.ready:
         raise Unavailable("the daemon is starting or stopping")
     return node
+
+
+async def get_node(request: Request) -> Node:
+    """The node, as a dependency. Async on purpose: FastAPI runs a plain ``def``
+    dependency in its thread pool, a thread hop on every request."""
+    return ready_node(request)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def user_auth(endpoint: str):  # type: ignore[no-untyped-def]
         x_auth_signature: str | None = Header(default=None),
         authorization: str | None = Header(default=None),
     ) -> Caller:
-        node = get_node(request)
+        node = ready_node(request)
         if _token_ok(node, authorization):
             return Caller(node.address, operator=True)
         ch = await prove(node, endpoint, x_auth_address, x_auth_challenge_id, x_auth_signature)
@@ -83,7 +89,7 @@ def operator_auth(endpoint: str):  # type: ignore[no-untyped-def]
         x_auth_signature: str | None = Header(default=None),
         authorization: str | None = Header(default=None),
     ) -> Caller:
-        node = get_node(request)
+        node = ready_node(request)
         if _token_ok(node, authorization):
             return Caller(node.address, operator=True)
         if authorization and not x_auth_address:

@@ -355,6 +355,10 @@ class InferenceService:
         out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
         actual = min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"])
         digest = result_hash(text)
+        await self._announce(req, repo.COMPLETED, digest, out_tokens, latency_s)
+        # The refund is published before the request shows as completed, and both are in
+        # one write: a reader never sees "completed" with its refund still to come.
+        refunded = await self._publish_refund(req, req["cost"] - actual, "unused_tokens")
         async with self.db.write() as conn:
             await repo.update_request(
                 conn,
@@ -366,10 +370,8 @@ class InferenceService:
                 output_tokens=out_tokens,
                 latency_ms=latency_s * 1000,
                 updated_at=time.time(),
+                **({"refunded": refunded} if refunded else {}),
             )
-        await self._announce(req, repo.COMPLETED, digest, out_tokens, latency_s)
-        if actual < req["cost"]:
-            await self.refund(req, req["cost"] - actual, "unused_tokens")
         logger.info(
             "request {} completed: {} output tokens, {} of {} credits used",
             req["request_id"],
@@ -379,18 +381,19 @@ class InferenceService:
         )
 
     async def _fail(self, req: dict[str, Any], error: str) -> None:
-        async with self.db.write() as conn:
+        await self._announce(req, repo.FAILED, None, 0, 0.0)
+        refunded = await self._publish_refund(req, req["cost"], "failed_run")
+        async with self.db.write() as conn:  # "failed" and its refund become visible at once
             await repo.update_request(
                 conn,
                 req["request_id"],
                 status=repo.FAILED,
                 error=error[:1000],
                 updated_at=time.time(),
+                **({"refunded": refunded} if refunded else {}),
             )
-        await self._announce(req, repo.FAILED, None, 0, 0.0)
-        await self.refund(req, req["cost"], "failed_run")
         logger.warning(
-            "request {} failed ({}); {} credits refunded", req["request_id"], error, req["cost"]
+            "request {} failed ({}); {} credits refunded", req["request_id"], error, refunded
         )
 
     async def _announce(
@@ -416,9 +419,11 @@ class InferenceService:
             )
         )
 
-    async def refund(self, req: dict[str, Any], amount: int, reason: str) -> None:
+    async def _publish_refund(self, req: dict[str, Any], amount: int, reason: str) -> int:
+        """Publish a refund of ``amount`` for ``req``; returns what was refunded (0 when
+        there is nothing to refund). The caller records it with the request's status."""
         if amount <= 0 or req.get("sequence") is None:
-            return
+            return 0
         await self.publish(
             self.signer.sign(
                 REFUND,
@@ -431,10 +436,7 @@ class InferenceService:
                 },
             )
         )
-        async with self.db.write() as conn:
-            await repo.update_request(
-                conn, req["request_id"], refunded=amount, updated_at=time.time()
-            )
+        return amount
 
     async def rerun(self, request_id: str) -> dict[str, Any]:
         """/execute_inference_request (operator): run a certified request again after a

@@ -5,18 +5,61 @@ start with BEGIN IMMEDIATE (so a read-then-write never meets "database is locked
 half-way), and a small pool of readers, which WAL never blocks. Every connection gets its
 pragmas when it opens. Migrations run (synchronously, with Alembic) before the engines
 open.
+
+Statements run on the event loop's own thread (``InlineConnection``): aiosqlite's
+default sends every call (cursor, execute, fetch, close) to a worker thread and back,
+which cost far more CPU than the point queries of this ledger take to run. Only COMMIT
+and ROLLBACK, where a durable commit waits for fsync, still go to the connection's
+thread, so a slow disk does not stall the loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+T = TypeVar("T")
+
+
+class InlineConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose statements run inline on the calling thread; only
+    commit and rollback (which may wait on the disk) use the connection's worker thread."""
+
+    async def _execute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    async def commit(self) -> None:
+        if self._conn.in_transaction:
+            await aiosqlite.Connection._execute(self, self._conn.commit)
+
+    async def rollback(self) -> None:
+        # A reader's connection is "rolled back" each time it returns to the pool; with
+        # no transaction open there is nothing to wait for.
+        if self._conn.in_transaction:
+            await aiosqlite.Connection._execute(self, self._conn.rollback)
+
+
+def _inline_creator(database_file: Path) -> Callable[[], Any]:
+    async def connect() -> InlineConnection:
+        conn = InlineConnection(
+            partial(sqlite3.connect, str(database_file), check_same_thread=False), 64
+        )
+        conn._thread.daemon = True
+        return await conn
+
+    return connect
 
 
 def _set_pragmas(dbapi_conn, busy_timeout_ms: int) -> None:  # type: ignore[no-untyped-def]
@@ -47,8 +90,13 @@ class Database:
     def __init__(self, database_file: Path, busy_timeout_ms: int = 10_000) -> None:
         self.path = database_file
         url = f"sqlite+aiosqlite:///{database_file}"
-        self.writer: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0)
-        self.reader: AsyncEngine = create_async_engine(url, pool_size=4, max_overflow=4)
+        creator = _inline_creator(database_file)
+        self.writer: AsyncEngine = create_async_engine(
+            url, pool_size=1, max_overflow=0, async_creator=creator
+        )
+        self.reader: AsyncEngine = create_async_engine(
+            url, pool_size=4, max_overflow=4, async_creator=creator
+        )
 
         @event.listens_for(self.writer.sync_engine, "connect")
         def _writer_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
