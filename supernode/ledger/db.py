@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
