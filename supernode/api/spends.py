@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from supernode.api.credits import HEX32
 from supernode.api.deps import get_node
 from supernode.api.p2p import read_json, transport
-from supernode.credits.spend import VOTE_REQUEST
+from supernode.credits.spend import VOTE_BATCH
 from supernode.node import Node
 
 router = APIRouter(tags=["spends"])
@@ -36,11 +36,13 @@ async def pack_spends(
     return {"pack_id": pack_id.lower(), "count": len(certs), "certificates": certs}
 
 
-@p2p.post("/spend_vote")
-async def spend_vote(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
-    """The order's executor asks for our vote (durable before this answers)."""
-    env = transport(node, await read_json(request), VOTE_REQUEST)
-    return await node.spends.vote_for_peer(env)
+@p2p.post("/spend_votes")
+async def spend_votes(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+    """An executor asks for our votes: a signed `spend_vote_batch` whose payload is
+    {"items": [{"order", "prior"}, ...]}; one result per item, each vote durable before
+    this answers."""
+    env = transport(node, await read_json(request), VOTE_BATCH)
+    return await node.spends.votes_for_peer(env)
 
 
 @p2p.get("/spend_certificates")

@@ -11,12 +11,12 @@ members, two quorums share an honest voter, so no (pack, sequence) gets two cert
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,19 +33,21 @@ from supernode.crypto.attest import attest, verify_certificate
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
-from supernode.errors import Refused, SupernodeError, Unavailable
+from supernode.errors import BadRequest, Refused, SupernodeError, Unavailable
 from supernode.federation.gossip import Gossip
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
-from supernode.federation.rpc import ask_peers
+from supernode.federation.peer_http import PeerError
+from supernode.federation.rpc import BatchedCall, gather_answers
 from supernode.federation.signer import Signer
-from supernode.federation.transport import sign_transport
 from supernode.ledger import spends as repo
 from supernode.ledger.db import Database
 from supernode.ledger.group_commit import GroupCommit
 
 SPEND_CERTIFICATE = "spend_certificate"
-VOTE_REQUEST = "spend_vote_request"
+VOTE_BATCH = "spend_vote_batch"  # transport type of a batch of vote requests
+VOTE_BATCH_MAX = 256  # vote requests in one batch (a peer refuses more)
+VOTES_IN_FLIGHT = 2  # vote batches in flight to one peer at once
 CATCH_UP_LIMIT = 500
 
 
@@ -100,15 +102,16 @@ class SpendService:
         self.votes: GroupCommit[Envelope, Any] = GroupCommit(
             db, self._vote_batch, max_weight=500, name="votes"
         )
-        self.http = httpx.AsyncClient(timeout=settings.quorum_timeout_s)
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
+        self._askers: dict[str, BatchedCall] = {}  # per peer: batched vote requests
 
     def start(self) -> None:
         self.votes.start()
 
     async def stop(self) -> None:
+        for asker in self._askers.values():
+            await asker.stop()
         await self.votes.stop()
-        await self.http.aclose()
 
     # -- voting -------------------------------------------------------------------------
     async def _vote_batch(self, conn: AsyncConnection, orders: list[Envelope]) -> list[Any]:
@@ -167,32 +170,50 @@ class SpendService:
             raw, self.network, clock_skew_s=self.s.clock_skew_s, max_ttl_s=self.s.max_envelope_ttl_s
         )
 
-    async def vote_for_peer(self, env: Envelope) -> dict[str, Any]:
-        """The executor asks for our vote. The request carries the pack's previous
-        certificate: if that one has not reached us by gossip yet we apply it here;
-        further behind, we fetch what we missed from the executor (bounded)."""
-        order = self._parse(env.payload.get("order"))
-        if order.payload["executor"] != env.sender:
+    async def votes_for_peer(self, env: Envelope) -> dict[str, Any]:
+        """A batch of vote requests from the executor ``env.sender``: one result per item,
+        ``{"ok": vote}`` or ``{"error": {status, reason, detail}}``. The votes of one batch
+        share one durable commit."""
+        items = env.payload.get("items")
+        if not isinstance(items, list) or not 1 <= len(items) <= VOTE_BATCH_MAX:
+            raise BadRequest(f"items: a list of 1 to {VOTE_BATCH_MAX} vote requests")
+        return {"results": await asyncio.gather(*(self._answer(env.sender, i) for i in items))}
+
+    async def _answer(self, executor: str, item: Any) -> dict[str, Any]:
+        try:
+            return {"ok": await self.vote_for_peer(executor, item)}
+        except SupernodeError as exc:
+            return {"error": {"status": exc.status, "reason": exc.reason, "detail": exc.detail}}
+
+    async def vote_for_peer(self, executor: str, item: Any) -> dict[str, str]:
+        """``executor`` asks for our vote on ``item["order"]``. The request carries the
+        pack's previous certificate (``item["prior"]``): if that one has not reached us by
+        gossip yet we apply it here; further behind, we fetch what we missed from the
+        executor (bounded)."""
+        if not isinstance(item, dict):
+            raise BadRequest("a vote request is an object {order, prior}")
+        order = self._parse(item.get("order"))
+        if order.payload["executor"] != executor:
             raise Refused("only the order's executor may ask for votes", reason="wrong_executor")
         try:
-            return {"vote": await self.vote(order)}
+            return await self.vote(order)
         except Refused as exc:
             if exc.reason != "sequence_ahead":
                 raise
-        prior = env.payload.get("prior")
+        prior = item.get("prior")
         if prior is not None:
             try:
                 await self.apply_certificates([prior])
             except SupernodeError as exc:
-                logger.warning("prior certificate from {} refused: {}", env.sender, exc)
+                logger.warning("prior certificate from {} refused: {}", executor, exc)
             else:
                 try:
-                    return {"vote": await self.vote(order)}
+                    return await self.vote(order)
                 except Refused as exc:
                     if exc.reason != "sequence_ahead":
                         raise
-        await self.catch_up(order.payload["pack_id"], env.sender)
-        return {"vote": await self.vote(order)}
+        await self.catch_up(order.payload["pack_id"], executor)
+        return await self.vote(order)
 
     # -- certificates -----------------------------------------------------------------------
     def verify(self, cert: Any) -> tuple[Envelope, dict[str, Any]]:
@@ -207,22 +228,23 @@ class SpendService:
 
     async def catch_up(self, pack_id: str, source: str) -> int:
         """Fetch the certificates of ``pack_id`` we have not applied from member ``source``."""
-        member = self.network.member(source)
+        link = self.gossip.links.get(source)
         async with self.db.read() as conn:
             pack = await repo.pack_state(conn, pack_id)
-        if member is None or pack is None:
+        if link is None or pack is None:
             return 0
         try:
-            resp = await self.http.get(
-                f"{member.url}/p2p/spend_certificates",
-                params={
+            resp = await link.client.get(
+                f"{link.member.url}/p2p/spend_certificates",
+                {
                     "pack_id": pack_id,
                     "from_sequence": pack["next_sequence"],
                     "limit": CATCH_UP_LIMIT,
                 },
+                timeout_s=self.s.quorum_timeout_s,
             )
-            certs = resp.json()["certificates"] if resp.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            certs = resp.json()["certificates"] if resp.status == 200 else []
+        except (PeerError, ValueError, KeyError, TypeError) as exc:
             logger.warning("catch-up of pack {} from {} failed: {!r}", pack_id, source, exc)
             return 0
         await self.apply_certificates(certs)
@@ -248,22 +270,13 @@ class SpendService:
             prior = previous[0] if previous else None
         votes = [await self.vote(order)] if self.me in eligible else []
         terms = vote_terms(order)
-        links = [self.gossip.links[a] for a in eligible if a in self.gossip.links]
-        answers = await ask_peers(
-            links,
-            "/p2p/spend_vote",
-            lambda link: sign_transport(
-                self.identity,
-                self.network,
-                VOTE_REQUEST,
-                link.member.address,
-                {"order": order.to_wire(), "prior": prior},
-            ),
+        item = {"order": order.to_wire(), "prior": prior}
+        answers = await gather_answers(
+            {a: self._asker(a).call(item) for a in eligible if a in self.gossip.links},
             need=q - len(votes),
             timeout_s=self.s.quorum_timeout_s,
         )
-        for addr, data in answers.ok.items():
-            vote = data.get("vote") if isinstance(data, dict) else None
+        for addr, vote in answers.ok.items():
             try:
                 verify_certificate(
                     VOTE_KIND,
@@ -285,6 +298,21 @@ class SpendService:
         cert = {"order": order.to_wire(), "votes": votes}
         await self.publish(self.signer.sign(SPEND_CERTIFICATE, cert))
         return cert
+
+    def _asker(self, address: str) -> BatchedCall:
+        asker = self._askers.get(address)
+        if asker is None:
+            asker = self._askers[address] = BatchedCall(
+                self.gossip.links[address],
+                self.identity,
+                self.network,
+                path="/p2p/spend_votes",
+                type_=VOTE_BATCH,
+                batch_max=VOTE_BATCH_MAX,
+                in_flight=VOTES_IN_FLIGHT,
+                timeout_s=self.s.quorum_timeout_s,
+            )
+        return asker
 
     async def certificates(self, pack_id: str, from_sequence: int, limit: int) -> list[Any]:
         async with self.db.read() as conn:

@@ -20,13 +20,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from loguru import logger
 
 from supernode.crypto.keys import Identity
 from supernode.federation.handlers import Checked
 from supernode.federation.intake import Intake
 from supernode.federation.network import Member, NetworkFile
+from supernode.federation.peer_http import PeerError, PeerHTTP, PeerUnreachable
 from supernode.federation.transport import batch_body, sync_request
 from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Database
@@ -52,7 +52,7 @@ class PeerLink:
         identity: Identity,
         network: NetworkFile,
         cfg: PushSettings,
-        client: httpx.AsyncClient,
+        client: PeerHTTP,
     ) -> None:
         self.member = member
         self.identity = identity
@@ -131,21 +131,17 @@ class PeerLink:
             )
             try:
                 resp = await self.client.post(
-                    f"{self.member.url}/p2p/envelopes",
-                    content=body,
-                    headers={"content-type": "application/json"},
-                    timeout=self.cfg.timeout_s,
+                    f"{self.member.url}/p2p/envelopes", body, timeout_s=self.cfg.timeout_s
                 )
-                if resp.status_code == 200:
+                if resp.status == 200:
                     self.sent += len(batch)
                     self.last_error = None
-                    report = resp.json()
-                    return {"ok": True, **report}
-                error = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                    return {"ok": True, **resp.json()}
+                error = f"HTTP {resp.status}: {resp.text[:200]}"
+                if 400 <= resp.status < 500 and resp.status not in (408, 429):
                     break  # refused, not failed: retrying will not help
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            except (PeerUnreachable, ValueError) as exc:
+                error = str(exc)
             if attempt < self.cfg.retries:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay *= 2
@@ -184,15 +180,11 @@ class Gossip:
         self.page = page
         self.pull_timeout_s = pull_timeout_s
         self.round_s = round_s
-        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
         self.links: dict[str, PeerLink] = {}
-        self._clients: list[httpx.AsyncClient] = []
         for m in network.members:
             if m.address == self.me:
                 continue
-            client = httpx.AsyncClient(limits=limits, timeout=push.timeout_s)
-            self._clients.append(client)
-            self.links[m.address] = PeerLink(m, identity, network, push, client)
+            self.links[m.address] = PeerLink(m, identity, network, push, PeerHTTP())
         self.pulled = 0
 
     def start(self) -> None:
@@ -202,8 +194,8 @@ class Gossip:
     async def stop(self) -> None:
         for link in self.links.values():
             await link.stop()
-        for client in self._clients:
-            await client.aclose()
+        for link in self.links.values():
+            await link.client.close()
 
     def push(self, items: list[Checked], *, wait: bool = False) -> list[asyncio.Future[Any]]:
         """Queue envelopes to their peers: to the recipient only, or to every peer."""
@@ -248,16 +240,11 @@ class Gossip:
             )
             resp = await client.post(
                 f"{link.member.url}/p2p/sync",
-                content=req.model_dump_json(),
-                headers={"content-type": "application/json"},
-                timeout=self.pull_timeout_s,
+                req.model_dump_json().encode(),
+                timeout_s=self.pull_timeout_s,
             )
-            if resp.status_code != 200:
-                raise httpx.HTTPStatusError(
-                    f"HTTP {resp.status_code}: {resp.text[:200]}",
-                    request=resp.request,
-                    response=resp,
-                )
+            if resp.status != 200:
+                raise PeerError(f"HTTP {resp.status}: {resp.text[:200]}")
             data = json.loads(resp.content)
             envs, next_cursor, more = data["envelopes"], int(data["next_cursor"]), data["more"]
             if envs:
@@ -282,7 +269,7 @@ class Gossip:
                 break
             try:
                 _, stored = await self._pull_peer(link, cursors.get(addr, 0), deadline)
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+            except (PeerError, ValueError, KeyError) as exc:
                 async with self.db.write() as conn:
                     await peers_repo.mark_contact(conn, addr, time.time(), f"pull: {exc!r}"[:300])
                 continue

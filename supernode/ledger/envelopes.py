@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from supernode.ledger.db import insert_sql, sqlite_of
 from supernode.ledger.models import SeenEnvelope
 
 t = SeenEnvelope.__table__
@@ -17,20 +18,37 @@ _IN_CHUNK = 900
 
 
 async def known_ids(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
-    """Which of ``ids`` are already in the log."""
+    """Which of ``ids`` are already in the log (plain SQL: this runs for every batch)."""
     wanted = list(dict.fromkeys(ids))
+    db = sqlite_of(conn)
     found: set[str] = set()
     for i in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[i : i + _IN_CHUNK]
-        rows = await conn.execute(select(t.c.id).where(t.c.id.in_(chunk)))
-        found.update(r[0] for r in rows)
+        marks = ", ".join("?" * len(chunk))
+        cur = db.execute(f"SELECT id FROM seen_envelopes WHERE id IN ({marks})", chunk)
+        found.update(r[0] for r in cur)
     return found
+
+
+_COLUMNS = (
+    "id",
+    "type",
+    "sender",
+    "recipient",
+    "created_at",
+    "expires_at",
+    "received_at",
+    "received_from",
+    "raw",
+)
 
 
 async def insert_envelopes(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Append envelopes (already checked to be new, in this same write transaction)."""
     if rows:
-        await conn.execute(insert(t), list(rows))
+        sqlite_of(conn).executemany(
+            insert_sql("seen_envelopes", _COLUMNS), [[r[c] for c in _COLUMNS] for r in rows]
+        )
 
 
 async def envelopes_after(

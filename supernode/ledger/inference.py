@@ -8,6 +8,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from supernode.ledger.db import sqlite_of
 from supernode.ledger.models import InferenceRequest, InferenceResult, Refund, SpendCertificate
 
 ir = InferenceRequest.__table__
@@ -63,6 +64,13 @@ async def apply_refunds(conn: AsyncConnection, pack_id: str) -> int:
     more in all than that spend certified. Returns the credits given back."""
     from supernode.ledger.models import CreditPack
 
+    pending = (
+        sqlite_of(conn)
+        .execute("SELECT 1 FROM refunds WHERE pack_id = ? AND applied = 0 LIMIT 1", (pack_id,))
+        .fetchone()
+    )
+    if pending is None:
+        return 0  # the common case, checked cheaply on every certificate applied
     pk = CreditPack.__table__
     rows = await conn.execute(
         select(

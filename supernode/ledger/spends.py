@@ -1,120 +1,158 @@
-"""Spend votes and certificates, and applying certificates to packs in sequence order."""
+"""Spend votes and certificates, and applying certificates to packs in sequence order.
+
+These run for every spend at every member, so they are plain SQL on the transaction's
+sqlite3 connection (``sqlite_of``), not SQLAlchemy-built statements (see ledger/db.py).
+A certificate is applied exactly when its sequence is below its pack's ``next_sequence``;
+the ``applied`` column mirrors that for queries.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from supernode.ledger.db import dict_row, dict_rows, insert_sql, sqlite_of
 from supernode.ledger.inference import apply_refunds
-from supernode.ledger.models import CreditPack, SpendCertificate, SpendVote
 
-sv = SpendVote.__table__
-sc = SpendCertificate.__table__
-pk = CreditPack.__table__
+CERT_COLUMNS = (
+    "pack_id",
+    "sequence",
+    "order_id",
+    "request_id",
+    "executor",
+    "spender",
+    "amount",
+    "delegation_id",
+    "certificate",
+    "applied",
+    "received_at",
+)
+VOTE_COLUMNS = (
+    "pack_id",
+    "sequence",
+    "order_id",
+    "amount",
+    "executor",
+    "signature",
+    "voted_at",
+)
+AHEAD_MAX = 10_000  # certificates ahead of a pack's next sequence looked at per apply
 
 
 async def vote_for(conn: AsyncConnection, pack_id: str, sequence: int) -> dict[str, Any] | None:
-    row = (
-        await conn.execute(
-            select(sv).where(sv.c.pack_id == pack_id).where(sv.c.sequence == sequence)
-        )
-    ).first()
-    return dict(row._mapping) if row else None
+    cur = sqlite_of(conn).execute(
+        "SELECT * FROM spend_votes WHERE pack_id = ? AND sequence = ?", (pack_id, sequence)
+    )
+    return dict_row(cur)
 
 
 async def add_vote(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    await conn.execute(sv.insert().values(**row))
+    sqlite_of(conn).execute(insert_sql("spend_votes", VOTE_COLUMNS), [row[c] for c in VOTE_COLUMNS])
 
 
 async def certificate_at(
     conn: AsyncConnection, pack_id: str, sequence: int
 ) -> dict[str, Any] | None:
-    row = (
-        await conn.execute(
-            select(sc).where(sc.c.pack_id == pack_id).where(sc.c.sequence == sequence)
-        )
-    ).first()
-    return dict(row._mapping) if row else None
+    cur = sqlite_of(conn).execute(
+        "SELECT * FROM spend_certificates WHERE pack_id = ? AND sequence = ?", (pack_id, sequence)
+    )
+    return dict_row(cur)
 
 
 async def certificates_from(
     conn: AsyncConnection, pack_id: str, from_sequence: int, limit: int
 ) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        select(sc)
-        .where(sc.c.pack_id == pack_id)
-        .where(sc.c.sequence >= from_sequence)
-        .order_by(sc.c.sequence)
-        .limit(limit)
+    cur = sqlite_of(conn).execute(
+        "SELECT * FROM spend_certificates WHERE pack_id = ? AND sequence >= ?"
+        " ORDER BY sequence LIMIT ?",
+        (pack_id, from_sequence, limit),
     )
-    return [dict(r._mapping) for r in rows]
+    return dict_rows(cur)
 
 
 async def add_certificate(conn: AsyncConnection, row: dict[str, Any]) -> str:
     """Store a certificate: 'new', 'known' (same order), or 'conflict' (another order
     holds that sequence: a quorum signed two orders, which needs > f faulty members)."""
-    known = await certificate_at(conn, row["pack_id"], row["sequence"])
+    db = sqlite_of(conn)
+    known = db.execute(
+        "SELECT order_id FROM spend_certificates WHERE pack_id = ? AND sequence = ?",
+        (row["pack_id"], row["sequence"]),
+    ).fetchone()
     if known is not None:
-        if known["order_id"] == row["order_id"]:
+        if known[0] == row["order_id"]:
             return "known"
         logger.critical(
             "CONFLICTING spend certificates for pack {} sequence {}: {} and {}",
             row["pack_id"],
             row["sequence"],
-            known["order_id"],
+            known[0],
             row["order_id"],
         )
         return "conflict"
-    await conn.execute(sqlite_insert(sc).values(**row, applied=False).on_conflict_do_nothing())
+    values = {**row, "applied": 0}
+    db.execute(
+        insert_sql("spend_certificates", CERT_COLUMNS, skip_duplicates=True),
+        [values[c] for c in CERT_COLUMNS],
+    )
     return "new"
 
 
 async def apply_ready(conn: AsyncConnection, pack_id: str) -> int:
     """Apply the pack's stored certificates from its next sequence on, in order, while
     there is no gap. Returns how many were applied."""
-    pack = (await conn.execute(select(pk).where(pk.c.pack_id == pack_id))).first()
+    db = sqlite_of(conn)
+    pack = db.execute(
+        "SELECT remaining_credits, next_sequence FROM credit_packs WHERE pack_id = ?",
+        (pack_id,),
+    ).fetchone()
     if pack is None:
         return 0  # the pack's own certificate has not arrived yet: apply later
-    remaining, nxt = pack.remaining_credits, pack.next_sequence
-    applied = 0
-    while True:
-        cert = await certificate_at(conn, pack_id, nxt)
-        if cert is None:
+    remaining, nxt = pack
+    ahead = db.execute(
+        "SELECT id, sequence, order_id, amount FROM spend_certificates"
+        " WHERE pack_id = ? AND sequence >= ? ORDER BY sequence LIMIT ?",
+        (pack_id, nxt, AHEAD_MAX),
+    ).fetchall()
+    applied: list[tuple[int]] = []
+    for cert_id, sequence, order_id, amount in ahead:
+        if sequence != nxt:
+            break  # a gap: the missing certificate comes by gossip or catch-up
+        if amount > remaining:
+            logger.critical(
+                "certificate {} spends {} of pack {} holding {}: not applied",
+                order_id,
+                amount,
+                pack_id,
+                remaining,
+            )
             break
-        if not cert["applied"]:
-            if cert["amount"] > remaining:
-                logger.critical(
-                    "certificate {} spends {} of pack {} holding {}: not applied",
-                    cert["order_id"],
-                    cert["amount"],
-                    pack_id,
-                    remaining,
-                )
-                break
-            remaining -= cert["amount"]
-            await conn.execute(update(sc).where(sc.c.id == cert["id"]).values(applied=True))
-            applied += 1
+        remaining -= amount
+        applied.append((cert_id,))
         nxt += 1
-    if applied or nxt != pack.next_sequence:
-        await conn.execute(
-            update(pk)
-            .where(pk.c.pack_id == pack_id)
-            .values(remaining_credits=remaining, next_sequence=nxt)
+    if applied:
+        db.executemany("UPDATE spend_certificates SET applied = 1 WHERE id = ?", applied)
+        db.execute(
+            "UPDATE credit_packs SET remaining_credits = ?, next_sequence = ? WHERE pack_id = ?",
+            (remaining, nxt, pack_id),
         )
     await apply_refunds(conn, pack_id)  # refunds wait for their spend
-    return applied
+    return len(applied)
 
 
 async def delegated_spent(conn: AsyncConnection, delegation_id: str) -> int:
     """Credits certified so far under one delegation (its running total)."""
-    q = select(func.coalesce(func.sum(sc.c.amount), 0)).where(sc.c.delegation_id == delegation_id)
-    return (await conn.execute(q)).scalar_one()
+    return (
+        sqlite_of(conn)
+        .execute(
+            "SELECT coalesce(sum(amount), 0) FROM spend_certificates WHERE delegation_id = ?",
+            (delegation_id,),
+        )
+        .fetchone()[0]
+    )
 
 
 async def pack_state(conn: AsyncConnection, pack_id: str) -> dict[str, Any] | None:
-    row = (await conn.execute(select(pk).where(pk.c.pack_id == pack_id))).first()
-    return dict(row._mapping) if row else None
+    cur = sqlite_of(conn).execute("SELECT * FROM credit_packs WHERE pack_id = ?", (pack_id,))
+    return dict_row(cur)

@@ -7,6 +7,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -251,20 +252,39 @@ def test_bad_orders_refused_with_reasons_and_nothing_spent(fed: LocalFederation)
         }
 
 
+@dataclass
+class VoteAnswer:
+    status_code: int
+    body: dict[str, Any]
+
+    def json(self) -> dict[str, Any]:
+        return self.body
+
+
 def vote_request(
     fed: LocalFederation, executor: Identity, target: int, o: dict[str, Any]
-) -> httpx.Response:
+) -> VoteAnswer:
+    """Ask daemon ``target`` for its vote on order ``o`` as ``executor`` (a batch of one)."""
     net = fed.network
     assert net is not None
     body = sign_transport(
-        executor, net, "spend_vote_request", fed.daemons[target].address, {"order": o}
+        executor,
+        net,
+        "spend_vote_batch",
+        fed.daemons[target].address,
+        {"items": [{"order": o, "prior": None}]},
     )
-    return httpx.post(
-        f"{fed.daemons[target].url}/p2p/spend_vote",
+    r = httpx.post(
+        f"{fed.daemons[target].url}/p2p/spend_votes",
         content=body,
         headers={"content-type": "application/json"},
         timeout=10,
     )
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    if "ok" in result:
+        return VoteAnswer(200, {"vote": result["ok"]})
+    return VoteAnswer(result["error"]["status"], result["error"])
 
 
 def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> None:

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -20,6 +19,8 @@ from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.federation.gossip import PeerLink, PushSettings
+from supernode.federation.peer_http import PeerHTTP
+from supernode.federation.rpc import BatchedCall
 from supernode.ledger.db import run_migrations
 from supernode.ledger.models import Base
 from tests.unit.test_intake import KEYS, NETWORK
@@ -66,7 +67,8 @@ def silent_server() -> Iterator[str]:
 async def test_push_timeout_fires_and_retries_are_bounded(silent_server: str) -> None:
     member = NETWORK.members[1].model_copy(update={"url": silent_server})
     cfg = PushSettings(timeout_s=0.2, retries=2, backoff_s=0.05, batch_max=10, queue_max=100)
-    async with httpx.AsyncClient() as client:
+    client = PeerHTTP()
+    try:
         link = PeerLink(member, KEYS[0], NETWORK, cfg, client)
         link.start()
         env = sign_envelope(
@@ -82,6 +84,8 @@ async def test_push_timeout_fires_and_retries_are_bounded(silent_server: str) ->
         result = await asyncio.wait_for(fut, timeout=5)
         elapsed = time.monotonic() - started
         await link.stop()
+    finally:
+        await client.close()
     assert result["ok"] is False and "Timeout" in result["error"]
     # three tries of 0.2 s plus two short back-offs: well under the 5 s guard
     assert 0.6 <= elapsed < 3
@@ -90,6 +94,28 @@ async def test_push_timeout_fires_and_retries_are_bounded(silent_server: str) ->
     fut2 = asyncio.get_running_loop().create_future()
     link.enqueue("0x" + "00" * 32, b"{}", fut2)
     assert fut2.done() and fut2.result()["ok"] is False
+
+
+async def test_batched_call_times_out_every_waiter_and_batches_what_queued(
+    silent_server: str,
+) -> None:
+    member = NETWORK.members[1].model_copy(update={"url": silent_server})
+    cfg = PushSettings(timeout_s=0.2, retries=0, backoff_s=0.05, batch_max=10, queue_max=100)
+    link = PeerLink(member, KEYS[0], NETWORK, cfg, PeerHTTP())
+    asker = BatchedCall(
+        link, KEYS[0], NETWORK, path="/p2p/x", type_="x", batch_max=3, in_flight=1, timeout_s=0.2
+    )
+    try:
+        started = time.monotonic()
+        futs = [asker.call({"n": i}) for i in range(7)]  # 1 goes at once, 6 queue behind it
+        outcomes = await asyncio.wait_for(asyncio.gather(*futs), timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        await asker.stop()
+        await link.client.close()
+    assert all(data is None and "unreachable" in (why or "") for data, why in outcomes)
+    assert (asker.batches, asker.items) == (3, 7)  # [0], then [1, 2, 3] and [4, 5, 6]
+    assert 0.55 <= elapsed < 3  # three timed-out requests of 0.2 s, one after another
 
 
 async def test_chain_read_timeout_fires(silent_server: str) -> None:
