@@ -195,8 +195,8 @@ class Node:
         self.ready = False
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        await self.inference.stop()  # first: what it records on the way out is still pushed
         await self.gossip.stop()
-        await self.inference.stop()
         await self.pool.stop()
         await self.spends.stop()
         await self.intake.writer.stop()

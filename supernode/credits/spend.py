@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ VOTE_BATCH = "spend_vote_batch"  # transport type of a batch of vote requests
 VOTE_BATCH_MAX = 256  # vote requests in one batch (a peer refuses more)
 VOTES_IN_FLIGHT = 2  # vote batches in flight to one peer at once
 CATCH_UP_LIMIT = 500
+LAST_CERTS = 10_000  # packs whose last certificate made here is kept in memory
 
 
 def certificate_row(order: Envelope, cert: dict[str, Any], received_at: float) -> dict[str, Any]:
@@ -104,6 +106,9 @@ class SpendService:
         )
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self._askers: dict[str, BatchedCall] = {}  # per peer: batched vote requests
+        # the last certificate made here per pack: the next order's "prior", without a read
+        self._last: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._built: set[str] = set()  # ids of certificate envelopes being published here
 
     def start(self) -> None:
         self.votes.start()
@@ -266,8 +271,10 @@ class SpendService:
         seq = order.payload["sequence"]
         prior = None
         if seq > 0:  # the certificate before this order, for voters gossip has not reached
-            previous = await self.certificates(order.payload["pack_id"], seq - 1, 1)
-            prior = previous[0] if previous else None
+            prior = self._last.get(order.payload["pack_id"])
+            if prior is None or prior["order"]["payload"]["sequence"] != seq - 1:
+                previous = await self.certificates(order.payload["pack_id"], seq - 1, 1)
+                prior = previous[0] if previous else None
         votes = [await self.vote(order)] if self.me in eligible else []
         terms = vote_terms(order)
         item = {"order": order.to_wire(), "prior": prior}
@@ -296,7 +303,16 @@ class SpendService:
                 reason="no_quorum",
             )
         cert = {"order": order.to_wire(), "votes": votes}
-        await self.publish(self.signer.sign(SPEND_CERTIFICATE, cert))
+        env = self.signer.sign(SPEND_CERTIFICATE, cert)
+        self._built.add(env.id)  # made here from votes checked above: not verified again
+        try:
+            await self.publish(env)
+        finally:
+            self._built.discard(env.id)
+        self._last[order.payload["pack_id"]] = cert
+        self._last.move_to_end(order.payload["pack_id"])
+        while len(self._last) > LAST_CERTS:
+            self._last.popitem(last=False)
         return cert
 
     def _asker(self, address: str) -> BatchedCall:
@@ -331,6 +347,8 @@ class SpendCertificateHandler:
     def validate(self, env: Envelope) -> None:
         from supernode.crypto.envelope import EnvelopeError
 
+        if env.id in self.service._built:
+            return  # this daemon's own, built from votes it verified one by one
         try:
             self.service.verify(env.payload)
         except SupernodeError as exc:

@@ -65,6 +65,9 @@ class Job:
     prompt: str
     params: GenerateParams
     created: int
+    pack_id: str
+    cost: int
+    prompt_tokens: int
 
 
 class OpenAIGateway:
@@ -129,25 +132,25 @@ class OpenAIGateway:
             prompt,
             self.svc.menu_params(model, params_raw),
             int(time.time()),
+            pack_id,
+            q["cost"],
+            q["prompt_tokens"],
         )
 
     async def certify(self, d: Envelope, job: Job) -> dict[str, Any]:
         """Sign the order under the delegation and get it certified (one per pack at a
         time: the order takes the pack's next sequence)."""
-        async with self.svc.db.read() as conn:
-            req = await repo.get_request(conn, job.request_id)
-        assert req is not None
-        async with self._pack_locks[req["pack_id"]]:
+        async with self._pack_locks[job.pack_id]:
             async with self.svc.db.read() as conn:
-                pack = await spends_repo.pack_state(conn, req["pack_id"])
+                pack = await spends_repo.pack_state(conn, job.pack_id)
             assert pack is not None
             order = self.svc.signer.sign(
                 "spend_order",
                 {
-                    "pack_id": req["pack_id"],
+                    "pack_id": job.pack_id,
                     "sequence": pack["next_sequence"],
-                    "amount": req["cost"],
-                    "request_id": req["request_id"],
+                    "amount": job.cost,
+                    "request_id": job.request_id,
                     "executor": self.svc.me,
                     "delegation": d.to_wire(),
                 },
@@ -172,10 +175,20 @@ class OpenAIGateway:
         except SupernodeError as exc:
             await self.svc.fail_request(job.request_id, str(exc))
             raise
-        usage = await self.svc.complete_request(
-            job.request_id, result.text, result.latency_s, result.output_tokens
-        )
-        return result.text, usage
+        if result.output_tokens is None:  # the node did not count: ask its tokenizer first
+            usage = await self.svc.complete_request(
+                job.request_id, result.text, result.latency_s, result.output_tokens
+            )
+            return result.text, usage
+        # The spend is certified and the text is here: answer now; the result, its summary
+        # and any refund are recorded right after (the daemon's stop waits for them).
+        out = min(result.output_tokens, job.params.max_new_tokens)
+        self.svc.record_later(job.request_id, result.text, result.latency_s, out)
+        return result.text, {
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": out,
+            "total_tokens": job.prompt_tokens + out,
+        }
 
     async def stream(self, d: Envelope, job: Job) -> AsyncIterator[str]:
         """Chunks as the model makes them, held back until the spend is certified."""

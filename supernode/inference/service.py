@@ -42,6 +42,7 @@ from supernode.petals.pool import GenerateParams, NodePool, NodeUnavailable
 
 RESULT_SUMMARY = "inference_result"
 REFUND = "spend_refund"
+RECORD_WAIT_S = 10.0  # at stop, how long finished runs may take to be recorded
 TOKENIZE_TIMEOUT_S = 5.0
 
 
@@ -74,10 +75,13 @@ class InferenceService:
         self._seen_models: set[str] = set()
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Task[Any]] = set()  # results answered, being recorded
         self.http = httpx.AsyncClient(timeout=TOKENIZE_TIMEOUT_S)
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
+        if self._recording:  # answered already: let their records land (bounded)
+            await asyncio.wait(list(self._recording), timeout=RECORD_WAIT_S)
+        for t in list(self._tasks | self._recording):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -342,6 +346,22 @@ class InferenceService:
             "completion_tokens": out_tokens,
             "total_tokens": req["prompt_tokens"] + out_tokens,
         }
+
+    def record_later(
+        self, request_id: str, text: str, latency_s: float, output_tokens: int
+    ) -> None:
+        """complete_request in the background, for a run whose answer goes out now."""
+        task = asyncio.create_task(
+            self.complete_request(request_id, text, latency_s, output_tokens),
+            name=f"record-{request_id[:10]}",
+        )
+        self._recording.add(task)
+        task.add_done_callback(self._recorded)
+
+    def _recorded(self, task: asyncio.Task[Any]) -> None:
+        self._recording.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("recording a finished request failed: {!r}", task.exception())
 
     async def fail_request(self, request_id: str, error: str) -> None:
         async with self.db.read() as conn:
