@@ -21,6 +21,7 @@ from supernode.crypto.keys import Identity, address_from_public_key
 ENVELOPE_VERSION = 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
+RECOVERED_CACHE = 16_384  # signatures whose recovered signer is remembered
 
 HexAddress = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
 Hex32 = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
@@ -133,7 +134,16 @@ def sign_envelope(
 
 
 def recover_signer(digest: bytes, signature_hex: str) -> str:
-    """The address that signed ``digest``; refuses empty, malformed and high-s signatures."""
+    """The address that signed ``digest``; refuses empty, malformed and high-s signatures.
+
+    Successful recoveries are remembered (bounded LRU): the same signature comes back
+    several times per spend (an order at its vote and in its certificate, a delegation on
+    every order under it), and recovery is the costliest step of a check."""
+    return _recover_signer(digest, signature_hex)
+
+
+@lru_cache(maxsize=RECOVERED_CACHE)
+def _recover_signer(digest: bytes, signature_hex: str) -> str:
     if signature_hex in ("", "0x"):
         raise EnvelopeError("empty_signature")
     try:

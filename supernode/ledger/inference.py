@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from supernode.ledger.db import sqlite_of
-from supernode.ledger.models import InferenceRequest, InferenceResult, Refund, SpendCertificate
+from supernode.ledger.db import insert_sql, sqlite_of
+from supernode.ledger.models import InferenceRequest, InferenceResult
 
 ir = InferenceRequest.__table__
 res = InferenceResult.__table__
-rf = Refund.__table__
-sc = SpendCertificate.__table__
 
 QUOTED, CERTIFIED, RUNNING, COMPLETED, FAILED = (
     "quoted",
@@ -38,8 +36,39 @@ async def update_request(conn: AsyncConnection, request_id: str, **values: Any) 
     await conn.execute(update(ir).where(ir.c.request_id == request_id).values(**values))
 
 
+RESULT_COLUMNS = (
+    "envelope_id",
+    "request_id",
+    "executor",
+    "model",
+    "status",
+    "result_hash",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "node_url",
+    "received_at",
+)
+REFUND_COLUMNS = (
+    "envelope_id",
+    "pack_id",
+    "sequence",
+    "request_id",
+    "executor",
+    "amount",
+    "reason",
+    "applied",
+    "received_at",
+)
+
+
+# Result summaries and refunds arrive with every request at every member: plain SQL on the
+# transaction's sqlite3 connection, as for spends (see ledger/db.py).
 async def add_result(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    await conn.execute(sqlite_insert(res).values(**row).on_conflict_do_nothing())
+    sqlite_of(conn).execute(
+        insert_sql("inference_results", RESULT_COLUMNS, skip_duplicates=True),
+        [row[c] for c in RESULT_COLUMNS],
+    )
 
 
 async def results_for(conn: AsyncConnection, request_id: str) -> list[dict[str, Any]]:
@@ -48,57 +77,48 @@ async def results_for(conn: AsyncConnection, request_id: str) -> list[dict[str, 
 
 
 async def add_refund(conn: AsyncConnection, row: dict[str, Any]) -> bool:
-    result = await conn.execute(
-        sqlite_insert(rf).values(**row, applied=False).on_conflict_do_nothing()
+    values = {**row, "applied": 0}
+    cur = sqlite_of(conn).execute(
+        insert_sql("refunds", REFUND_COLUMNS, skip_duplicates=True),
+        [values[c] for c in REFUND_COLUMNS],
     )
-    return bool(result.rowcount)
+    return bool(cur.rowcount)
 
 
 async def refunded_for(conn: AsyncConnection, request_id: str) -> int:
-    q = select(func.coalesce(func.sum(rf.c.amount), 0)).where(rf.c.request_id == request_id)
-    return (await conn.execute(q.where(rf.c.applied.is_(True)))).scalar_one()
+    return (
+        sqlite_of(conn)
+        .execute(
+            "SELECT coalesce(sum(amount), 0) FROM refunds WHERE request_id = ? AND applied = 1",
+            (request_id,),
+        )
+        .fetchone()[0]
+    )
 
 
 async def apply_refunds(conn: AsyncConnection, pack_id: str) -> int:
     """Apply refunds whose spend is applied: by its executor, for its request, and never
     more in all than that spend certified. Returns the credits given back."""
-    from supernode.ledger.models import CreditPack
-
-    pending = (
-        sqlite_of(conn)
-        .execute("SELECT 1 FROM refunds WHERE pack_id = ? AND applied = 0 LIMIT 1", (pack_id,))
-        .fetchone()
-    )
-    if pending is None:
-        return 0  # the common case, checked cheaply on every certificate applied
-    pk = CreditPack.__table__
-    rows = await conn.execute(
-        select(
-            rf,
-            sc.c.amount.label("certified"),
-            sc.c.executor.label("cert_executor"),
-            sc.c.request_id.label("cert_request"),
-        )
-        .join(sc, (sc.c.pack_id == rf.c.pack_id) & (sc.c.sequence == rf.c.sequence))
-        .where(rf.c.pack_id == pack_id)
-        .where(rf.c.applied.is_(False))
-        .where(sc.c.applied.is_(True))
-        .order_by(rf.c.id)
-    )
+    db = sqlite_of(conn)
+    rows = db.execute(
+        "SELECT r.id, r.request_id, r.executor, r.amount,"
+        " c.amount, c.executor, c.request_id"
+        " FROM refunds r JOIN spend_certificates c"
+        " ON c.pack_id = r.pack_id AND c.sequence = r.sequence"
+        " WHERE r.pack_id = ? AND r.applied = 0 AND c.applied = 1 ORDER BY r.id",
+        (pack_id,),
+    ).fetchall()
     given = 0
-    for r in rows.all():
-        m = r._mapping
-        if m["executor"] != m["cert_executor"] or m["request_id"] != m["cert_request"]:
+    for refund_id, request_id, executor, amount, certified, cert_executor, cert_request in rows:
+        if executor != cert_executor or request_id != cert_request:
             continue  # not this spend's executor or request: never applied
-        already = await refunded_for(conn, m["request_id"])
-        if already + m["amount"] > m["certified"]:
+        if await refunded_for(conn, request_id) + amount > certified:
             continue  # over the certified amount: never applied
-        await conn.execute(update(rf).where(rf.c.id == m["id"]).values(applied=True))
-        given += m["amount"]
+        db.execute("UPDATE refunds SET applied = 1 WHERE id = ?", (refund_id,))
+        given += amount
     if given:
-        await conn.execute(
-            update(pk)
-            .where(pk.c.pack_id == pack_id)
-            .values(remaining_credits=pk.c.remaining_credits + given)
+        db.execute(
+            "UPDATE credit_packs SET remaining_credits = remaining_credits + ? WHERE pack_id = ?",
+            (given, pack_id),
         )
     return given
