@@ -129,7 +129,9 @@ class SpendService:
                 out.append(exc)
         return out
 
-    async def _vote_one(self, conn: AsyncConnection, order: Envelope) -> dict[str, str]:
+    async def _check_vote(self, conn: AsyncConnection, order: Envelope) -> dict[str, str] | None:
+        """Our vote for ``order`` if we gave it already; None if we may vote for it now;
+        Refused (with the reason) if we may not."""
         p = order.payload
         mine = await repo.vote_for(conn, p["pack_id"], p["sequence"])
         if mine is not None:
@@ -142,6 +144,13 @@ class SpendService:
         did = delegation_id(order)
         spent = await repo.delegated_spent(conn, did) if did else 0
         check_against_pack(order, await repo.pack_state(conn, p["pack_id"]), spent)
+        return None
+
+    async def _vote_one(self, conn: AsyncConnection, order: Envelope) -> dict[str, str]:
+        p = order.payload
+        given = await self._check_vote(conn, order)
+        if given is not None:
+            return given
         vote = attest(
             self.identity,
             VOTE_KIND,
@@ -275,14 +284,22 @@ class SpendService:
             if prior is None or prior["order"]["payload"]["sequence"] != seq - 1:
                 previous = await self.certificates(order.payload["pack_id"], seq - 1, 1)
                 prior = previous[0] if previous else None
-        votes = [await self.vote(order)] if self.me in eligible else []
+        own: asyncio.Future[dict[str, str]] | None = None
+        if self.me in eligible:
+            # Checked first (a read), so a bad order is refused here without asking anyone;
+            # then our durable vote is written while the peers write theirs.
+            async with self.db.read() as conn:
+                await self._check_vote(conn, order)
+            own = asyncio.ensure_future(self.vote(order))
+            own.add_done_callback(_retrieved)  # if the caller goes away before awaiting it
         terms = vote_terms(order)
         item = {"order": order.to_wire(), "prior": prior}
         answers = await gather_answers(
             {a: self._asker(a).call(item) for a in eligible if a in self.gossip.links},
-            need=q - len(votes),
+            need=q - (1 if own else 0),
             timeout_s=self.s.quorum_timeout_s,
         )
+        votes = [await own] if own is not None else []  # raises our own refusal, if any
         for addr, vote in answers.ok.items():
             try:
                 verify_certificate(
@@ -334,6 +351,11 @@ class SpendService:
         async with self.db.read() as conn:
             rows = await repo.certificates_from(conn, pack_id, from_sequence, limit)
         return [json.loads(r["certificate"]) for r in rows]
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # marks it retrieved: no "exception was never retrieved" warning
 
 
 class SpendCertificateHandler:
