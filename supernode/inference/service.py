@@ -14,7 +14,6 @@ import json
 import time
 from typing import Any
 
-import httpx
 from eth_hash.auto import keccak
 from loguru import logger
 
@@ -43,7 +42,6 @@ from supernode.petals.pool import GenerateParams, NodePool, NodeUnavailable
 RESULT_SUMMARY = "inference_result"
 REFUND = "spend_refund"
 RECORD_WAIT_S = 10.0  # at stop, how long finished runs may take to be recorded
-TOKENIZE_TIMEOUT_S = 5.0
 
 
 def result_hash(text: str) -> str:
@@ -76,7 +74,6 @@ class InferenceService:
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[Any]] = set()  # results answered, being recorded
-        self.http = httpx.AsyncClient(timeout=TOKENIZE_TIMEOUT_S)
 
     async def stop(self) -> None:
         if self._recording:  # answered already: let their records land (bounded)
@@ -85,7 +82,6 @@ class InferenceService:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.http.aclose()
 
     # -- menu and tokens ---------------------------------------------------------------
     def model_menu(self) -> list[dict[str, Any]]:
@@ -113,16 +109,8 @@ class InferenceService:
     async def count_tokens(self, model: str, text: str) -> int:
         """The model's own count, asked of a node that serves it; a safe over-estimate
         (one token per 3 bytes) when none can tell."""
-        for url in self.pool.models().get(model, [])[:2]:
-            try:
-                r = await self.http.post(
-                    f"{url}/api/v1/tokenize", data={"model": model, "inputs": text}
-                )
-                if r.status_code == 200 and r.json().get("ok"):
-                    return int(r.json()["token_count"])
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                continue
-        return len(text.encode("utf-8")) // 3 + 1
+        count = await self.pool.tokenize(model, text)
+        return count if count is not None else len(text.encode("utf-8")) // 3 + 1
 
     # -- quote ---------------------------------------------------------------------------
     def _user_envelope(self, raw: Any, what: str) -> Envelope:

@@ -24,6 +24,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
@@ -37,6 +38,10 @@ REJECT_STATUSES = frozenset({400, 413, 422})  # the request's fault; any other n
 REJECT_CODES = frozenset({"bad_request", "payload_too_large", "refused"})  # the same, on the wire
 MAX_REASON_CHARS = 300  # of a node's own error text, kept in errors and logs
 MAX_MESSAGE_BYTES = 4_000_000  # largest WebSocket message taken from a node
+# An idle keep-alive connection is dropped after this long, below the 5 s of a default
+# uvicorn server, so a connection the node is closing is never reused.
+KEEPALIVE_S = 4.0
+TOKENIZE_TIMEOUT_S = 5.0  # a tokenizer answer (the caller over-estimates without one)
 
 
 @dataclass(frozen=True)
@@ -120,17 +125,21 @@ def _parse_json(raw: str | bytes, what: str) -> dict[str, Any]:
 
 def _judge_response(resp: httpx.Response, url: str) -> dict[str, Any]:
     """A 2xx JSON object, or the right exception for the status."""
+    return _judge(resp.status_code, resp.content, url)
+
+
+def _judge(status: int, content: bytes, url: str) -> dict[str, Any]:
     try:
-        body: object = resp.json()
+        body: object = json.loads(content)
     except ValueError:
-        body = resp.text
-    if resp.status_code in REJECT_STATUSES:
+        body = content.decode("utf-8", "replace")
+    if status in REJECT_STATUSES:
         reason = body.get("reason") if isinstance(body, dict) else None
         raise NodeRejected(
             _error_text(body), reason=reason if isinstance(reason, str) else None, node_url=url
         )
-    if not resp.is_success:
-        raise NodeFailure(f"HTTP {resp.status_code}: {_error_text(body)}")
+    if not 200 <= status < 300:
+        raise NodeFailure(f"HTTP {status}: {_error_text(body)}")
     if not isinstance(body, dict):
         raise NodeFailure(f"the answer is not a JSON object: {_short(body)}")
     return body
@@ -161,6 +170,9 @@ class Node:
             raise ValueError(f"node {config.url}: weight must be positive")
         self.config, self.url, self.timeouts = config, config.url, timeouts
         self.client: httpx.AsyncClient | None = None
+        # the hot calls (generate, tokenize) go over aiohttp: httpx costs about 1 ms of CPU
+        # per request here (shared/notes/performance-limits.md)
+        self.session: aiohttp.ClientSession | None = None
         self.sockets: set[ClientConnection] = set()
         self.healthy = False
         self.models: tuple[str, ...] = ()
@@ -182,6 +194,14 @@ class Node:
                 timeout=httpx.Timeout(self.timeouts.request_s, connect=self.timeouts.connect_s),
                 trust_env=False,  # nodes are reached directly, never through a proxy
             )
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                base_url=self.url,
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=KEEPALIVE_S),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.timeouts.request_s, sock_connect=self.timeouts.connect_s
+                ),
+            )
 
     async def close(self) -> None:
         for ws in list(self.sockets):
@@ -190,6 +210,9 @@ class Node:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
 
     def _client(self) -> httpx.AsyncClient:
         if self.client is None:
@@ -271,15 +294,33 @@ class Node:
                 if self.config.kind == "petals":
                     return await self._petals_generate(model, prompt, params)
                 return await self._openai_generate(model, prompt, params)
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise NodeFailure(
                 _describe(exc, self.timeouts.request_s, self.timeouts.connect_s, "answer")
             ) from None
 
+    async def _post_form(self, path: str, form: dict[str, Any]) -> dict[str, Any]:
+        if self.session is None:
+            raise NodeFailure("the pool is not started")
+        fields = {k: str(v) for k, v in form.items()}
+        async with self.session.post(path, data=fields) as resp:
+            return _judge(resp.status, await resp.read(), self.url)
+
+    async def tokenize(self, model: str, text: str) -> int | None:
+        """The model's own token count of ``text``, or None if this node cannot tell."""
+        if self.config.kind != "petals":
+            return None
+        try:
+            async with asyncio.timeout(TOKENIZE_TIMEOUT_S):
+                body = await self._post_form("/api/v1/tokenize", {"model": model, "inputs": text})
+        except (NodeFailure, NodeRejected, aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        count = body.get("token_count")
+        return count if body.get("ok") is True and _int_or_none(count) is not None else None
+
     async def _petals_generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
         form = {"model": model, "inputs": prompt, **_petals_fields(params)}
-        resp = await self._client().post("/api/v1/generate", data=form)
-        body = _judge_response(resp, self.url)
+        body = await self._post_form("/api/v1/generate", form)
         if body.get("ok") is not True:
             _judge_event(body, self.url)
         text = body.get("outputs")
@@ -454,11 +495,11 @@ def _read_health(body: dict[str, Any], kind: str) -> tuple[tuple[str, ...], dict
 
 def _describe(exc: BaseException, limit_s: float, connect_s: float, what: str) -> str:
     """A short reason for logs and errors: which wait failed and how."""
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError):
         return f"no connection within {connect_s:g} s"
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return f"no {what} within {limit_s:g} s"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError):
         return f"cannot connect: {_short(exc)}"
     if isinstance(exc, NodeRejected):
         return f"refused: {exc.detail}"

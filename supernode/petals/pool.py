@@ -119,6 +119,15 @@ class NodePool:
                     served.setdefault(model, []).append(node.url)
         return served
 
+    async def tokenize(self, model: str, text: str) -> int | None:
+        """The model's own token count of ``text``, from up to two healthy nodes serving
+        it; None when none can tell."""
+        for node in [n for n in self._nodes if n.healthy and model in n.models][:2]:
+            count = await node.tokenize(model, text)
+            if count is not None:
+                return count
+        return None
+
     def status(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         return [
