@@ -144,7 +144,7 @@ class Node:
             db=self.db,
             pool=self.pool,
             spends=self.spends,
-            publish=self.publish,
+            publish=self.publish_all,
         )
         self.openai = OpenAIGateway(self.inference)
         self.registry.register(ResultSummaryHandler())
@@ -213,10 +213,14 @@ class Node:
     ) -> tuple[Checked, list[dict[str, Any]]]:
         """Store our own envelope durably, then push it; with ``wait_s`` > 0, wait up to
         that long for each peer's answer."""
-        checked = await self.intake.store_own(env)
+        (checked,) = await self.intake.store_own(env)
         waiters = self.gossip.push([checked], wait=wait_s > 0)
         deliveries = await self.gossip.wait_delivered(waiters, wait_s) if wait_s > 0 else []
         return checked, deliveries
+
+    async def publish_all(self, envs: list[Envelope]) -> None:
+        """Store our own envelopes in one durable write, then push them together."""
+        self.gossip.push(await self.intake.store_own(*envs))
 
 
 def parse_nodes(spec: str) -> list[NodeConfig]:

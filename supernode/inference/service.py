@@ -363,10 +363,12 @@ class InferenceService:
         out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
         actual = min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"])
         digest = result_hash(text)
-        await self._announce(req, repo.COMPLETED, digest, out_tokens, latency_s)
-        # The refund is published before the request shows as completed, and both are in
-        # one write: a reader never sees "completed" with its refund still to come.
-        refunded = await self._publish_refund(req, req["cost"] - actual, "unused_tokens")
+        # The summary and the refund are published (one write, one push) before the
+        # request shows as completed: a reader never sees "completed" with its refund
+        # still to come.
+        refunded = await self._announce(
+            req, repo.COMPLETED, digest, out_tokens, latency_s, req["cost"] - actual
+        )
         async with self.db.write() as conn:
             await repo.update_request(
                 conn,
@@ -389,8 +391,7 @@ class InferenceService:
         )
 
     async def _fail(self, req: dict[str, Any], error: str) -> None:
-        await self._announce(req, repo.FAILED, None, 0, 0.0)
-        refunded = await self._publish_refund(req, req["cost"], "failed_run")
+        refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
         async with self.db.write() as conn:  # "failed" and its refund become visible at once
             await repo.update_request(
                 conn,
@@ -411,8 +412,11 @@ class InferenceService:
         digest: str | None,
         out_tokens: int,
         latency_s: float,
-    ) -> None:
-        await self.publish(
+        refund: int,
+    ) -> int:
+        """Publish the signed result summary and, when ``refund`` > 0 and the request was
+        certified, the refund: together, in one write. Returns the credits refunded."""
+        envs = [
             self.signer.sign(
                 RESULT_SUMMARY,
                 {
@@ -425,26 +429,24 @@ class InferenceService:
                     "latency_ms": int(latency_s * 1000),
                 },
             )
-        )
-
-    async def _publish_refund(self, req: dict[str, Any], amount: int, reason: str) -> int:
-        """Publish a refund of ``amount`` for ``req``; returns what was refunded (0 when
-        there is nothing to refund). The caller records it with the request's status."""
-        if amount <= 0 or req.get("sequence") is None:
-            return 0
-        await self.publish(
-            self.signer.sign(
-                REFUND,
-                {
-                    "pack_id": req["pack_id"],
-                    "sequence": req["sequence"],
-                    "request_id": req["request_id"],
-                    "amount": amount,
-                    "reason": reason,
-                },
+        ]
+        refunded = refund if refund > 0 and req.get("sequence") is not None else 0
+        if refunded:
+            reason = "failed_run" if status == repo.FAILED else "unused_tokens"
+            envs.append(
+                self.signer.sign(
+                    REFUND,
+                    {
+                        "pack_id": req["pack_id"],
+                        "sequence": req["sequence"],
+                        "request_id": req["request_id"],
+                        "amount": refunded,
+                        "reason": reason,
+                    },
+                )
             )
-        )
-        return amount
+        await self.publish(envs)
+        return refunded
 
     async def rerun(self, request_id: str) -> dict[str, Any]:
         """/execute_inference_request (operator): run a certified request again after a
