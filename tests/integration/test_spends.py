@@ -370,3 +370,48 @@ def test_voter_killed_after_voting_still_refuses_a_conflict(byz: LocalFederation
     assert r.status_code == 422 and r.json()["reason"] == "conflicting_order"
     same = vote_request(byz, evil, 1, o1)
     assert same.status_code == 200 and same.json() == first.json()  # the same vote
+
+
+def test_vote_batch_answers_each_item_and_refuses_a_bad_batch(byz: LocalFederation) -> None:
+    """One signed batch of vote requests: each item gets its own answer (a vote, or the
+    reason it was refused) and one bad item does not spoil the others; a malformed or
+    oversized batch is refused as a whole, with nothing voted."""
+    net = byz.network
+    assert net is not None
+    owner, pack_id = new_pack(byz, 20)
+    evil = byz.identity(3)
+    good = order(byz, owner, pack_id, 0, 5, evil.address)
+    ahead = order(byz, owner, pack_id, 4, 5, evil.address)
+    not_mine = order(byz, owner, pack_id, 0, 5, byz.daemons[1].address)
+    target = byz.daemons[0]
+
+    def send(items: Any) -> httpx.Response:
+        body = sign_transport(evil, net, "spend_vote_batch", target.address, {"items": items})
+        return httpx.post(
+            f"{target.url}/p2p/spend_votes",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+
+    for items in ([], [{"order": good, "prior": None}] * 257, "not a list"):
+        r = send(items)
+        assert r.status_code == 400 and "items" in r.json()["detail"], r.text
+    r = send(
+        [
+            {"order": good, "prior": None},
+            "junk",
+            {"order": ahead, "prior": None},
+            {"order": not_mine, "prior": None},
+            {"order": good, "prior": None},  # asked twice in one batch: the same vote
+        ]
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert "ok" in results[0] and results[4] == results[0]
+    assert results[1]["error"]["status"] == 400
+    assert results[2]["error"]["reason"] == "sequence_ahead"
+    assert results[3]["error"]["reason"] == "wrong_executor"
+    # the vote is durable and the same when asked again alone
+    again = vote_request(byz, evil, 0, good)
+    assert again.status_code == 200 and again.json()["vote"] == results[0]["ok"]
