@@ -48,7 +48,7 @@ from supernode.ledger.group_commit import GroupCommit
 SPEND_CERTIFICATE = "spend_certificate"
 VOTE_BATCH = "spend_vote_batch"  # transport type of a batch of vote requests
 VOTE_BATCH_MAX = 256  # vote requests in one batch (a peer refuses more)
-VOTES_IN_FLIGHT = 2  # vote batches in flight to one peer at once
+VOTES_IN_FLIGHT = 1  # vote batches in flight to one peer at once (1 measured best)
 CATCH_UP_LIMIT = 500
 LAST_CERTS = 10_000  # packs whose last certificate made here is kept in memory
 
