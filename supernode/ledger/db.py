@@ -8,9 +8,10 @@ open.
 
 Statements run on the event loop's own thread (``InlineConnection``): aiosqlite's
 default sends every call (cursor, execute, fetch, close) to a worker thread and back,
-which cost far more CPU than the point queries of this ledger take to run. Only COMMIT
-and ROLLBACK, where a durable commit waits for fsync, still go to the connection's
-thread, so a slow disk does not stall the loop.
+which cost far more CPU than the point queries of this ledger take to run. Only BEGIN
+(which may wait for another process's write lock), COMMIT and ROLLBACK (which wait for
+fsync) still go to the connection's thread, so neither a slow disk nor a lock held
+elsewhere stalls the loop.
 
 The hottest statements (spend votes and certificates, the seen-envelope log) skip
 SQLAlchemy's statement building and run as plain SQL on the sqlite3 connection under the
@@ -36,11 +37,14 @@ T = TypeVar("T")
 
 class InlineConnection(aiosqlite.Connection):
     """An aiosqlite connection whose statements run inline on the calling thread; only
-    commit and rollback (which may wait on the disk) use the connection's worker thread."""
+    what may wait go to the connection's worker thread: BEGIN (IMMEDIATE waits up to
+    busy_timeout if another process holds the write lock), COMMIT and ROLLBACK (fsync)."""
 
     async def _execute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
+        if args and isinstance(args[0], str) and args[0][:5].upper() == "BEGIN":
+            return await aiosqlite.Connection._execute(self, fn, *args, **kwargs)
         return fn(*args, **kwargs)
 
     async def commit(self) -> None:
