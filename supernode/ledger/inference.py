@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from supernode.ledger.db import insert_sql, sqlite_of
+from supernode.ledger.db import dict_row, insert_sql, sqlite_of
 from supernode.ledger.models import InferenceRequest, InferenceResult
 
 ir = InferenceRequest.__table__
+REQUEST_COLUMNS = frozenset(ir.columns.keys())
 res = InferenceResult.__table__
 
 QUOTED, CERTIFIED, RUNNING, COMPLETED, FAILED = (
@@ -23,17 +24,36 @@ QUOTED, CERTIFIED, RUNNING, COMPLETED, FAILED = (
 )
 
 
+# Every request runs these on its executor: plain SQL, as for spends (see ledger/db.py).
+def _columns(names: Any) -> None:
+    unknown = set(names) - REQUEST_COLUMNS
+    if unknown:  # column names are spliced into the SQL: only the table's own
+        raise ValueError(f"not columns of inference_requests: {sorted(unknown)}")
+
+
 async def add_request(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    await conn.execute(sqlite_insert(ir).values(**row).on_conflict_do_nothing())
+    _columns(row)
+    sqlite_of(conn).execute(
+        insert_sql("inference_requests", tuple(row), skip_duplicates=True), list(row.values())
+    )
 
 
 async def get_request(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
-    row = (await conn.execute(select(ir).where(ir.c.request_id == request_id))).first()
-    return dict(row._mapping) if row else None
+    cur = sqlite_of(conn).execute(
+        "SELECT * FROM inference_requests WHERE request_id = ?", (request_id,)
+    )
+    return dict_row(cur)
+
+
+@cache
+def _update_sql(columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    return f"UPDATE inference_requests SET {sets} WHERE request_id = ?"
 
 
 async def update_request(conn: AsyncConnection, request_id: str, **values: Any) -> None:
-    await conn.execute(update(ir).where(ir.c.request_id == request_id).values(**values))
+    _columns(values)
+    sqlite_of(conn).execute(_update_sql(tuple(values)), [*values.values(), request_id])
 
 
 RESULT_COLUMNS = (
