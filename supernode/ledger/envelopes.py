@@ -30,17 +30,7 @@ async def known_ids(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
     return found
 
 
-_COLUMNS = (
-    "id",
-    "type",
-    "sender",
-    "recipient",
-    "created_at",
-    "expires_at",
-    "received_at",
-    "received_from",
-    "raw",
-)
+_COLUMNS = tuple(c for c in t.columns.keys() if c != "seq")  # seq: the log position
 
 
 async def insert_envelopes(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:

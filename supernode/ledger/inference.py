@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supernode.ledger.db import dict_row, insert_sql, sqlite_of
-from supernode.ledger.models import InferenceRequest, InferenceResult
+from supernode.ledger.models import InferenceRequest, InferenceResult, Refund
 
 ir = InferenceRequest.__table__
 REQUEST_COLUMNS = frozenset(ir.columns.keys())
@@ -56,30 +56,8 @@ async def update_request(conn: AsyncConnection, request_id: str, **values: Any) 
     sqlite_of(conn).execute(_update_sql(tuple(values)), [*values.values(), request_id])
 
 
-RESULT_COLUMNS = (
-    "envelope_id",
-    "request_id",
-    "executor",
-    "model",
-    "status",
-    "result_hash",
-    "input_tokens",
-    "output_tokens",
-    "latency_ms",
-    "node_url",
-    "received_at",
-)
-REFUND_COLUMNS = (
-    "envelope_id",
-    "pack_id",
-    "sequence",
-    "request_id",
-    "executor",
-    "amount",
-    "reason",
-    "applied",
-    "received_at",
-)
+RESULT_COLUMNS = tuple(c for c in res.columns.keys() if c != "id")  # "id" is the row number
+REFUND_COLUMNS = tuple(c for c in Refund.__table__.columns.keys() if c != "id")
 
 
 # Result summaries and refunds arrive with every request at every member: plain SQL on the

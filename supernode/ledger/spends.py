@@ -15,29 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supernode.ledger.db import dict_row, dict_rows, insert_sql, sqlite_of
 from supernode.ledger.inference import apply_refunds
+from supernode.ledger.models import SpendCertificate, SpendVote
 
-CERT_COLUMNS = (
-    "pack_id",
-    "sequence",
-    "order_id",
-    "request_id",
-    "executor",
-    "spender",
-    "amount",
-    "delegation_id",
-    "certificate",
-    "applied",
-    "received_at",
-)
-VOTE_COLUMNS = (
-    "pack_id",
-    "sequence",
-    "order_id",
-    "amount",
-    "executor",
-    "signature",
-    "voted_at",
-)
+# the columns an insert fills: all but the row number
+CERT_COLUMNS = tuple(c for c in SpendCertificate.__table__.columns.keys() if c != "id")
+VOTE_COLUMNS = tuple(c for c in SpendVote.__table__.columns.keys() if c != "id")
 AHEAD_MAX = 10_000  # certificates ahead of a pack's next sequence looked at per apply
 
 
