@@ -196,9 +196,9 @@ class Node:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.inference.stop()  # first: what it records on the way out is still pushed
+        await self.spends.stop()  # its vote requests travel on the gossip links' sessions
         await self.gossip.stop()
         await self.pool.stop()
-        await self.spends.stop()
         await self.intake.writer.stop()
         await self.chain.close()
         await self.db.close()

@@ -44,8 +44,11 @@ class PeerHTTP:
         self.max_connections = max_connections
         self.keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _get(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise PeerUnreachable("the client is closed (the daemon is stopping)")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -86,6 +89,7 @@ class PeerHTTP:
         return await self.request("GET", url, params=params, timeout_s=timeout_s)
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None

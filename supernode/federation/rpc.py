@@ -149,15 +149,19 @@ class BatchedCall:
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.items = 0
+        self._stopped = False
 
     def call(self, item: dict[str, Any]) -> asyncio.Future[Outcome]:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if self._stopped:
+            fut.set_result((None, "the daemon is stopping"))
+            return fut
         self._queue.append((item, fut))
         self._pump()
         return fut
 
     def _pump(self) -> None:
-        while self._queue and self._slots > 0:
+        while self._queue and self._slots > 0 and not self._stopped:
             n = min(len(self._queue), self.batch_max)
             batch = [self._queue.popleft() for _ in range(n)]
             self._slots -= 1
@@ -219,10 +223,12 @@ class BatchedCall:
             return result["ok"], None
         err = result.get("error") if isinstance(result, dict) else None
         if isinstance(err, dict):
-            return None, refusal(int(err.get("status", 0) or 0), err)
+            status = err.get("status")
+            return None, refusal(status if isinstance(status, int) else 0, err)
         return None, "answered with a malformed result"
 
     async def stop(self) -> None:
+        self._stopped = True  # nothing new is sent: queued requests are answered below
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
