@@ -221,7 +221,8 @@ class OpenAIGateway:
             err = str(failure[0]) if failure else "empty output"
             await self.svc.fail_request(job.request_id, err)
             raise failure[0] if failure else Refused(err, reason="empty_output")
-        await self.svc.complete_request(job.request_id, text, time.perf_counter() - started)
+        # every chunk is out: the stream ends now; the result is recorded right after
+        self.svc.record_later(job.request_id, text, time.perf_counter() - started, None)
 
     async def _drop(self, job: Job) -> None:
         """Certification failed: the quote is void and nothing was spent."""

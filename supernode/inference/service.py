@@ -336,7 +336,7 @@ class InferenceService:
         }
 
     def record_later(
-        self, request_id: str, text: str, latency_s: float, output_tokens: int
+        self, request_id: str, text: str, latency_s: float, output_tokens: int | None
     ) -> None:
         """complete_request in the background, for a run whose answer goes out now."""
         task = asyncio.create_task(
