@@ -31,7 +31,7 @@ from supernode.credits.terms import (
     quote_terms,
     verify_quote,
 )
-from supernode.crypto.attest import attest, verify_certificate
+from supernode.crypto.attest import is_attestation
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
@@ -82,31 +82,6 @@ class CreditService:
     def _eligible(self) -> tuple[list[str], int | None]:
         return self.membership.eligible_members(), self.membership.quorum()
 
-    def _attest(self, kind: str, terms: dict[str, Any]) -> dict[str, str]:
-        return attest(
-            self.identity,
-            kind,
-            terms,
-            chain_id=self.network.chain_id,
-            network_id=self.network.network_id,
-        )
-
-    def _valid_attestation(self, kind: str, terms: dict[str, Any], item: Any) -> bool:
-        eligible, _ = self._eligible()
-        try:
-            verify_certificate(
-                kind,
-                terms,
-                [item],
-                chain_id=self.network.chain_id,
-                network_id=self.network.network_id,
-                eligible=eligible,
-                quorum=1,
-            )
-        except (ValueError, TypeError):
-            return False
-        return True
-
     async def _gather(
         self,
         kind: str,
@@ -120,7 +95,7 @@ class CreditService:
         eligible, q = self._eligible()
         if q is None:
             raise Unavailable("no eligible members known yet (is the chain reachable?)")
-        sigs = [self._attest(kind, terms)] if self.me in eligible else []
+        sigs = [self.signer.attest(kind, terms)] if self.me in eligible else []
         links = [self.gossip.links[a] for a in eligible if a in self.gossip.links]
         answers = await ask_peers(
             links,
@@ -133,7 +108,14 @@ class CreditService:
         )
         for addr, data in answers.ok.items():
             item = pick(data)
-            if self._valid_attestation(kind, terms, item):
+            if is_attestation(
+                kind,
+                terms,
+                item,
+                chain_id=self.network.chain_id,
+                network_id=self.network.network_id,
+                eligible=eligible,
+            ):
                 sigs.append(item)
             else:
                 answers.refused[addr] = "answered with an invalid attestation"
@@ -203,7 +185,7 @@ class CreditService:
             quoted_by=env.sender,
         )
         assert isinstance(terms, dict)
-        return {"agreement": self._attest(QUOTE_KIND, terms)}
+        return {"agreement": self.signer.attest(QUOTE_KIND, terms)}
 
     # -- confirm ------------------------------------------------------------------------
     async def confirm(self, purchase_id: str, tx_hash: Any, quote: Any | None) -> dict[str, Any]:
@@ -358,7 +340,7 @@ class CreditService:
         assert verdict.block_number is not None
         pterms = pack_terms(terms, tx, verdict.block_number)
         await self._bind(terms, tx)
-        return {"terms": pterms, "signature": self._attest(PACK_KIND, pterms)}
+        return {"terms": pterms, "signature": self.signer.attest(PACK_KIND, pterms)}
 
     async def finish_pending(self) -> int:
         """Job: retry purchases this daemon was asked to confirm. Returns how many it

@@ -84,3 +84,29 @@ def verify_certificate(
     if len(signers) < quorum:
         raise CertificateError("too_few_signatures", f"{len(signers)} of {quorum} needed")
     return signers
+
+
+def is_attestation(
+    kind: str,
+    terms: dict[str, Any],
+    item: Any,
+    *,
+    chain_id: int,
+    network_id: str,
+    eligible: Collection[str],
+) -> bool:
+    """Whether ``item`` is one eligible member's valid attestation of ``terms`` (a peer's
+    answer to "sign this", checked before it joins a certificate)."""
+    try:
+        verify_certificate(
+            kind,
+            terms,
+            [item],
+            chain_id=chain_id,
+            network_id=network_id,
+            eligible=eligible,
+            quorum=1,
+        )
+    except (ValueError, TypeError):
+        return False
+    return True

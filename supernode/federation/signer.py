@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from supernode.crypto.attest import attest
 from supernode.crypto.envelope import Envelope, sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.federation.network import NetworkFile
@@ -32,4 +33,14 @@ class Signer:
             payload=payload,
             recipient=recipient,
             ttl_s=self.ttl_s if ttl_s is None else ttl_s,
+        )
+
+    def attest(self, kind: str, terms: dict[str, Any]) -> dict[str, str]:
+        """This supernode's attestation of ``terms`` as ``kind``: {"signer", "signature"}."""
+        return attest(
+            self.identity,
+            kind,
+            terms,
+            chain_id=self.network.chain_id,
+            network_id=self.network.network_id,
         )
