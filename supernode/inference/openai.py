@@ -24,7 +24,7 @@ from supernode.credits.spend_terms import parse_delegation
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.errors import Refused, SupernodeError, Unauthorized
-from supernode.inference.service import InferenceService
+from supernode.inference.service import InferenceService, openai_usage
 from supernode.inference.usage import MILLI
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
@@ -184,11 +184,7 @@ class OpenAIGateway:
         # and any refund are recorded right after (the daemon's stop waits for them).
         out = min(result.output_tokens, job.params.max_new_tokens)
         self.svc.record_later(job.request_id, result.text, result.latency_s, out)
-        return result.text, {
-            "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": out,
-            "total_tokens": job.prompt_tokens + out,
-        }
+        return result.text, openai_usage(job.prompt_tokens, out)
 
     async def stream(self, d: Envelope, job: Job) -> AsyncIterator[str]:
         """Chunks as the model makes them, held back until the spend is certified."""

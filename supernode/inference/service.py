@@ -44,6 +44,14 @@ REFUND = "spend_refund"
 RECORD_WAIT_S = 10.0  # at stop, how long finished runs may take to be recorded
 
 
+def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 def result_hash(text: str) -> str:
     return "0x" + keccak(text.encode("utf-8")).hex()
 
@@ -327,13 +335,8 @@ class InferenceService:
         out_tokens = output_tokens
         if out_tokens is None:  # the node did not say: ask its tokenizer
             out_tokens = await self.count_tokens(req["model"], text) if text else 0
-        await self._finish(req, self.menu.entry(req["model"]), text, out_tokens, latency_s)
-        out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
-        return {
-            "prompt_tokens": req["prompt_tokens"],
-            "completion_tokens": out_tokens,
-            "total_tokens": req["prompt_tokens"] + out_tokens,
-        }
+        billed = await self._finish(req, self.menu.entry(req["model"]), text, out_tokens, latency_s)
+        return openai_usage(req["prompt_tokens"], billed)
 
     def record_later(
         self, request_id: str, text: str, latency_s: float, output_tokens: int | None
@@ -359,7 +362,8 @@ class InferenceService:
 
     async def _finish(
         self, req: dict[str, Any], entry: ModelEntry, text: str, out_tokens: int, latency_s: float
-    ) -> None:
+    ) -> int:
+        """Record a completed run; returns the output tokens billed (at most the asked)."""
         out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
         actual = min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"])
         digest = result_hash(text)
@@ -389,6 +393,7 @@ class InferenceService:
             actual,
             req["cost"],
         )
+        return out_tokens
 
     async def _fail(self, req: dict[str, Any], error: str) -> None:
         refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
