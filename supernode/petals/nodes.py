@@ -1,4 +1,4 @@
-"""One inference node as the pool sees it: its wire protocol, its health and its circuit breaker.
+"""One inference node as the pool sees it: its connections, its health and its circuit breaker.
 
 Two kinds of node:
 
@@ -11,7 +11,8 @@ Two kinds of node:
 A call here returns a non-empty answer (or yields chunks), or raises ``NodeFailure`` (the node
 is at fault: timeout, connection error, HTTP 5xx, ``"ok": false``, an error event), or raises
 ``NodeRejected`` (the node refused the request's parameters: a 4xx the caller caused). Empty
-output is judged by the pool (``pool.py``), which also picks nodes and fails over.
+output is judged by the pool (``pool.py``), which also picks nodes and fails over. The bodies
+sent and the reading of answers are in ``protocol.py``.
 """
 
 from __future__ import annotations
@@ -30,13 +31,25 @@ from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from supernode.errors import BadRequest
+from supernode.petals.protocol import (
+    GenerateParams,
+    NodeFailure,
+    NodeRejected,
+    choice_text,
+    describe,
+    error_text,
+    int_or_none,
+    judge,
+    judge_event,
+    judge_response,
+    openai_body,
+    parse_json,
+    petals_fields,
+    read_health,
+)
 
 T = TypeVar("T")
 KINDS = ("petals", "openai")
-REJECT_STATUSES = frozenset({400, 413, 422})  # the request's fault; any other non-2xx is the node's
-REJECT_CODES = frozenset({"bad_request", "payload_too_large", "refused"})  # the same, on the wire
-MAX_REASON_CHARS = 300  # of a node's own error text, kept in errors and logs
 MAX_MESSAGE_BYTES = 4_000_000  # largest WebSocket message taken from a node
 # An idle keep-alive connection is dropped after this long, below the 5 s of a default
 # uvicorn server, so a connection the node is closing is never reused.
@@ -54,18 +67,6 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
-class GenerateParams:
-    """How much to generate and how to pick tokens (greedy unless ``do_sample``)."""
-
-    max_new_tokens: int
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float | None = None
-
-
-@dataclass(frozen=True)
 class Timeouts:
     request_s: float  # a whole request (and the total wait on a node during one stream)
     connect_s: float  # TCP connect and the WebSocket handshake
@@ -78,82 +79,6 @@ class Answer:
     text: str
     input_tokens: int | None
     output_tokens: int | None
-
-
-class NodeRejected(BadRequest):
-    """A node refused the request's parameters (e.g. max_new_tokens over its limit)."""
-
-    def __init__(self, detail: str, *, reason: str | None = None, node_url: str = "") -> None:
-        super().__init__(detail, reason=reason or "node_rejected")
-        self.node_url = node_url
-
-
-class NodeFailure(Exception):
-    """The node did not give a usable answer; it counts toward the node's breaker."""
-
-
-def _short(text: object) -> str:
-    s = str(text).strip() or type(text).__name__
-    return s if len(s) <= MAX_REASON_CHARS else s[: MAX_REASON_CHARS - 3] + "..."
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _error_text(body: object) -> str:
-    """The human part of an error body: Petals ``traceback``, OpenAI ``error.message``..."""
-    if isinstance(body, dict):
-        for key in ("traceback", "error", "detail", "message"):
-            value = body.get(key)
-            if isinstance(value, dict):
-                value = value.get("message", value)
-            if value:
-                return _short(value if isinstance(value, str) else json.dumps(value))
-    return _short(body)
-
-
-def _parse_json(raw: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise NodeFailure(f"{what} is not JSON: {_short(raw[:80])}") from None
-    if not isinstance(data, dict):
-        raise NodeFailure(f"{what} is not a JSON object")
-    return data
-
-
-def _judge_response(resp: httpx.Response, url: str) -> dict[str, Any]:
-    """A 2xx JSON object, or the right exception for the status."""
-    return _judge(resp.status_code, resp.content, url)
-
-
-def _judge(status: int, content: bytes, url: str) -> dict[str, Any]:
-    try:
-        body: object = json.loads(content)
-    except ValueError:
-        body = content.decode("utf-8", "replace")
-    if status in REJECT_STATUSES:
-        reason = body.get("reason") if isinstance(body, dict) else None
-        raise NodeRejected(
-            _error_text(body), reason=reason if isinstance(reason, str) else None, node_url=url
-        )
-    if not 200 <= status < 300:
-        raise NodeFailure(f"HTTP {status}: {_error_text(body)}")
-    if not isinstance(body, dict):
-        raise NodeFailure(f"the answer is not a JSON object: {_short(body)}")
-    return body
-
-
-def _judge_event(event: dict[str, Any], url: str) -> None:
-    """A Petals ``"ok": false`` message: the request's fault or the node's."""
-    code = event.get("error")
-    if isinstance(code, str) and code in REJECT_CODES:
-        reason = event.get("reason")
-        raise NodeRejected(
-            _error_text(event), reason=reason if isinstance(reason, str) else None, node_url=url
-        )
-    raise NodeFailure(f"error event: {_error_text(event)}")
 
 
 class Node:
@@ -230,10 +155,10 @@ class Node:
                 except (httpx.RemoteProtocolError, httpx.ReadError):
                     # a kept-alive connection the node was just closing: one fresh try
                     resp = await self._client().get(path)
-            body = _judge_response(resp, self.url)
-            models, limits = _read_health(body, self.config.kind)
+            body = judge_response(resp, self.url)
+            models, limits = read_health(body, self.config.kind)
         except (NodeFailure, NodeRejected, httpx.HTTPError, OSError, TimeoutError) as exc:
-            why = _describe(exc, self.timeouts.health_s, self.timeouts.connect_s, "health answer")
+            why = describe(exc, self.timeouts.health_s, self.timeouts.connect_s, "health answer")
             self.healthy, self.last_error = False, why
             first = self.last_check is None
             (logger.warning if was or first else logger.debug)(
@@ -296,7 +221,7 @@ class Node:
                 return await self._openai_generate(model, prompt, params)
         except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise NodeFailure(
-                _describe(exc, self.timeouts.request_s, self.timeouts.connect_s, "answer")
+                describe(exc, self.timeouts.request_s, self.timeouts.connect_s, "answer")
             ) from None
 
     async def _post_form(self, path: str, form: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +229,7 @@ class Node:
             raise NodeFailure("the pool is not started")
         fields = {k: str(v) for k, v in form.items()}
         async with self.session.post(path, data=fields) as resp:
-            return _judge(resp.status, await resp.read(), self.url)
+            return judge(resp.status, await resp.read(), self.url)
 
     async def tokenize(self, model: str, text: str) -> int | None:
         """The model's own token count of ``text``, or None if this node cannot tell."""
@@ -316,33 +241,31 @@ class Node:
         except (NodeFailure, NodeRejected, aiohttp.ClientError, OSError, TimeoutError):
             return None
         count = body.get("token_count")
-        return count if body.get("ok") is True and _int_or_none(count) is not None else None
+        return count if body.get("ok") is True and int_or_none(count) is not None else None
 
     async def _petals_generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
-        form = {"model": model, "inputs": prompt, **_petals_fields(params)}
+        form = {"model": model, "inputs": prompt, **petals_fields(params)}
         body = await self._post_form("/api/v1/generate", form)
         if body.get("ok") is not True:
-            _judge_event(body, self.url)
+            judge_event(body, self.url)
         text = body.get("outputs")
         if not isinstance(text, str):
             raise NodeFailure("the answer has no text outputs")
         return Answer(
-            text, _int_or_none(body.get("input_tokens")), _int_or_none(body.get("output_tokens"))
+            text, int_or_none(body.get("input_tokens")), int_or_none(body.get("output_tokens"))
         )
 
     async def _openai_generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
-        resp = await self._client().post(
-            "/v1/completions", json=_openai_body(model, prompt, params)
-        )
-        body = _judge_response(resp, self.url)
+        resp = await self._client().post("/v1/completions", json=openai_body(model, prompt, params))
+        body = judge_response(resp, self.url)
         if "error" in body:
-            raise NodeFailure(f"error: {_error_text(body)}")
-        text = _choice_text(body)
+            raise NodeFailure(f"error: {error_text(body)}")
+        text = choice_text(body)
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return Answer(
             text,
-            _int_or_none(usage.get("prompt_tokens")),
-            _int_or_none(usage.get("completion_tokens")),
+            int_or_none(usage.get("prompt_tokens")),
+            int_or_none(usage.get("completion_tokens")),
         )
 
     async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[str]:
@@ -356,7 +279,7 @@ class Node:
                     if chunk:
                         yield chunk
         except (httpx.HTTPError, OSError, TimeoutError, WebSocketException) as exc:
-            why = _describe(exc, clock.last_limit, self.timeouts.connect_s, "stream message")
+            why = describe(exc, clock.last_limit, self.timeouts.connect_s, "stream message")
             raise NodeFailure(why) from None
 
     async def _petals_stream(
@@ -378,15 +301,15 @@ class Node:
                 if "max_length" in self.limits:
                     session["max_length"] = self.limits["max_length"]
                 await ws.send(json.dumps(session))
-                opened = _parse_json(await clock.wait(ws.recv()), "the session reply")
+                opened = parse_json(await clock.wait(ws.recv()), "the session reply")
                 if opened.get("ok") is not True:
-                    _judge_event(opened, self.url)
-                step = {"type": "generate", "inputs": prompt, **_petals_fields(params)}
+                    judge_event(opened, self.url)
+                step = {"type": "generate", "inputs": prompt, **petals_fields(params)}
                 await ws.send(json.dumps(step))
                 while True:
-                    event = _parse_json(await clock.wait(ws.recv()), "a stream message")
+                    event = parse_json(await clock.wait(ws.recv()), "a stream message")
                     if event.get("ok") is not True:
-                        _judge_event(event, self.url)
+                        judge_event(event, self.url)
                     text = event.get("outputs", "")
                     if not isinstance(text, str):
                         raise NodeFailure("a stream message has no text outputs")
@@ -399,14 +322,14 @@ class Node:
     async def _openai_stream(
         self, model: str, prompt: str, params: GenerateParams, clock: _WaitClock
     ) -> AsyncIterator[str]:
-        body = {**_openai_body(model, prompt, params), "stream": True}
+        body = {**openai_body(model, prompt, params), "stream": True}
         timeout = httpx.Timeout(self.timeouts.stream_idle_s, connect=self.timeouts.connect_s)
         clock.last_limit = self.timeouts.stream_idle_s  # httpx's read timeout, for the headers
         client = self._client()
         async with client.stream("POST", "/v1/completions", json=body, timeout=timeout) as resp:
             if not resp.is_success:
                 await clock.wait(resp.aread())
-                _judge_response(resp, self.url)
+                judge_response(resp, self.url)
             lines = resp.aiter_lines()
             while True:
                 try:
@@ -418,10 +341,10 @@ class Node:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return
-                event = _parse_json(data, "a stream event")
+                event = parse_json(data, "a stream event")
                 if "error" in event:
-                    raise NodeFailure(f"error event: {_error_text(event)}")
-                yield _choice_text(event)
+                    raise NodeFailure(f"error event: {error_text(event)}")
+                yield choice_text(event)
 
 
 class _WaitClock:
@@ -441,68 +364,3 @@ class _WaitClock:
                 return await aw
         finally:
             self.left -= time.monotonic() - started
-
-
-def _petals_fields(params: GenerateParams) -> dict[str, Any]:
-    """chat.petals.dev's field names; ``do_sample`` as 0/1, unset options left out."""
-    fields: dict[str, Any] = {
-        "max_new_tokens": params.max_new_tokens,
-        "do_sample": int(params.do_sample),
-        "temperature": params.temperature,
-        "top_k": params.top_k,
-        "top_p": params.top_p,
-        "repetition_penalty": params.repetition_penalty,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-def _openai_body(model: str, prompt: str, params: GenerateParams) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": params.max_new_tokens,
-        "temperature": params.temperature if params.do_sample else 0.0,  # 0: greedy
-    }
-    if params.top_p is not None:
-        body["top_p"] = params.top_p
-    return body
-
-
-def _choice_text(body: dict[str, Any]) -> str:
-    choices = body.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else None
-    text = first.get("text") if isinstance(first, dict) else None
-    if not isinstance(text, str):
-        raise NodeFailure("the answer has no choices[0].text")
-    return text
-
-
-def _read_health(body: dict[str, Any], kind: str) -> tuple[tuple[str, ...], dict[str, int]]:
-    if kind == "openai":
-        data = body.get("data")
-        if not isinstance(data, list):
-            raise NodeFailure("/v1/models has no data list")
-        ids = [m.get("id") for m in data if isinstance(m, dict)]
-        return tuple(i for i in ids if isinstance(i, str)), {}
-    if body.get("status", "ok") != "ok":
-        raise NodeFailure(f"status is {_short(body.get('status'))}")
-    models = body.get("models")
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise NodeFailure("/health has no models list")
-    limits = {k: v for k in ("max_new_tokens", "max_length") if (v := _int_or_none(body.get(k)))}
-    return tuple(models), limits
-
-
-def _describe(exc: BaseException, limit_s: float, connect_s: float, what: str) -> str:
-    """A short reason for logs and errors: which wait failed and how."""
-    if isinstance(exc, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError):
-        return f"no connection within {connect_s:g} s"
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return f"no {what} within {limit_s:g} s"
-    if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError):
-        return f"cannot connect: {_short(exc)}"
-    if isinstance(exc, NodeRejected):
-        return f"refused: {exc.detail}"
-    if isinstance(exc, NodeFailure):
-        return str(exc)
-    return f"{type(exc).__name__}: {_short(exc)}"

@@ -28,14 +28,8 @@ from typing import Any
 from loguru import logger
 
 from supernode.errors import Unavailable
-from supernode.petals.nodes import (
-    GenerateParams,
-    Node,
-    NodeConfig,
-    NodeFailure,
-    NodeRejected,
-    Timeouts,
-)
+from supernode.petals.nodes import Node, NodeConfig, Timeouts
+from supernode.petals.protocol import GenerateParams, NodeFailure, NodeRejected
 
 __all__ = [
     "GenerateParams",
