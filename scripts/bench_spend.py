@@ -531,12 +531,53 @@ class Bench:
             finally:
                 await asyncio.gather(*(c.aclose() for c in clients.values()))
 
+    async def counters(self, client: httpx.AsyncClient) -> Counter[str]:
+        """The batching counters of /metrics, summed over the daemons."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        wanted = {
+            "supernode_push_envelopes_total": "pushed",
+            "supernode_push_batches_total": "push_batches",
+            "supernode_vote_requests_total": "vote_requests",
+            "supernode_vote_batches_total": "vote_batches",
+        }
+        total: Counter[str] = Counter()
+        for dm in self.d:
+            resp = await client.get(f"{dm.url}/metrics", timeout=10)
+            for fam in text_string_to_metric_families(resp.text):
+                for s in fam.samples:
+                    if s.name in wanted:
+                        total[wanted[s.name]] += int(s.value)
+                    elif s.name in (
+                        "supernode_group_commits_total",
+                        "supernode_group_commit_items_total",
+                    ):
+                        kind = "commits" if "commits" in s.name else "items"
+                        total[f"{s.labels['writer']}_{kind}"] += int(s.value)
+        return total
+
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
         async with httpx.AsyncClient(limits=limits) as client:
             await self.packs_everywhere(client)
             self.presign()
+            before = await self.counters(client)
             await self.timed()
+            c = await self.counters(client)
+            c.subtract(before)
+
+            def mean(items: str, batches: str) -> float | None:
+                return round(c[items] / c[batches], 2) if c[batches] else None
+
+            self.out["batching"] = {
+                "vote_batch": mean("vote_requests", "vote_batches"),
+                "vote_commit": mean("votes_items", "votes_commits"),
+                "push_batch": mean("pushed", "push_batches"),
+                "intake_commit": mean("intake_items", "intake_commits"),
+                "http_requests_per_cert": round(
+                    (c["vote_batches"] + c["push_batches"]) / max(1, self.args.spends) + 1, 2
+                ),
+            }
             await self.verify(client)
 
 

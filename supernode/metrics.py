@@ -31,6 +31,9 @@ class NodeCollector:
         pushed = CounterMetricFamily(
             "supernode_push_envelopes", "Envelopes pushed", labels=["peer"]
         )
+        push_batches = CounterMetricFamily(
+            "supernode_push_batches", "Push batches a peer took", labels=["peer"]
+        )
         failed = CounterMetricFamily(
             "supernode_push_failed_batches", "Push batches that ran out of retries", labels=["peer"]
         )
@@ -40,18 +43,34 @@ class NodeCollector:
         queue = GaugeMetricFamily("supernode_push_queue", "Envelopes waiting", labels=["peer"])
         for addr, link in node.gossip.links.items():
             pushed.add_metric([addr], link.sent)
+            push_batches.add_metric([addr], link.batches)
             failed.add_metric([addr], link.failed_batches)
             dropped.add_metric([addr], link.dropped)
             queue.add_metric([addr], len(link.queue))
-        yield from (pushed, failed, dropped, queue)
+        yield from (pushed, push_batches, failed, dropped, queue)
         yield CounterMetricFamily(
             "supernode_anti_entropy_stored", "Envelopes stored from pulls", value=node.gossip.pulled
         )
-        yield CounterMetricFamily(
-            "supernode_group_commits",
-            "Group-commit transactions",
-            value=node.intake.writer.commits,
+        commits = CounterMetricFamily(
+            "supernode_group_commits", "Group-commit transactions", labels=["writer"]
         )
+        committed = CounterMetricFamily(
+            "supernode_group_commit_items", "Items written by group commits", labels=["writer"]
+        )
+        for writer in (node.intake.writer, node.spends.votes):
+            commits.add_metric([writer.name], writer.commits)
+            committed.add_metric([writer.name], writer.items)
+        yield from (commits, committed)
+        vote_batches = CounterMetricFamily(
+            "supernode_vote_batches", "Vote-request batches sent", labels=["peer"]
+        )
+        vote_items = CounterMetricFamily(
+            "supernode_vote_requests", "Vote requests sent (in batches)", labels=["peer"]
+        )
+        for addr, asker in node.spends.askers.items():
+            vote_batches.add_metric([addr], asker.batches)
+            vote_items.add_metric([addr], asker.items)
+        yield from (vote_batches, vote_items)
         yield GaugeMetricFamily(
             "supernode_eligible_members",
             "Members holding the minimum collateral",

@@ -42,7 +42,7 @@ from supernode.federation.peer_http import PeerError
 from supernode.federation.rpc import BatchedCall, gather_answers
 from supernode.federation.signer import Signer
 from supernode.ledger import spends as repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Conn, Database
 from supernode.ledger.group_commit import GroupCommit
 
 SPEND_CERTIFICATE = "spend_certificate"
@@ -105,7 +105,7 @@ class SpendService:
             db, self._vote_batch, max_weight=500, name="votes"
         )
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
-        self._askers: dict[str, BatchedCall] = {}  # per peer: batched vote requests
+        self.askers: dict[str, BatchedCall] = {}  # per peer: batched vote requests
         # the last certificate made here per pack: the next order's "prior", without a read
         self._last: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._built: set[str] = set()  # ids of certificate envelopes being published here
@@ -114,7 +114,7 @@ class SpendService:
         self.votes.start()
 
     async def stop(self) -> None:
-        for asker in self._askers.values():
+        for asker in self.askers.values():
             await asker.stop()
         await self.votes.stop()
 
@@ -129,7 +129,7 @@ class SpendService:
                 out.append(exc)
         return out
 
-    async def _check_vote(self, conn: AsyncConnection, order: Envelope) -> dict[str, str] | None:
+    async def _check_vote(self, conn: Conn, order: Envelope) -> dict[str, str] | None:
         """Our vote for ``order`` if we gave it already; None if we may vote for it now;
         Refused (with the reason) if we may not."""
         p = order.payload
@@ -282,7 +282,7 @@ class SpendService:
         item = {"order": order.to_wire(), "prior": prior}
         mine = self.me in eligible
         if mine:  # checked first (a read): a bad order is refused without asking anyone
-            async with self.db.read() as conn:
+            async with self.db.quick_read() as conn:
                 await self._check_vote(conn, order)
         asking = gather_answers(
             {a: self._asker(a).call(item) for a in eligible if a in self.gossip.links},
@@ -326,9 +326,9 @@ class SpendService:
         return cert
 
     def _asker(self, address: str) -> BatchedCall:
-        asker = self._askers.get(address)
+        asker = self.askers.get(address)
         if asker is None:
-            asker = self._askers[address] = BatchedCall(
+            asker = self.askers[address] = BatchedCall(
                 self.gossip.links[address],
                 self.identity,
                 self.network,
@@ -341,7 +341,7 @@ class SpendService:
         return asker
 
     async def certificates(self, pack_id: str, from_sequence: int, limit: int) -> list[Any]:
-        async with self.db.read() as conn:
+        async with self.db.quick_read() as conn:
             rows = await repo.certificates_from(conn, pack_id, from_sequence, limit)
         return [json.loads(r["certificate"]) for r in rows]
 

@@ -14,11 +14,10 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-from eth_utils import is_checksum_address
 from pydantic import ValidationError
 
 from supernode.crypto.attest import CertificateError, verify_certificate
-from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope
+from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, is_checksummed
 from supernode.errors import BadRequest, Refused
 from supernode.federation.network import NetworkFile
 
@@ -80,7 +79,7 @@ def parse_delegation(
     if d.type != DELEGATION or set(d.payload) != DELEGATION_FIELDS:
         raise BadRequest(f"a delegation is a {DELEGATION} envelope {sorted(DELEGATION_FIELDS)}")
     _hex32(d.payload["pack_id"], "delegation pack_id")
-    if not isinstance(d.payload["delegate"], str) or not is_checksum_address(d.payload["delegate"]):
+    if not isinstance(d.payload["delegate"], str) or not is_checksummed(d.payload["delegate"]):
         raise BadRequest("delegation delegate must be a checksummed address")
     _int(d.payload["max_credits"], "max_credits", 1)
     _signed(d, network, clock_skew_s, max_ttl_s, expired_reason="delegation_expired")
@@ -101,7 +100,7 @@ def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s:
     _hex32(p["request_id"], "request_id")
     _int(p["sequence"], "sequence", 0)
     _int(p["amount"], "amount", 1)
-    if not isinstance(p["executor"], str) or not is_checksum_address(p["executor"]):
+    if not isinstance(p["executor"], str) or not is_checksummed(p["executor"]):
         raise BadRequest("executor must be a checksummed address")
     if network.member(p["executor"]) is None:
         raise Refused(f"executor {p['executor']} is not a member", reason="unknown_executor")

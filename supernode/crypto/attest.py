@@ -16,7 +16,7 @@ from eth_hash.auto import keccak
 
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.eip712 import domain_separator
-from supernode.crypto.envelope import EnvelopeError, recover_signer
+from supernode.crypto.envelope import EnvelopeError, recover_signer, remember_signer
 from supernode.crypto.keys import Identity
 
 ATTESTATION_TYPEHASH = keccak(b"Attestation(string kind,bytes32 subject)")
@@ -45,7 +45,9 @@ def attest(
 ) -> dict[str, str]:
     """Sign ``terms`` as ``kind``: returns {"signer", "signature"}."""
     digest = attestation_digest(kind, subject_hash(terms), chain_id=chain_id, network_id=network_id)
-    return {"signer": identity.address, "signature": "0x" + identity.sign_digest(digest).hex()}
+    signature = "0x" + identity.sign_digest(digest).hex()
+    remember_signer(digest, signature, identity.address)  # it comes back in certificates
+    return {"signer": identity.address, "signature": signature}
 
 
 def verify_certificate(

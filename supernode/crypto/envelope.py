@@ -7,7 +7,9 @@ ledger and live in the federation intake, between the schema and the signature.
 
 from __future__ import annotations
 
+import re
 import time
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -33,6 +35,15 @@ def _checksum(value: str) -> str:
     from eth_utils import to_checksum_address
 
     return to_checksum_address(value)
+
+
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def is_checksummed(value: str) -> bool:
+    """An EIP-55 checksummed address (eth_utils.is_checksum_address, remembered: the same
+    few member addresses come back in every spend order)."""
+    return _HEX_ADDRESS.fullmatch(value) is not None and _checksum(value) == value
 
 
 class EnvelopeError(ValueError):
@@ -129,20 +140,39 @@ def sign_envelope(
         expires_at=created + ttl_s,
         payload_hash=payload_hash(payload),
     )
-    signature = identity.sign_digest(digest)
-    return Envelope(**fields, id="0x" + digest.hex(), signature="0x" + signature.hex())
+    signature = "0x" + identity.sign_digest(digest).hex()
+    remember_signer(digest, signature, identity.address)
+    return Envelope(**fields, id="0x" + digest.hex(), signature=signature)
 
 
 def recover_signer(digest: bytes, signature_hex: str) -> str:
     """The address that signed ``digest``; refuses empty, malformed and high-s signatures.
 
-    Successful recoveries are remembered (bounded LRU): the same signature comes back
-    several times per spend (an order at its vote and in its certificate, a delegation on
-    every order under it), and recovery is the costliest step of a check."""
-    return _recover_signer(digest, signature_hex)
+    Successful recoveries are remembered (bounded LRU), and so are this process's own
+    signatures (``remember_signer``): the same signature comes back several times per
+    spend (an order at its vote and in its certificate, a member's vote in the
+    certificate, a delegation on every order under it), and recovery is the costliest
+    step of a check."""
+    key = (digest, signature_hex)
+    signer = _recovered.get(key)
+    if signer is not None:
+        _recovered.move_to_end(key)
+        return signer
+    signer = _recover_signer(digest, signature_hex)
+    remember_signer(digest, signature_hex, signer)
+    return signer
 
 
-@lru_cache(maxsize=RECOVERED_CACHE)
+_recovered: OrderedDict[tuple[bytes, str], str] = OrderedDict()
+
+
+def remember_signer(digest: bytes, signature_hex: str, signer: str) -> None:
+    """Note that ``signer`` signed ``digest`` (a signature made or checked here)."""
+    _recovered[(digest, signature_hex)] = signer
+    if len(_recovered) > RECOVERED_CACHE:
+        _recovered.popitem(last=False)
+
+
 def _recover_signer(digest: bytes, signature_hex: str) -> str:
     if signature_hex in ("", "0x"):
         raise EnvelopeError("empty_signature")

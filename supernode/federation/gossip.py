@@ -63,6 +63,7 @@ class PeerLink:
         self.wakeup = asyncio.Event()
         self.down_until = 0.0
         self.sent = 0
+        self.batches = 0  # batches taken (sent / batches: the mean batch)
         self.failed_batches = 0
         self.dropped = 0
         self.last_error: str | None = None
@@ -135,6 +136,7 @@ class PeerLink:
                 )
                 if resp.status == 200:
                     self.sent += len(batch)
+                    self.batches += 1
                     self.last_error = None
                     return {"ok": True, **resp.json()}
                 error = f"HTTP {resp.status}: {resp.text[:200]}"

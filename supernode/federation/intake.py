@@ -158,7 +158,7 @@ class Intake:
             batch_ids.add(env.id)
             parsed.append((env, body, digest))
         if parsed:
-            async with self.db.read() as conn:
+            async with self.db.quick_read() as conn:
                 known = await env_repo.known_ids(conn, (e.id for e, _, _ in parsed))
             if known:
                 report.duplicates += sum(1 for e, _, _ in parsed if e.id in known)

@@ -15,7 +15,8 @@ elsewhere stalls the loop.
 
 The hottest statements (spend votes and certificates, the seen-envelope log) skip
 SQLAlchemy's statement building and run as plain SQL on the sqlite3 connection under the
-current transaction (``sqlite_of``): the same transaction, a fraction of the CPU.
+current transaction (``sqlite_of``): the same transaction, a fraction of the CPU. Their
+reads outside a write can skip SQLAlchemy's pool too (``quick_read``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 T = TypeVar("T")
+Conn = AsyncConnection | sqlite3.Connection  # what the plain-SQL repository functions take
 
 
 class InlineConnection(aiosqlite.Connection):
@@ -58,8 +60,11 @@ class InlineConnection(aiosqlite.Connection):
             await aiosqlite.Connection._execute(self, self._conn.rollback)
 
 
-def sqlite_of(conn: AsyncConnection) -> sqlite3.Connection:
-    """The sqlite3 connection under ``conn`` (inside its transaction, if one is open)."""
+def sqlite_of(conn: Conn) -> sqlite3.Connection:
+    """The sqlite3 connection under ``conn`` (inside its transaction, if one is open);
+    ``conn`` itself when it is one already (``Database.quick_read``)."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn
     driver = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
     assert isinstance(driver, InlineConnection)
     return driver._conn
@@ -119,15 +124,19 @@ def run_migrations(database_file: Path) -> None:
 class Database:
     """The ledger's engines. ``write()`` serialises writers; ``read()`` does not block."""
 
+    QUICK_READERS_KEPT = 4  # idle quick_read() connections kept open
+
     def __init__(self, database_file: Path, busy_timeout_ms: int = 10_000) -> None:
         self.path = database_file
+        self.busy_timeout_ms = busy_timeout_ms
+        self._quick: list[sqlite3.Connection] = []
         url = f"sqlite+aiosqlite:///{database_file}"
         creator = _inline_creator(database_file)
         self.writer: AsyncEngine = create_async_engine(
             url, pool_size=1, max_overflow=0, async_creator=creator
         )
         self.reader: AsyncEngine = create_async_engine(
-            url, pool_size=4, max_overflow=4, async_creator=creator
+            url, pool_size=8, max_overflow=8, async_creator=creator
         )
 
         @event.listens_for(self.writer.sync_engine, "connect")
@@ -154,6 +163,29 @@ class Database:
         async with self.reader.connect() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def quick_read(self) -> AsyncIterator[sqlite3.Connection]:
+        """A read-only sqlite3 connection for the plain-SQL repository functions (those
+        built on ``sqlite_of``), without SQLAlchemy's pool: their statements run inline
+        and WAL never blocks a reader, so a connection is held only for the few
+        microseconds they take. Each statement reads the newest committed state."""
+        conn = self._quick.pop() if self._quick else self._open_quick()
+        try:
+            yield conn
+        finally:
+            if len(self._quick) < self.QUICK_READERS_KEPT:
+                self._quick.append(conn)
+            else:
+                conn.close()
+
+    def _open_quick(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        _set_pragmas(conn, self.busy_timeout_ms)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
     async def close(self) -> None:
+        while self._quick:
+            self._quick.pop().close()
         await self.writer.dispose()
         await self.reader.dispose()

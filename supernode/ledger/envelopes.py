@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from supernode.ledger.db import insert_sql, sqlite_of
+from supernode.ledger.db import Conn, insert_sql, sqlite_of
 from supernode.ledger.models import SeenEnvelope
 
 t = SeenEnvelope.__table__
@@ -17,7 +17,7 @@ t = SeenEnvelope.__table__
 _IN_CHUNK = 900
 
 
-async def known_ids(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
+async def known_ids(conn: Conn, ids: Iterable[str]) -> set[str]:
     """Which of ``ids`` are already in the log (plain SQL: this runs for every batch)."""
     wanted = list(dict.fromkeys(ids))
     db = sqlite_of(conn)

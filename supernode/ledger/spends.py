@@ -13,7 +13,7 @@ from typing import Any
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from supernode.ledger.db import dict_row, dict_rows, insert_sql, sqlite_of
+from supernode.ledger.db import Conn, dict_row, dict_rows, insert_sql, sqlite_of
 from supernode.ledger.inference import apply_refunds
 from supernode.ledger.models import SpendCertificate, SpendVote
 
@@ -23,7 +23,7 @@ VOTE_COLUMNS = tuple(c for c in SpendVote.__table__.columns.keys() if c != "id")
 AHEAD_MAX = 10_000  # certificates ahead of a pack's next sequence looked at per apply
 
 
-async def vote_for(conn: AsyncConnection, pack_id: str, sequence: int) -> dict[str, Any] | None:
+async def vote_for(conn: Conn, pack_id: str, sequence: int) -> dict[str, Any] | None:
     cur = sqlite_of(conn).execute(
         "SELECT * FROM spend_votes WHERE pack_id = ? AND sequence = ?", (pack_id, sequence)
     )
@@ -34,9 +34,7 @@ async def add_vote(conn: AsyncConnection, row: dict[str, Any]) -> None:
     sqlite_of(conn).execute(insert_sql("spend_votes", VOTE_COLUMNS), [row[c] for c in VOTE_COLUMNS])
 
 
-async def certificate_at(
-    conn: AsyncConnection, pack_id: str, sequence: int
-) -> dict[str, Any] | None:
+async def certificate_at(conn: Conn, pack_id: str, sequence: int) -> dict[str, Any] | None:
     cur = sqlite_of(conn).execute(
         "SELECT * FROM spend_certificates WHERE pack_id = ? AND sequence = ?", (pack_id, sequence)
     )
@@ -44,7 +42,7 @@ async def certificate_at(
 
 
 async def certificates_from(
-    conn: AsyncConnection, pack_id: str, from_sequence: int, limit: int
+    conn: Conn, pack_id: str, from_sequence: int, limit: int
 ) -> list[dict[str, Any]]:
     cur = sqlite_of(conn).execute(
         "SELECT * FROM spend_certificates WHERE pack_id = ? AND sequence >= ?"
@@ -123,7 +121,7 @@ async def apply_ready(conn: AsyncConnection, pack_id: str) -> int:
     return len(applied)
 
 
-async def delegated_spent(conn: AsyncConnection, delegation_id: str) -> int:
+async def delegated_spent(conn: Conn, delegation_id: str) -> int:
     """Credits certified so far under one delegation (its running total)."""
     return (
         sqlite_of(conn)
@@ -135,6 +133,6 @@ async def delegated_spent(conn: AsyncConnection, delegation_id: str) -> int:
     )
 
 
-async def pack_state(conn: AsyncConnection, pack_id: str) -> dict[str, Any] | None:
+async def pack_state(conn: Conn, pack_id: str) -> dict[str, Any] | None:
     cur = sqlite_of(conn).execute("SELECT * FROM credit_packs WHERE pack_id = ?", (pack_id,))
     return dict_row(cur)

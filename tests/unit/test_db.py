@@ -67,3 +67,29 @@ async def test_reads_see_committed_writes_and_not_rolled_back_ones(tmp_path: Pat
         assert rows == [(1,)]
     finally:
         await db.close()
+
+
+async def test_quick_reads_see_commits_and_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    run_migrations(path)
+    db = Database(path)
+    try:
+        async with db.write() as conn:
+            sqlite_of(conn).execute("CREATE TABLE probe (x INTEGER)")
+        async with db.quick_read() as quick:
+            assert quick.execute("SELECT count(*) FROM probe").fetchone() == (0,)
+        async with db.write() as conn:
+            sqlite_of(conn).execute("INSERT INTO probe VALUES (3)")
+            async with db.quick_read() as quick:  # not committed yet: not visible
+                assert quick.execute("SELECT count(*) FROM probe").fetchone() == (0,)
+        async with db.quick_read() as quick:  # the same connection again, a newer state
+            assert sqlite_of(quick) is quick
+            assert quick.execute("SELECT x FROM probe").fetchall() == [(3,)]
+            try:
+                quick.execute("INSERT INTO probe VALUES (4)")
+            except sqlite3.OperationalError as exc:
+                assert "readonly" in str(exc) or "query_only" in str(exc) or "read" in str(exc)
+            else:
+                raise AssertionError("a quick reader wrote")
+    finally:
+        await db.close()
