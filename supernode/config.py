@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     push_queue_max: int = Field(default=50_000, gt=0)
     # Seconds between anti-entropy rounds.
     anti_entropy_interval_s: float = Field(default=2.0, gt=0)
-    # Envelopes per anti-entropy page.
+    # Ids per anti-entropy page (and envelopes per fetch).
     anti_entropy_page: int = Field(default=2000, gt=0)
     # Timeout of one anti-entropy request (s).
     anti_entropy_timeout_s: float = Field(default=10.0, gt=0)

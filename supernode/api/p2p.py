@@ -12,9 +12,10 @@ from supernode.api.deps import get_node
 from supernode.crypto.envelope import Envelope
 from supernode.errors import BadRequest
 from supernode.federation.transport import (
+    ENVELOPE_FETCH,
     GOSSIP_BATCH,
     SYNC_REQUEST,
-    sync_body,
+    fetch_body,
     verify_transport,
 )
 from supernode.ledger import envelopes as env_repo
@@ -72,8 +73,9 @@ async def receive_envelopes(request: Request, node: Node = Depends(get_node)) ->
 
 
 @router.post("/sync")
-async def sync(request: Request, node: Node = Depends(get_node)) -> Response:
-    """Anti-entropy: envelopes after the caller's cursor in our log, oldest first."""
+async def sync(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+    """Anti-entropy, step 1: the ids after the caller's cursor in our log, oldest first:
+    `{"ids": [...], "next_cursor": n, "more": bool}` (the caller fetches what it lacks)."""
     req = transport(node, await read_json(request), SYNC_REQUEST)
     after, limit = req.payload.get("after"), req.payload.get("limit")
     if not isinstance(after, int) or not isinstance(limit, int) or after < 0 or limit < 1:
@@ -85,9 +87,25 @@ async def sync(request: Request, node: Node = Depends(get_node)) -> Response:
         end = await env_repo.last_seq(conn)
         if after > end:
             after = 0  # our log is shorter than the caller's cursor: it was reset
-        rows = await env_repo.envelopes_after(conn, after, end, req.sender, limit + 1)
+        rows = await env_repo.ids_after(conn, after, end, req.sender, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    # all visible rows up to `end` were sent: move past the invisible ones too
+    # all visible rows up to `end` were listed: move past the invisible ones too
     cursor = rows[-1][0] if more else max(after, end)
-    return Response(sync_body([r[1] for r in rows], cursor, more), media_type="application/json")
+    return {"ids": [r[1] for r in rows], "next_cursor": cursor, "more": more}
+
+
+@router.post("/fetch")
+async def fetch(request: Request, node: Node = Depends(get_node)) -> Response:
+    """Anti-entropy, step 2: the envelopes with these ids that the caller may see,
+    `{"envelopes": [...]}` (unknown ids are left out)."""
+    req = transport(node, await read_json(request), ENVELOPE_FETCH)
+    ids = req.payload.get("ids")
+    page = node.settings.anti_entropy_page
+    if not isinstance(ids, list) or not 1 <= len(ids) <= page:
+        raise BadRequest(f"envelope_fetch needs a list of 1 to {page} ids")
+    if not all(isinstance(i, str) and len(i) == 66 for i in ids):
+        raise BadRequest("ids are 0x-prefixed 32-byte hex strings")
+    async with node.db.read() as conn:
+        raws = await env_repo.raws_by_id(conn, ids, req.sender)
+    return Response(fetch_body(raws), media_type="application/json")

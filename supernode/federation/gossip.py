@@ -6,8 +6,10 @@ idle. A failed batch is retried with exponential back-off (bounded); when the re
 out the peer is marked down for a while and its queue is dropped: anti-entropy delivers it
 when the peer is back (the peer pulls from us).
 
-Pull (anti-entropy): a job asks each peer, in turn, for envelopes after its cursor (the
-peer's local log position), page by page, and stores them through the intake.
+Pull (anti-entropy): a job asks each peer, in turn, for the ids after its cursor (the
+peer's local log position), page by page, fetches those it does not hold, and stores them
+through the intake. Push has usually delivered them all, so a round moves ids, not
+envelopes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from supernode.federation.handlers import Checked
 from supernode.federation.intake import Intake
 from supernode.federation.network import Member, NetworkFile
 from supernode.federation.peer_http import PeerError, PeerHTTP, PeerUnreachable
-from supernode.federation.transport import batch_body, sync_request
+from supernode.federation.transport import (
+    ENVELOPE_FETCH,
+    SYNC_REQUEST,
+    batch_body,
+    sign_transport,
+)
+from supernode.ledger import envelopes as env_repo
 from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Database
 
@@ -227,31 +235,31 @@ class Gossip:
         return [w.result() if w in done else {"ok": False, "error": "timeout"} for w in waiters]
 
     # -- anti-entropy ----------------------------------------------------------------
+    async def _call(self, link: PeerLink, path: str, type_: str, payload: dict[str, Any]) -> Any:
+        body = sign_transport(self.identity, self.network, type_, link.member.address, payload)
+        resp = await link.client.post(
+            f"{link.member.url}{path}", body, timeout_s=self.pull_timeout_s
+        )
+        if resp.status != 200:
+            raise PeerError(f"HTTP {resp.status}: {resp.text[:200]}")
+        return json.loads(resp.content)
+
     async def _pull_peer(self, link: PeerLink, cursor: int, deadline: float) -> tuple[int, int]:
         """Pull pages from one peer until it has nothing more; returns (cursor, stored)."""
         stored = 0
-        client = link.client
         while time.time() < deadline:
-            req = sync_request(
-                self.identity,
-                self.network.network_id,
-                self.network.chain_id,
-                link.member.address,
-                cursor,
-                self.page,
+            data = await self._call(
+                link, "/p2p/sync", SYNC_REQUEST, {"after": cursor, "limit": self.page}
             )
-            resp = await client.post(
-                f"{link.member.url}/p2p/sync",
-                req.model_dump_json().encode(),
-                timeout_s=self.pull_timeout_s,
-            )
-            if resp.status != 200:
-                raise PeerError(f"HTTP {resp.status}: {resp.text[:200]}")
-            data = json.loads(resp.content)
-            envs, next_cursor, more = data["envelopes"], int(data["next_cursor"]), data["more"]
-            if envs:
-                report = await self.intake.ingest(envs, via=link.member.address)
-                stored += len(report.accepted)
+            ids, next_cursor, more = data["ids"], int(data["next_cursor"]), data["more"]
+            if ids:
+                async with self.db.quick_read() as conn:
+                    known = await env_repo.known_ids(conn, ids)
+                missing = [i for i in ids if i not in known]
+                if missing:
+                    envs = await self._call(link, "/p2p/fetch", ENVELOPE_FETCH, {"ids": missing})
+                    report = await self.intake.ingest(envs["envelopes"], via=link.member.address)
+                    stored += len(report.accepted)
             if next_cursor != cursor:
                 cursor = next_cursor
                 async with self.db.write() as conn:

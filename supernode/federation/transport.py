@@ -3,9 +3,11 @@
 A push is `POST /p2p/envelopes` with `{"batch": <gossip_batch envelope>, "envelopes": [...]}`:
 the batch envelope, signed by the peer handing the envelopes over and bound to the
 receiving peer, names their ids, so the receiver knows whom to penalise for a bad one even
-when the envelope inside claims another sender. A pull is `POST /p2p/sync` with a
-`sync_request` envelope `{after, limit}` bound to the serving peer. Neither transport
-envelope is stored: replaying one within its short life changes nothing.
+when the envelope inside claims another sender. A pull is two steps: `POST /p2p/sync` with
+a `sync_request` envelope `{after, limit}` bound to the serving peer lists the ids after
+the cursor, then `POST /p2p/fetch` with an `envelope_fetch` envelope `{ids}` brings the
+ones the puller does not hold (usually none: push delivered them). No transport envelope
+is stored: replaying one within its short life changes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from supernode.federation.scoring import PeerScoring
 
 GOSSIP_BATCH = "gossip_batch"
 SYNC_REQUEST = "sync_request"
+ENVELOPE_FETCH = "envelope_fetch"
 TRANSPORT_TTL_S = 120
 
 
@@ -53,30 +56,9 @@ def batch_body(
     )
 
 
-def sync_request(
-    identity: Identity, network_id: str, chain_id: int, recipient: str, after: int, limit: int
-) -> Envelope:
-    return sign_envelope(
-        identity,
-        type_=SYNC_REQUEST,
-        network_id=network_id,
-        chain_id=chain_id,
-        payload={"after": after, "limit": limit},
-        recipient=recipient,
-        ttl_s=TRANSPORT_TTL_S,
-    )
-
-
-def sync_body(raws: Sequence[bytes], next_cursor: int, more: bool) -> bytes:
-    return (
-        b'{"envelopes":['
-        + b",".join(raws)
-        + b'],"next_cursor":'
-        + str(next_cursor).encode()
-        + b',"more":'
-        + (b"true" if more else b"false")
-        + b"}"
-    )
+def fetch_body(raws: Sequence[bytes]) -> bytes:
+    """The answer to a fetch; envelope bytes are spliced in as stored."""
+    return b'{"envelopes":[' + b",".join(raws) + b"]}"
 
 
 def verify_transport(

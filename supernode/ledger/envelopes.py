@@ -41,21 +41,42 @@ async def insert_envelopes(conn: AsyncConnection, rows: Sequence[dict[str, Any]]
         )
 
 
-async def envelopes_after(
+def _visible_to(for_address: str) -> Any:
+    """Broadcasts and envelopes addressed to ``for_address``, not those it handed us."""
+    return (
+        or_(t.c.recipient.is_(None), t.c.recipient == for_address),
+        or_(t.c.received_from.is_(None), t.c.received_from != for_address),
+    )
+
+
+async def ids_after(
     conn: AsyncConnection, after_seq: int, upto_seq: int, for_address: str, limit: int
-) -> list[tuple[int, bytes]]:
-    """Envelopes in (after_seq, upto_seq] that ``for_address`` may see (broadcasts and
-    those addressed to it) and did not hand us itself, oldest first."""
+) -> list[tuple[int, str]]:
+    """(log position, id) of the envelopes in (after_seq, upto_seq] that ``for_address``
+    may see, oldest first."""
     rows = await conn.execute(
-        select(t.c.seq, t.c.raw)
+        select(t.c.seq, t.c.id)
         .where(t.c.seq > after_seq)
         .where(t.c.seq <= upto_seq)
-        .where(or_(t.c.recipient.is_(None), t.c.recipient == for_address))
-        .where(or_(t.c.received_from.is_(None), t.c.received_from != for_address))
+        .where(*_visible_to(for_address))
         .order_by(t.c.seq)
         .limit(limit)
     )
     return [(r[0], r[1]) for r in rows]
+
+
+async def raws_by_id(conn: AsyncConnection, ids: Sequence[str], for_address: str) -> list[bytes]:
+    """The stored bytes of those of ``ids`` we hold and ``for_address`` may see, in log
+    order."""
+    out: list[tuple[int, bytes]] = []
+    for i in range(0, len(ids), _IN_CHUNK):
+        rows = await conn.execute(
+            select(t.c.seq, t.c.raw)
+            .where(t.c.id.in_(ids[i : i + _IN_CHUNK]))
+            .where(*_visible_to(for_address))
+        )
+        out.extend((r[0], r[1]) for r in rows)
+    return [raw for _, raw in sorted(out)]
 
 
 async def last_seq(conn: AsyncConnection) -> int:

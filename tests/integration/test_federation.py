@@ -17,7 +17,12 @@ from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.devnet import LocalFederation
-from supernode.federation.transport import batch_body
+from supernode.federation.transport import (
+    ENVELOPE_FETCH,
+    SYNC_REQUEST,
+    batch_body,
+    sign_transport,
+)
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -58,6 +63,27 @@ def push(
     return httpx.post(
         f"{fed.daemons[to].url}/p2p/envelopes",
         content=body,
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+
+
+def pull(
+    fed: LocalFederation,
+    puller: Identity,
+    at: int,
+    path: str,
+    type_: str,
+    payload: dict[str, Any],
+    recipient: int | None = None,
+) -> httpx.Response:
+    """An anti-entropy call to daemon ``at`` as ``puller`` (bound to daemon ``recipient``,
+    by default the one asked)."""
+    assert fed.network is not None
+    to = fed.daemons[at if recipient is None else recipient].address
+    return httpx.post(
+        f"{fed.daemons[at].url}{path}",
+        content=sign_transport(puller, fed.network, type_, to, payload),
         headers={"content-type": "application/json"},
         timeout=10,
     )
@@ -113,6 +139,27 @@ def test_direct_message_reaches_only_its_recipient(federation: LocalFederation) 
 
     time.sleep(1.5)
     assert messages_of(fed, 0, mtype) == [] and messages_of(fed, 3, mtype) == []
+    # a pull from daemon 2 by member 0 neither lists it nor hands it out...
+    dm = r["envelope_id"]
+    with op(fed, 1) as c:  # ...but does list and hand out a broadcast
+        bcast = c.broadcast_to_all(mtype + "-all", "for all", wait_s=5)["envelope_id"]
+    wait_until(lambda: len(messages_of(fed, 2, mtype + "-all")) == 1, what="broadcast stored")
+    member0 = fed.identity(0)
+    listed = pull(fed, member0, 2, "/p2p/sync", SYNC_REQUEST, {"after": 0, "limit": 100_000})
+    assert listed.status_code == 200, listed.text
+    assert dm not in listed.json()["ids"] and bcast in listed.json()["ids"]
+    got = pull(fed, member0, 2, "/p2p/fetch", ENVELOPE_FETCH, {"ids": [dm, bcast]})
+    assert got.status_code == 200, got.text
+    assert [e["id"] for e in got.json()["envelopes"]] == [bcast]
+    # a fetch is a member's, bound to the peer it asks, and bounded
+    for who, to, payload in [
+        (Identity.generate(), 2, {"ids": [bcast]}),
+        (member0, 3, {"ids": [bcast]}),
+        (member0, 2, {"ids": []}),
+        (member0, 2, {"ids": ["0x12"]}),
+    ]:
+        r2 = pull(fed, who, 2, "/p2p/fetch", ENVELOPE_FETCH, payload, recipient=to)
+        assert 400 <= r2.status_code < 500, r2.text
 
 
 def test_user_message_through_a_is_readable_through_c(federation: LocalFederation) -> None:
@@ -343,6 +390,8 @@ def test_bad_input_gets_4xx_with_reason_and_nothing_stored(federation: LocalFede
         r = httpx.post(f"{d.url}/p2p/envelopes", content=content, timeout=10)
         assert 400 <= r.status_code < 500, r.text
         r = httpx.post(f"{d.url}/p2p/sync", content=content, timeout=10)
+        assert 400 <= r.status_code < 500, r.text
+        r = httpx.post(f"{d.url}/p2p/fetch", content=content, timeout=10)
         assert 400 <= r.status_code < 500, r.text
 
 
