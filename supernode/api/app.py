@@ -141,15 +141,16 @@ def create_app(node: Node) -> FastAPI:
         supernodes,
     )
 
+    # the hottest routes first: a request is matched against the routes in this order
+    app.include_router(p2p.router)
+    app.include_router(spends.p2p)
+    app.include_router(spends.router)
+    app.include_router(openai.router)
+    app.include_router(inference.router)
+    app.include_router(credits.p2p)
+    app.include_router(credits.router)
     app.include_router(supernodes.router)
     app.include_router(messages.router)
-    app.include_router(credits.router)
-    app.include_router(p2p.router)
-    app.include_router(credits.p2p)
-    app.include_router(spends.router)
-    app.include_router(inference.router)
-    app.include_router(openai.router)
-    app.include_router(spends.p2p)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, max_bytes=node.settings.max_body_bytes)
     return app

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
+import json
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Header, Request
+import orjson
+from fastapi import Header, Request, Response
 
 from supernode.errors import Forbidden, Unauthorized, Unavailable
 from supernode.federation.challenges import Challenge, ChallengeError
@@ -19,6 +22,16 @@ def ready_node(request: Request) -> Node:
     if not node.ready:
         raise Unavailable("the daemon is starting or stopping")
     return node
+
+
+def json_body(data: Any, status_code: int = 200) -> Response:
+    """A JSON response written by orjson, for the hot routes (peer traffic, spends): it
+    skips FastAPI's response encoding. Integers past 64 bits go through the stdlib."""
+    try:
+        content = orjson.dumps(data)
+    except TypeError:
+        content = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(content, status_code=status_code, media_type="application/json")
 
 
 async def get_node(request: Request) -> Node:

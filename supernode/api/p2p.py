@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from supernode.api.deps import get_node
+from supernode.api.deps import get_node, json_body, ready_node
 from supernode.crypto.envelope import Envelope
 from supernode.errors import BadRequest
 from supernode.federation.transport import (
@@ -44,8 +44,9 @@ def transport(node: Node, raw: Any, type_: str) -> Envelope:
 
 
 @router.post("/envelopes")
-async def receive_envelopes(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def receive_envelopes(request: Request) -> Response:
     """A peer pushes envelopes: `{"batch": <gossip_batch>, "envelopes": [...]}`."""
+    node = ready_node(request)  # a hot route: no dependencies, no response model
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"batch", "envelopes"}:
         raise BadRequest('expected {"batch": ..., "envelopes": [...]}')
@@ -69,7 +70,7 @@ async def receive_envelopes(request: Request, node: Node = Depends(get_node)) ->
         )
         raise BadRequest("envelope ids differ from the ids the batch signs")
     report = await node.intake.ingest(envs, via=batch.sender)
-    return report.to_dict()
+    return json_body(report.to_dict())
 
 
 @router.post("/sync")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from supernode.api.credits import HEX32
-from supernode.api.deps import get_node
+from supernode.api.deps import get_node, json_body, ready_node
 from supernode.api.p2p import read_json, transport
 from supernode.credits.spend import VOTE_BATCH
 from supernode.node import Node
@@ -17,11 +17,12 @@ p2p = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
 
 
 @router.post("/spend_credits")
-async def spend_credits(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def spend_credits(request: Request) -> Response:
     """Body: the owner's signed `spend_order` envelope {pack_id, sequence, amount,
     request_id, executor = this supernode}. Returns the spend certificate (the order and a
     quorum of votes) once certified; the inference path certifies its spends the same way."""
-    return await node.spends.certify(await read_json(request))
+    node = ready_node(request)  # a hot route: no dependencies, no response model
+    return json_body(await node.spends.certify(await read_json(request)))
 
 
 @router.get("/get_credit_pack_spends/{pack_id}")
@@ -37,12 +38,13 @@ async def pack_spends(
 
 
 @p2p.post("/spend_votes")
-async def spend_votes(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def spend_votes(request: Request) -> Response:
     """An executor asks for our votes: a signed `spend_vote_batch` whose payload is
     {"items": [{"order", "prior"}, ...]}; one result per item, each vote durable before
     this answers."""
+    node = ready_node(request)  # a hot route: no dependencies, no response model
     env = transport(node, await read_json(request), VOTE_BATCH)
-    return await node.spends.votes_for_peer(env)
+    return json_body(await node.spends.votes_for_peer(env))
 
 
 @p2p.get("/spend_certificates")

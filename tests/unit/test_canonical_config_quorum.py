@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from supernode.config import ConfigError, Settings
-from supernode.crypto.canonical import CanonicalError, canonical_json
+from supernode.crypto.canonical import CanonicalError, canonical_json, stdlib_canonical_json
 from supernode.federation.membership import max_faulty, quorum
 
 
@@ -23,6 +23,27 @@ def test_canonical_is_sorted_compact_utf8_and_exact_for_big_ints() -> None:
 @given(st.dictionaries(st.text(), st.integers()))
 def test_canonical_ignores_insertion_order(d: dict) -> None:
     assert canonical_json(d) == canonical_json(dict(reversed(list(d.items()))))
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**300), max_value=2**300)
+    | st.text(alphabet=st.characters(codec="utf-8")),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(), c, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_canonical_bytes_are_the_stdlib_encoders(value: object) -> None:
+    # orjson writes them (integers past 64 bits go to the stdlib): the bytes must not differ
+    assert canonical_json(value) == stdlib_canonical_json(value)
+
+
+def test_canonical_refuses_a_lone_surrogate() -> None:  # json.loads('"\\ud800"') makes one
+    with pytest.raises(CanonicalError):
+        canonical_json({"x": "\ud800"})
 
 
 @pytest.mark.parametrize("bad", [{"x": 1.0}, {"x": float("nan")}, {1: "a"}, {"x": b"raw"}])
