@@ -46,6 +46,7 @@ class _Certified:
 
 class QuoteHandler(_Certified):
     type = QUOTE_ENVELOPE
+    plain_sql = False
     verify = staticmethod(verify_quote)
 
     async def store(
@@ -59,6 +60,7 @@ class QuoteHandler(_Certified):
 
 class CertificateHandler(_Certified):
     type = CERTIFICATE_ENVELOPE
+    plain_sql = False
     verify = staticmethod(verify_pack_certificate)
 
     async def store(

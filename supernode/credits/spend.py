@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supernode.config import Settings
 from supernode.credits.spend_terms import (
@@ -70,7 +69,7 @@ def certificate_row(order: Envelope, cert: dict[str, Any], received_at: float) -
 
 
 async def store_certificates(
-    conn: AsyncConnection, certs: list[tuple[Envelope, dict[str, Any]]], received_at: float
+    conn: Conn, certs: list[tuple[Envelope, dict[str, Any]]], received_at: float
 ) -> None:
     """Store certificates and apply what is ready, in one transaction."""
     packs: set[str] = set()
@@ -102,7 +101,7 @@ class SpendService:
         self.gossip = gossip
         self.publish = publish
         self.votes: GroupCommit[Envelope, Any] = GroupCommit(
-            db, self._vote_batch, max_weight=500, name="votes"
+            db, self._vote_batch, max_weight=500, plain_sql=lambda _orders: True, name="votes"
         )
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self.askers: dict[str, BatchedCall] = {}  # per peer: batched vote requests
@@ -119,7 +118,7 @@ class SpendService:
         await self.votes.stop()
 
     # -- voting -------------------------------------------------------------------------
-    async def _vote_batch(self, conn: AsyncConnection, orders: list[Envelope]) -> list[Any]:
+    async def _vote_batch(self, conn: Conn, orders: list[Envelope]) -> list[Any]:
         """One durable transaction for a batch of vote requests, each checked in turn."""
         out: list[Any] = []
         for order in orders:
@@ -146,7 +145,7 @@ class SpendService:
         check_against_pack(order, await repo.pack_state(conn, p["pack_id"]), spent)
         return None
 
-    async def _vote_one(self, conn: AsyncConnection, order: Envelope) -> dict[str, str]:
+    async def _vote_one(self, conn: Conn, order: Envelope) -> dict[str, str]:
         p = order.payload
         given = await self._check_vote(conn, order)
         if given is not None:
@@ -231,7 +230,7 @@ class SpendService:
 
     async def apply_certificates(self, certs: list[Any]) -> None:
         checked = [(self.verify(c)[0], c) for c in certs]
-        async with self.db.write() as conn:
+        async with self.db.write_sql() as conn:
             await store_certificates(conn, checked, time.time())
 
     async def catch_up(self, pack_id: str, source: str) -> int:
@@ -350,6 +349,7 @@ class SpendCertificateHandler:
     """Gossip type `spend_certificate`: checked by every member, applied in order."""
 
     type = SPEND_CERTIFICATE
+    plain_sql = True  # store() is plain SQL: written without SQLAlchemy
 
     def __init__(self, service: SpendService) -> None:
         self.service = service
@@ -364,7 +364,7 @@ class SpendCertificateHandler:
         except SupernodeError as exc:
             raise EnvelopeError(exc.reason or "bad_certificate", exc.detail) from exc
 
-    async def store(self, conn: AsyncConnection, items: Any, received_at: float) -> None:
+    async def store(self, conn: Conn, items: Any, received_at: float) -> None:
         # validate() verified each certificate before it was queued: parse, don't re-verify
         certs = [(Envelope.model_validate(c.env.payload["order"]), c.env.payload) for c in items]
         await store_certificates(conn, certs, received_at)

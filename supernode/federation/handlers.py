@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from supernode.crypto.envelope import Envelope
+from supernode.ledger.db import Conn
 
 
 @dataclass(frozen=True)
@@ -26,13 +25,14 @@ class Checked:
 
 class EnvelopeHandler(Protocol):
     type: str
+    # store() needs only the sqlite3 connection (plain SQL through sqlite_of): a batch of
+    # such types is written without SQLAlchemy (Database.write_sql)
+    plain_sql: bool
 
     def validate(self, env: Envelope) -> None:
         """Business rule on the payload; raises EnvelopeError."""
 
-    async def store(
-        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
-    ) -> None:
+    async def store(self, conn: Conn, items: Sequence[Checked], received_at: float) -> None:
         """Write the type's own rows for new envelopes (same transaction as the log)."""
 
 

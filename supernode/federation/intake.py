@@ -18,7 +18,6 @@ from typing import Any
 
 from loguru import logger
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supernode.crypto.canonical import CanonicalError, canonical_json
 from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, check_id
@@ -26,7 +25,7 @@ from supernode.federation.handlers import Checked, HandlerRegistry
 from supernode.federation.network import NetworkFile
 from supernode.federation.scoring import PeerScoring
 from supernode.ledger import envelopes as env_repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Conn, Database
 from supernode.ledger.group_commit import GroupCommit
 
 RECENT_IDS = 200_000  # ids remembered in memory to drop duplicates without a query
@@ -76,7 +75,12 @@ class Intake:
         self.max_envelope_bytes = max_envelope_bytes
         self.members = {m.address for m in network.members}
         self.writer: GroupCommit[list[Checked], list[bool]] = GroupCommit(
-            db, self._apply, max_weight=write_batch_max, weight=len, name="intake"
+            db,
+            self._apply,
+            max_weight=write_batch_max,
+            weight=len,
+            plain_sql=self._plain_sql,
+            name="intake",
         )
         self._recent: OrderedDict[str, None] = OrderedDict()
         # Called with the envelopes newly stored (after commit): metrics, gossip, streams.
@@ -224,7 +228,13 @@ class Intake:
                 callback(fresh, None)
         return checked
 
-    async def _apply(self, conn: AsyncConnection, groups: list[list[Checked]]) -> list[list[bool]]:
+    def _plain_sql(self, groups: list[list[Checked]]) -> bool:
+        """Whether every type in the batch stores itself with plain SQL (see handlers)."""
+        return all(
+            getattr(self.registry.get(c.env.type), "plain_sql", False) for g in groups for c in g
+        )
+
+    async def _apply(self, conn: Conn, groups: list[list[Checked]]) -> list[list[bool]]:
         """One transaction for every queued group: re-check the seen-set (another group
         may have stored the same id meanwhile), append to the log, then type rows."""
         flat = [c for g in groups for c in g]

@@ -32,6 +32,7 @@ class SnMessageHandler:
     """`sn_message`: {message_type, message_body}, to one supernode or to all."""
 
     type = SN_MESSAGE
+    plain_sql = False
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
@@ -69,6 +70,7 @@ class UserMessageHandler:
     user's answer to a challenge, so every peer can check the user really sent it."""
 
     type = USER_MESSAGE
+    plain_sql = False
     FIELDS = {
         "from_address",
         "to_address",

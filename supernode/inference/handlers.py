@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from supernode.credits.spend_terms import HEX32
 from supernode.crypto.envelope import Envelope, EnvelopeError
 from supernode.federation.handlers import Checked
 from supernode.inference.service import REFUND, RESULT_SUMMARY
 from supernode.ledger import inference as repo
+from supernode.ledger.db import Conn
 
 STATUSES = {repo.COMPLETED, repo.FAILED}
 
@@ -30,6 +29,7 @@ class ResultSummaryHandler:
     """`inference_result`: what the executor says it ran (tokens, latency, result hash)."""
 
     type = RESULT_SUMMARY
+    plain_sql = True  # store() is plain SQL: written without SQLAlchemy
     FIELDS = {
         "request_id",
         "model",
@@ -56,9 +56,7 @@ class ResultSummaryHandler:
         if not isinstance(p["model"], str) or len(p["model"]) > 128:
             raise EnvelopeError("bad_payload", "model must be a name")
 
-    async def store(
-        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
-    ) -> None:
+    async def store(self, conn: Conn, items: Sequence[Checked], received_at: float) -> None:
         for c in items:
             p = c.env.payload
             await repo.add_result(
@@ -85,6 +83,7 @@ class RefundHandler:
     request, and within what that spend certified (so it may wait for the spend)."""
 
     type = REFUND
+    plain_sql = True  # store() is plain SQL: written without SQLAlchemy
     FIELDS = {"pack_id", "sequence", "request_id", "amount", "reason"}
 
     def validate(self, env: Envelope) -> None:
@@ -100,9 +99,7 @@ class RefundHandler:
         if not isinstance(p["reason"], str) or len(p["reason"]) > 64:
             raise EnvelopeError("bad_payload", "reason must be a short string")
 
-    async def store(
-        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
-    ) -> None:
+    async def store(self, conn: Conn, items: Sequence[Checked], received_at: float) -> None:
         packs = set()
         for c in items:
             p = c.env.payload

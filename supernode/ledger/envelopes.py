@@ -33,7 +33,7 @@ async def known_ids(conn: Conn, ids: Iterable[str]) -> set[str]:
 _COLUMNS = tuple(c for c in t.columns.keys() if c != "seq")  # seq: the log position
 
 
-async def insert_envelopes(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+async def insert_envelopes(conn: Conn, rows: Sequence[dict[str, Any]]) -> None:
     """Append envelopes (already checked to be new, in this same write transaction)."""
     if rows:
         sqlite_of(conn).executemany(

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from supernode.ledger.db import dict_row, insert_sql, sqlite_of
+from supernode.ledger.db import Conn, dict_row, insert_sql, sqlite_of
 from supernode.ledger.models import InferenceRequest, InferenceResult, Refund
 
 ir = InferenceRequest.__table__
@@ -31,14 +31,14 @@ def _columns(names: Any) -> None:
         raise ValueError(f"not columns of inference_requests: {sorted(unknown)}")
 
 
-async def add_request(conn: AsyncConnection, row: dict[str, Any]) -> None:
+async def add_request(conn: Conn, row: dict[str, Any]) -> None:
     _columns(row)
     sqlite_of(conn).execute(
         insert_sql("inference_requests", tuple(row), skip_duplicates=True), list(row.values())
     )
 
 
-async def get_request(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
+async def get_request(conn: Conn, request_id: str) -> dict[str, Any] | None:
     cur = sqlite_of(conn).execute(
         "SELECT * FROM inference_requests WHERE request_id = ?", (request_id,)
     )
@@ -51,7 +51,7 @@ def _update_sql(columns: tuple[str, ...]) -> str:
     return f"UPDATE inference_requests SET {sets} WHERE request_id = ?"
 
 
-async def update_request(conn: AsyncConnection, request_id: str, **values: Any) -> None:
+async def update_request(conn: Conn, request_id: str, **values: Any) -> None:
     _columns(values)
     sqlite_of(conn).execute(_update_sql(tuple(values)), [*values.values(), request_id])
 
@@ -62,7 +62,7 @@ REFUND_COLUMNS = tuple(c for c in Refund.__table__.columns.keys() if c != "id")
 
 # Result summaries and refunds arrive with every request at every member: plain SQL on the
 # transaction's sqlite3 connection, as for spends (see ledger/db.py).
-async def add_result(conn: AsyncConnection, row: dict[str, Any]) -> None:
+async def add_result(conn: Conn, row: dict[str, Any]) -> None:
     sqlite_of(conn).execute(
         insert_sql("inference_results", RESULT_COLUMNS, skip_duplicates=True),
         [row[c] for c in RESULT_COLUMNS],
@@ -74,7 +74,7 @@ async def results_for(conn: AsyncConnection, request_id: str) -> list[dict[str, 
     return [dict(r._mapping) for r in rows]
 
 
-async def add_refund(conn: AsyncConnection, row: dict[str, Any]) -> bool:
+async def add_refund(conn: Conn, row: dict[str, Any]) -> bool:
     values = {**row, "applied": 0}
     cur = sqlite_of(conn).execute(
         insert_sql("refunds", REFUND_COLUMNS, skip_duplicates=True),
@@ -83,7 +83,7 @@ async def add_refund(conn: AsyncConnection, row: dict[str, Any]) -> bool:
     return bool(cur.rowcount)
 
 
-async def refunded_for(conn: AsyncConnection, request_id: str) -> int:
+async def refunded_for(conn: Conn, request_id: str) -> int:
     return (
         sqlite_of(conn)
         .execute(
@@ -94,7 +94,7 @@ async def refunded_for(conn: AsyncConnection, request_id: str) -> int:
     )
 
 
-async def apply_refunds(conn: AsyncConnection, pack_id: str) -> int:
+async def apply_refunds(conn: Conn, pack_id: str) -> int:
     """Apply refunds whose spend is applied: by its executor, for its request, and never
     more in all than that spend certified. Returns the credits given back."""
     db = sqlite_of(conn)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supernode.ledger.db import Conn, dict_row, dict_rows, insert_sql, sqlite_of
 from supernode.ledger.inference import apply_refunds
@@ -30,7 +29,7 @@ async def vote_for(conn: Conn, pack_id: str, sequence: int) -> dict[str, Any] | 
     return dict_row(cur)
 
 
-async def add_vote(conn: AsyncConnection, row: dict[str, Any]) -> None:
+async def add_vote(conn: Conn, row: dict[str, Any]) -> None:
     sqlite_of(conn).execute(insert_sql("spend_votes", VOTE_COLUMNS), [row[c] for c in VOTE_COLUMNS])
 
 
@@ -52,7 +51,7 @@ async def certificates_from(
     return dict_rows(cur)
 
 
-async def add_certificate(conn: AsyncConnection, row: dict[str, Any]) -> str:
+async def add_certificate(conn: Conn, row: dict[str, Any]) -> str:
     """Store a certificate: 'new', 'known' (same order), or 'conflict' (another order
     holds that sequence: a quorum signed two orders, which needs > f faulty members)."""
     db = sqlite_of(conn)
@@ -79,7 +78,7 @@ async def add_certificate(conn: AsyncConnection, row: dict[str, Any]) -> str:
     return "new"
 
 
-async def apply_ready(conn: AsyncConnection, pack_id: str) -> int:
+async def apply_ready(conn: Conn, pack_id: str) -> int:
     """Apply the pack's stored certificates from its next sequence on, in order, while
     there is no gap. Returns how many were applied."""
     db = sqlite_of(conn)
