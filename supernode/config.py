@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     push_batch_max: int = Field(default=500, gt=0)
     # Most envelopes waiting for one peer; past it the oldest go to anti-entropy.
     push_queue_max: int = Field(default=50_000, gt=0)
+    # Seconds a result summary or refund may wait to travel with the next push (under
+    # load it rides with the next certificate: one request fewer per peer); 0: at once.
+    push_linger_s: float = Field(default=0.2, ge=0, le=5)
     # Seconds between anti-entropy rounds.
     anti_entropy_interval_s: float = Field(default=2.0, gt=0)
     # Ids per anti-entropy page (and envelopes per fetch).

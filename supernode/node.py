@@ -98,6 +98,7 @@ class Node:
                 backoff_s=s.push_backoff_s,
                 batch_max=s.push_batch_max,
                 queue_max=s.push_queue_max,
+                linger_s=s.push_linger_s,
             ),
             page=s.anti_entropy_page,
             pull_timeout_s=s.anti_entropy_timeout_s,
@@ -218,9 +219,10 @@ class Node:
         deliveries = await self.gossip.wait_delivered(waiters, wait_s) if wait_s > 0 else []
         return checked, deliveries
 
-    async def publish_all(self, envs: list[Envelope]) -> None:
-        """Store our own envelopes in one durable write, then push them together."""
-        self.gossip.push(await self.intake.store_own(*envs))
+    async def publish_all(self, envs: list[Envelope], *, linger: bool = False) -> None:
+        """Store our own envelopes in one durable write, then push them together; with
+        ``linger``, they may wait up to push_linger_s to travel with the next push."""
+        self.gossip.push(await self.intake.store_own(*envs), linger=linger)
 
 
 def parse_nodes(spec: str) -> list[NodeConfig]:

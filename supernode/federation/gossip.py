@@ -2,9 +2,11 @@
 
 Push: one link per peer, one keep-alive HTTP client each. A link sends what is queued as
 one batch (up to push_batch_max), so batching grows with load and costs no latency when
-idle. A failed batch is retried with exponential back-off (bounded); when the retries run
-out the peer is marked down for a while and its queue is dropped: anti-entropy delivers it
-when the peer is back (the peer pulls from us).
+idle. What is not urgent (result summaries, refunds) may linger up to ``linger_s`` and
+travel with the next push instead of making its own. A failed batch is retried with
+exponential back-off (bounded); when the retries run out the peer is marked down for a
+while and its queue is dropped: anti-entropy delivers it when the peer is back (the peer
+pulls from us).
 
 Pull (anti-entropy): a job asks each peer, in turn, for the ids after its cursor (the
 peer's local log position), page by page, fetches those it does not hold, and stores them
@@ -47,6 +49,7 @@ class PushSettings:
     backoff_s: float
     batch_max: int
     queue_max: int
+    linger_s: float = 0.0
 
 
 class PeerDown(Exception):
@@ -76,11 +79,14 @@ class PeerLink:
         self.dropped = 0
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._flush: asyncio.TimerHandle | None = None  # wakes the link for lingering items
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"push-{self.member.address[:10]}")
 
     async def stop(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -89,7 +95,9 @@ class PeerLink:
                 pass
         self._drop_all("daemon stopping")
 
-    def enqueue(self, env_id: str, raw: bytes, waiter: asyncio.Future[Any] | None) -> None:
+    def enqueue(
+        self, env_id: str, raw: bytes, waiter: asyncio.Future[Any] | None, linger: bool = False
+    ) -> None:
         if time.time() < self.down_until:
             self.dropped += 1
             if waiter is not None and not waiter.done():
@@ -101,6 +109,15 @@ class PeerLink:
             if old is not None and not old.done():
                 old.set_result({"ok": False, "error": "push queue full"})
         self.queue.append((env_id, raw, waiter))
+        if not linger or self.cfg.linger_s <= 0:
+            self.wakeup.set()
+        elif self._flush is None:  # it goes with the next push, or when the linger ends
+            self._flush = asyncio.get_running_loop().call_later(
+                self.cfg.linger_s, self._linger_over
+            )
+
+    def _linger_over(self) -> None:
+        self._flush = None
         self.wakeup.set()
 
     def _drop_all(self, why: str) -> None:
@@ -114,6 +131,9 @@ class PeerLink:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
+            if self._flush is not None:  # lingering items go with this push
+                self._flush.cancel()
+                self._flush = None
             while self.queue:
                 n = min(len(self.queue), self.cfg.batch_max)
                 batch = [self.queue.popleft() for _ in range(n)]
@@ -207,8 +227,11 @@ class Gossip:
         for link in self.links.values():
             await link.client.close()
 
-    def push(self, items: list[Checked], *, wait: bool = False) -> list[asyncio.Future[Any]]:
-        """Queue envelopes to their peers: to the recipient only, or to every peer."""
+    def push(
+        self, items: list[Checked], *, wait: bool = False, linger: bool = False
+    ) -> list[asyncio.Future[Any]]:
+        """Queue envelopes to their peers: to the recipient only, or to every peer. With
+        ``linger`` they may wait up to linger_s for another push to travel with."""
         loop = asyncio.get_running_loop()
         waiters: list[asyncio.Future[Any]] = []
         for c in items:
@@ -223,7 +246,7 @@ class Gossip:
                 fut = loop.create_future() if wait else None
                 if fut is not None:
                     waiters.append(fut)
-                link.enqueue(c.env.id, c.raw, fut)
+                link.enqueue(c.env.id, c.raw, fut, linger)
         return waiters
 
     async def wait_delivered(

@@ -112,7 +112,7 @@ class OpenAIGateway:
         if top_p is not None and 0 < top_p < 1:
             params_raw["top_p"] = max(1, int(top_p * MILLI))
         pack_id = d.payload["pack_id"]
-        async with self.svc.db.read() as conn:
+        async with self.svc.db.quick_read() as conn:
             pack = await spends_repo.pack_state(conn, pack_id)
             spent = await spends_repo.delegated_spent(conn, d.id)
         if pack is None:
@@ -141,7 +141,7 @@ class OpenAIGateway:
         """Sign the order under the delegation and get it certified (one per pack at a
         time: the order takes the pack's next sequence)."""
         async with self._pack_locks[job.pack_id]:
-            async with self.svc.db.read() as conn:
+            async with self.svc.db.quick_read() as conn:
                 pack = await spends_repo.pack_state(conn, job.pack_id)
             assert pack is not None
             order = self.svc.signer.sign(
@@ -222,7 +222,7 @@ class OpenAIGateway:
 
     async def _drop(self, job: Job) -> None:
         """Certification failed: the quote is void and nothing was spent."""
-        async with self.svc.db.write() as conn:
+        async with self.svc.db.write_sql() as conn:
             await repo.update_request(
                 conn,
                 job.request_id,

@@ -155,7 +155,7 @@ class InferenceService:
         """Check a request against the pack, the menu and the node limits; store and
         return the quote (request_id, cost). Idempotent per usage request."""
         request_id = request_id_for(usage_request_id)
-        async with self.db.read() as conn:
+        async with self.db.quick_read() as conn:
             known = await repo.get_request(conn, request_id)
             pack = await spends_repo.pack_state(conn, pack_id)
         if known is not None:
@@ -197,7 +197,7 @@ class InferenceService:
             "created_at": now,
             "updated_at": now,
         }
-        async with self.db.write() as conn:
+        async with self.db.write_sql() as conn:
             await repo.add_request(conn, row)
         return self._quote_view(row)
 
@@ -228,7 +228,7 @@ class InferenceService:
     # -- confirm and execute -------------------------------------------------------------
     async def _request_for_order(self, order: Envelope) -> dict[str, Any]:
         p = order.payload
-        async with self.db.read() as conn:
+        async with self.db.quick_read() as conn:
             req = await repo.get_request(conn, p["request_id"])
         if req is None:
             raise NotFound(f"no quoted request {p['request_id']} here: validate it first")
@@ -255,7 +255,7 @@ class InferenceService:
         return {"request_id": req["request_id"], "status": repo.RUNNING, "certificate": cert}
 
     async def _certified(self, request_id: str, order: Envelope) -> None:
-        async with self.db.write() as conn:
+        async with self.db.write_sql() as conn:
             await repo.update_request(
                 conn,
                 request_id,
@@ -275,12 +275,12 @@ class InferenceService:
         return stream
 
     async def _run(self, request_id: str, stream: RequestStream) -> None:
-        async with self.db.read() as conn:
+        async with self.db.quick_read() as conn:
             req = await repo.get_request(conn, request_id)
         assert req is not None
         entry = self.menu.entry(req["model"])
         params: GenerateParams = parse_params(json.loads(req["params"]), entry)
-        async with self.db.write() as conn:
+        async with self.db.write_sql() as conn:
             await repo.update_request(conn, request_id, status=repo.RUNNING, updated_at=time.time())
         started = time.perf_counter()
         try:
@@ -329,7 +329,7 @@ class InferenceService:
     ) -> dict[str, int]:
         """Record a finished run (result, summary, refund of unused tokens); returns the
         OpenAI-style usage."""
-        async with self.db.read() as conn:
+        async with self.db.quick_read() as conn:
             req = await repo.get_request(conn, request_id)
         assert req is not None
         out_tokens = output_tokens
@@ -355,7 +355,7 @@ class InferenceService:
             logger.error("recording a finished request failed: {!r}", task.exception())
 
     async def fail_request(self, request_id: str, error: str) -> None:
-        async with self.db.read() as conn:
+        async with self.db.quick_read() as conn:
             req = await repo.get_request(conn, request_id)
         assert req is not None
         await self._fail(req, error)
@@ -373,7 +373,7 @@ class InferenceService:
         refunded = await self._announce(
             req, repo.COMPLETED, digest, out_tokens, latency_s, req["cost"] - actual
         )
-        async with self.db.write() as conn:
+        async with self.db.write_sql() as conn:
             await repo.update_request(
                 conn,
                 req["request_id"],
@@ -397,7 +397,7 @@ class InferenceService:
 
     async def _fail(self, req: dict[str, Any], error: str) -> None:
         refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
-        async with self.db.write() as conn:  # "failed" and its refund become visible at once
+        async with self.db.write_sql() as conn:  # "failed" and its refund become visible at once
             await repo.update_request(
                 conn,
                 req["request_id"],
@@ -450,13 +450,13 @@ class InferenceService:
                     },
                 )
             )
-        await self.publish(envs)
+        await self.publish(envs, linger=True)  # not urgent: rides with the next push
         return refunded
 
     async def rerun(self, request_id: str) -> dict[str, Any]:
         """/execute_inference_request (operator): run a certified request again after a
         failed run; its refund, if any was applied, is not given twice."""
-        async with self.db.read() as conn:
+        async with self.db.quick_read() as conn:
             req = await repo.get_request(conn, request_id)
         if req is None:
             raise NotFound(f"no request {request_id} here")
