@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
@@ -75,6 +75,64 @@ def _error(status: int, code: str, detail: Any, reason: str | None = None) -> JS
     return JSONResponse(body, status_code=status)
 
 
+def _known_error(request: Request, exc: SupernodeError) -> JSONResponse:
+    if exc.status >= 500:
+        logger.warning("{} {} -> {}: {}", request.method, request.url.path, exc.status, exc)
+    return _error(exc.status, exc.code, exc.detail, exc.reason)
+
+
+def _disconnected(request: Request) -> JSONResponse:
+    logger.debug("client hung up during {} {}", request.method, request.url.path)
+    return _error(400, "client_disconnected", "the client closed the connection")
+
+
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:12]
+    logger.opt(exception=exc).error("error {} on {} {}", error_id, request.method, request.url.path)
+    return JSONResponse(
+        {
+            "error": "internal_error",
+            "error_id": error_id,
+            "detail": "internal error; the operator can find it in the logs by error_id",
+        },
+        status_code=500,
+    )
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HotRoutes:
+    """The busiest POST routes (peer traffic, spends) answered by their handlers directly,
+    without FastAPI's routing, dependency and exception layers: the same functions the
+    FastAPI routes call (those stay, for the OpenAPI docs), the same error bodies. It sits
+    inside BodyLimit, so the body limit holds here too."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, Handler]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(scope["path"])
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except SupernodeError as exc:
+            response = _known_error(request, exc)
+        except ClientDisconnect:
+            response = _disconnected(request)
+        except _BodyTooLarge:
+            raise  # BodyLimit answers 413
+        except Exception as exc:  # noqa: BLE001 - what FastAPI's catch-all handler does
+            response = _internal_error(request, exc)
+        await response(scope, receive, send)
+
+
 def create_app(node: Node) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,9 +152,7 @@ def create_app(node: Node) -> FastAPI:
 
     @app.exception_handler(SupernodeError)
     async def _known(request: Request, exc: SupernodeError) -> JSONResponse:
-        if exc.status >= 500:
-            logger.warning("{} {} -> {}: {}", request.method, request.url.path, exc.status, exc)
-        return _error(exc.status, exc.code, exc.detail, exc.reason)
+        return _known_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,23 +168,11 @@ def create_app(node: Node) -> FastAPI:
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
-        logger.debug("client hung up during {} {}", request.method, request.url.path)
-        return _error(400, "client_disconnected", "the client closed the connection")
+        return _disconnected(request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error_id = uuid.uuid4().hex[:12]
-        logger.opt(exception=exc).error(
-            "error {} on {} {}", error_id, request.method, request.url.path
-        )
-        return JSONResponse(
-            {
-                "error": "internal_error",
-                "error_id": error_id,
-                "detail": "internal error; the operator can find it in the logs by error_id",
-            },
-            status_code=500,
-        )
+        return _internal_error(request, exc)
 
     from supernode.api import (
         credits,
@@ -152,5 +196,13 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(supernodes.router)
     app.include_router(messages.router)
     app.include_router(ops.router)
-    app.add_middleware(BodyLimit, max_bytes=node.settings.max_body_bytes)
+    app.add_middleware(
+        HotRoutes,
+        routes={
+            "/p2p/envelopes": p2p.receive_envelopes,
+            "/p2p/spend_votes": spends.spend_votes,
+            "/spend_credits": spends.spend_credits,
+        },
+    )
+    app.add_middleware(BodyLimit, max_bytes=node.settings.max_body_bytes)  # the outer one
     return app

@@ -16,10 +16,9 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-from eth_hash.auto import keccak
-
 from supernode.crypto.attest import CertificateError, verify_certificate
 from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope
+from supernode.crypto.hashing import keccak
 from supernode.errors import BadRequest, Refused
 from supernode.federation.network import NetworkFile
 

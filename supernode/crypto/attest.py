@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from eth_hash.auto import keccak
-
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.eip712 import domain_separator
 from supernode.crypto.envelope import EnvelopeError, recover_signer, remember_signer
+from supernode.crypto.hashing import keccak
 from supernode.crypto.keys import Identity
 
 ATTESTATION_TYPEHASH = keccak(b"Attestation(string kind,bytes32 subject)")

@@ -14,7 +14,8 @@ import json
 from typing import Any
 
 import orjson
-from eth_hash.auto import keccak
+
+from supernode.crypto.hashing import keccak
 
 MAX_DEPTH = 16
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from eth_hash.auto import keccak
+from supernode.crypto.hashing import keccak
 
 DOMAIN_NAME = "supernode"
 DOMAIN_VERSION = "1"
@@ -59,6 +59,12 @@ def network_salt(network_id: str) -> bytes:
     return keccak(network_id.encode())
 
 
+@lru_cache(maxsize=1024)
+def _string_hash(value: str) -> bytes:
+    """keccak of an EIP-712 string field: a few envelope types and one network id."""
+    return keccak(value.encode())
+
+
 @lru_cache(maxsize=64)
 def domain_separator(chain_id: int, network_id: str) -> bytes:
     return keccak(
@@ -85,9 +91,9 @@ def envelope_digest(
     """The EIP-712 digest (the envelope id) of an envelope's signed fields."""
     struct_hash = keccak(
         ENVELOPE_TYPEHASH
-        + keccak(type_.encode())
+        + _string_hash(type_)
         + _uint(version)
-        + keccak(network_id.encode())
+        + _string_hash(network_id)
         + _uint(chain_id)
         + _address(sender)
         + _address(recipient)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import coincurve
 from eth_account import Account
-from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
+
+from supernode.crypto.hashing import keccak
 
 # scrypt cost for keystores. The standard (geth) cost takes about a second to open;
 # "light" (geth's --lightkdf) is for devnets and tests that open many keystores.

@@ -14,13 +14,13 @@ import json
 import time
 from typing import Any
 
-from eth_hash.auto import keccak
 from loguru import logger
 
 from supernode.config import Settings
 from supernode.credits.spend import SpendService
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope
+from supernode.crypto.hashing import keccak
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Conflict, NotFound, Refused
 from supernode.federation.network import NetworkFile

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from eth_hash.auto import keccak
-
 from supernode.credits.spend_terms import HEX32
 from supernode.crypto.envelope import Envelope
+from supernode.crypto.hashing import keccak
 from supernode.errors import BadRequest, Refused
 from supernode.inference.menu import ModelEntry
 from supernode.petals.pool import GenerateParams

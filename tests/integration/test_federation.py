@@ -394,6 +394,20 @@ def test_bad_input_gets_4xx_with_reason_and_nothing_stored(federation: LocalFede
         r = httpx.post(f"{d.url}/p2p/fetch", content=content, timeout=10)
         assert 400 <= r.status_code < 500, r.text
 
+    # the hot routes (answered before FastAPI's routing) keep the body limit and the errors
+    def chunks() -> Any:
+        for _ in range(50):
+            yield b"x" * 100_000
+
+    for path in ("/p2p/envelopes", "/p2p/spend_votes", "/spend_credits"):
+        for content in (b"x" * 5_000_000, chunks()):  # by Content-Length, then streamed
+            r = httpx.post(f"{d.url}{path}", content=content, timeout=10)
+            assert r.status_code == 413 and r.json()["error"] == "payload_too_large", r.text
+        r = httpx.post(f"{d.url}{path}", content=b"{}", timeout=10)
+        assert r.status_code == 400 and r.json()["detail"], r.text
+        r = httpx.get(f"{d.url}{path}", timeout=10)
+        assert r.status_code == 405, r.text
+
 
 def test_member_without_collateral_is_ineligible_until_funded(
     federation: LocalFederation,

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from supernode.config import ConfigError, Settings
 from supernode.crypto.canonical import CanonicalError, canonical_json, stdlib_canonical_json
+from supernode.crypto.hashing import eth_hash_keccak, keccak
 from supernode.federation.membership import max_faulty, quorum
 
 
@@ -44,6 +45,12 @@ def test_canonical_bytes_are_the_stdlib_encoders(value: object) -> None:
 def test_canonical_refuses_a_lone_surrogate() -> None:  # json.loads('"\\ud800"') makes one
     with pytest.raises(CanonicalError):
         canonical_json({"x": "\ud800"})
+
+
+@given(st.binary(max_size=2000))
+def test_keccak_is_eth_hashs(data: bytes) -> None:
+    assert keccak(data) == eth_hash_keccak(data)
+    assert keccak(b"").hex() == ("c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470")
 
 
 @pytest.mark.parametrize("bad", [{"x": 1.0}, {"x": float("nan")}, {1: "a"}, {"x": b"raw"}])
