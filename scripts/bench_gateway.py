@@ -71,6 +71,13 @@ Figures (latency = request sent -> whole answer read, at the client):
 
 Before timing, ``--warmup`` requests per path (default 2 x concurrency) run untimed (the
 gateway's on daemon 0 and, with a spread phase, on every daemon too).
+``--node-cores N`` (default 0: off) pins the petals-node, every thread of it, to the last N
+cores and everything else this bench started (daemons, anvil, this client) to the others:
+the layout of a deployment, where the node runs on its own (GPU) machine and the
+supernode's work does not slow the model down. On this 2-core machine the default layout
+shares both cores, so at a concurrency above 1 the gateway's CPU is paid again in the
+node's queue; ``node_cores`` in the report says which layout ran.
+
 ``--py-spy BIN`` records daemon 0 with py-spy (``--format raw``, folded stacks) during the
 first main gateway phase into ``--py-spy-out``.
 """
@@ -666,6 +673,31 @@ class Bench:
             await self.http.close()
 
 
+def pin(pid: int, cores: set[int]) -> None:
+    """Pin every thread of process ``pid`` (threads made later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), cores)
+
+
+def pin_node(fed: LocalFederation, n: int) -> None:
+    """The petals-node on the last ``n`` cores, the rest of the bench on the others."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not 0 < n < len(cores):
+        raise SystemExit(f"--node-cores must be between 1 and {len(cores) - 1} here")
+    node_cores, rest = set(cores[-n:]), set(cores[:-n])
+    for node in fed.nodes:
+        if node.proc:
+            pin(node.proc.pid, node_cores)
+    for d in fed.daemons:
+        if d.proc:
+            pin(d.proc.pid, rest)
+    if fed.anvil and fed.anvil.proc:
+        pin(fed.anvil.proc.pid, rest)
+    pin(os.getpid(), rest)
+    log(f"pinned: petals-node on cores {sorted(node_cores)}, the rest on {sorted(rest)}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=1000, help="timed requests per path")
@@ -684,6 +716,7 @@ def main() -> int:
     p.add_argument("--settle-timeout", type=float, default=20.0, help="quiet wait bound (s)")
     p.add_argument("--quiet-cores", type=float, default=0.1, help="quiet: CPU over idle")
     p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds")
+    p.add_argument("--node-cores", type=int, default=0, help="pin the node to N cores (0: off)")
     p.add_argument("--py-spy", default=None, help="py-spy binary: profile daemon 0")
     p.add_argument("--py-spy-out", default="py-spy-daemon0.txt", help="folded stacks file")
     p.add_argument("--keep", action="store_true", help="keep the federation folder (logs)")
@@ -704,6 +737,8 @@ def main() -> int:
     out["max_new_tokens"] = args.max_new_tokens
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
     with federation("bench-gateway-", out, args.keep, peers=args.peers, petals_nodes=1) as fed:
+        if args.node_cores:
+            pin_node(fed, args.node_cores)
         asyncio.run(Bench(fed, args, out).go())
     out.update(
         gateway_daemon=0,
@@ -711,6 +746,7 @@ def main() -> int:
         peers=args.peers,
         credits_per_pack=args.credits,
         cpu_count=os.cpu_count(),
+        node_cores=args.node_cores,
         wall_s=round(time.time() - T0, 2),
     )
     print(json.dumps(out))

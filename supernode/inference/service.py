@@ -94,7 +94,11 @@ class InferenceService:
     # -- menu and tokens ---------------------------------------------------------------
     def model_menu(self) -> list[dict[str, Any]]:
         return [
-            {**self.menu.entry(m).to_dict(), "nodes": len(urls)}
+            {
+                **self.menu.entry(m).to_dict(),
+                "nodes": len(urls),
+                "token_counts": "local" if self.pool.local_tokenizer(m) else "node",
+            }
             for m, urls in sorted(self.pool.models().items())
             if urls
         ]

@@ -162,6 +162,7 @@ class Engine:
         self._criteria_list = transformers.StoppingCriteriaList
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self._tokenizer_json: str | None = None
         dtype = torch.float32 if self.device == "cpu" else "auto"
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.model = model.to(self.device).eval()
@@ -180,6 +181,13 @@ class Engine:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
+
+    def tokenizer_json(self) -> str | None:
+        """The fast tokenizer serialised (tokenizer.json), or None if it has none."""
+        if self._tokenizer_json is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            self._tokenizer_json = backend.to_str() if backend is not None else ""
+        return self._tokenizer_json or None
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))

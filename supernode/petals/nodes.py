@@ -55,6 +55,8 @@ MAX_MESSAGE_BYTES = 4_000_000  # largest WebSocket message taken from a node
 # uvicorn server, so a connection the node is closing is never reused.
 KEEPALIVE_S = 4.0
 TOKENIZE_TIMEOUT_S = 5.0  # a tokenizer answer (the caller over-estimates without one)
+TOKENIZER_FETCH_TIMEOUT_S = 30.0  # a model's whole tokenizer.json (megabytes for big ones)
+TOKENIZER_MAX_BYTES = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,25 @@ class Node:
             return None
         count = body.get("token_count")
         return count if body.get("ok") is True and int_or_none(count) is not None else None
+
+    async def tokenizer_json(self, model: str) -> str | None:
+        """The model's tokenizer.json from this node, or None if it does not share one."""
+        if self.config.kind != "petals" or self.session is None:
+            return None
+        try:
+            async with asyncio.timeout(TOKENIZER_FETCH_TIMEOUT_S):
+                async with self.session.get("/api/v1/tokenizer", params={"model": model}) as resp:
+                    if resp.status != 200:
+                        return None
+                    raw = await resp.content.read(TOKENIZER_MAX_BYTES + 1)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        if len(raw) > TOKENIZER_MAX_BYTES:
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
     async def _petals_generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
         form = {"model": model, "inputs": prompt, **petals_fields(params)}

@@ -13,6 +13,11 @@ refuse it too.
 Breaker: ``breaker_failures`` consecutive failures open it for ``breaker_reset_s``; then it is
 half-open and lets one trial request through, whose outcome closes or reopens it.
 
+Token counts: the first count for a model asks a node (``/api/v1/tokenize``) and fetches the
+model's tokenizer from it in the background (``/api/v1/tokenizer``); once its counts agree
+with the node's on a few probe texts, later counts are made here (the ``tokenizers``
+library, microseconds for a prompt) and the node only generates.
+
 The wire (Petals HTTP/WebSocket API, OpenAI completions) lives in ``nodes.py``.
 """
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
+from tokenizers import Tokenizer
 
 from supernode.errors import Unavailable
 from supernode.petals.nodes import Node, NodeConfig, Timeouts
@@ -41,6 +47,14 @@ __all__ = [
 ]
 
 DEFAULT_HEALTH_TIMEOUT_S = 5.0  # a whole health check of one node
+TOKENIZER_RETRY_S = 60.0  # a model whose tokenizer could not be had is tried again after this
+INLINE_TOKENIZE_CHARS = 4096  # longer texts are counted on a thread, not the event loop
+TOKENIZER_PROBES = (  # a local tokenizer is used only if it counts these as the node does
+    "Hello, World! 42 times (or more): zzyzx quux.",
+    "  spaces \t and\nnew lines  ",
+    "ünïcödé, 中文, emoji 🙂 and a very-long-hyphenated_word",
+    "the quick brown fox jumps over the lazy dog " * 8,
+)
 
 
 class NodeUnavailable(Unavailable):
@@ -85,6 +99,9 @@ class NodePool:
         if len(set(urls)) != len(urls):
             raise ValueError(f"a node is listed twice: {urls}")
         self._nodes = [Node(config, timeouts) for config in nodes]
+        self._tokenizers: dict[str, Tokenizer] = {}  # model -> checked local tokenizer
+        self._tokenizer_tried: dict[str, float] = {}  # model -> monotonic time of a fetch
+        self._fetches: set[asyncio.Task[None]] = set()
         self.max_tries = max_tries
         self.breaker_failures = breaker_failures
         self.breaker_reset_s = breaker_reset_s
@@ -96,7 +113,10 @@ class NodePool:
         await self.check_health()
 
     async def stop(self) -> None:
-        """Close every client and open stream; the pool starts no background task."""
+        """Stop tokenizer fetches; close every client and open stream."""
+        for task in list(self._fetches):
+            task.cancel()
+        await asyncio.gather(*self._fetches, return_exceptions=True)
         for node in self._nodes:
             await node.close()
 
@@ -114,13 +134,64 @@ class NodePool:
         return served
 
     async def tokenize(self, model: str, text: str) -> int | None:
-        """The model's own token count of ``text``, from up to two healthy nodes serving
-        it; None when none can tell."""
+        """The model's own token count of ``text``: here once the model's tokenizer is
+        fetched and checked, else from up to two healthy nodes serving it; None when none
+        can tell."""
+        local = self._tokenizers.get(model)
+        if local is not None:
+            if len(text) <= INLINE_TOKENIZE_CHARS:
+                return len(local.encode(text).ids)
+            return len((await asyncio.to_thread(local.encode, text)).ids)
+        self._fetch_tokenizer_later(model)
         for node in [n for n in self._nodes if n.healthy and model in n.models][:2]:
             count = await node.tokenize(model, text)
             if count is not None:
                 return count
         return None
+
+    def local_tokenizer(self, model: str) -> bool:
+        """Whether token counts of ``model`` are made here (see tokenize)."""
+        return model in self._tokenizers
+
+    def _fetch_tokenizer_later(self, model: str) -> None:
+        now = time.monotonic()
+        last = self._tokenizer_tried.get(model)
+        if last is not None and now - last < TOKENIZER_RETRY_S:
+            return
+        self._tokenizer_tried[model] = now
+        task = asyncio.create_task(self._fetch_tokenizer(model), name=f"tokenizer-{model}")
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+
+    async def _fetch_tokenizer(self, model: str) -> None:
+        for node in [n for n in self._nodes if n.healthy and model in n.models]:
+            raw = await node.tokenizer_json(model)
+            if raw is None:
+                continue
+            try:
+                local = await asyncio.to_thread(Tokenizer.from_str, raw)
+            except Exception as exc:  # noqa: BLE001 - a node's bad file: ask the next
+                logger.warning("tokenizer of {} from {} unreadable: {!r}", model, node.url, exc)
+                continue
+            for probe in TOKENIZER_PROBES:
+                theirs = await node.tokenize(model, probe)
+                ours = len(local.encode(probe).ids)
+                if theirs != ours:
+                    logger.warning(
+                        "tokenizer of {} from {} counts {} tokens where the node counts {}: "
+                        "not used",
+                        model,
+                        node.url,
+                        ours,
+                        theirs,
+                    )
+                    break
+            else:
+                self._tokenizers[model] = local
+                logger.info(
+                    "token counts of {} are made here now (tokenizer of {})", model, node.url
+                )
+                return
 
     def status(self) -> list[dict[str, Any]]:
         now = time.monotonic()

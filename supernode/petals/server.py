@@ -14,6 +14,8 @@ Wire (field names as chat.petals.dev has them):
 - ``POST /api/v1/tokenize``, the same body formats, fields ``model, inputs`` → ``{"ok": true,
   "token_count": n}``: the model's tokenizer's count, as ``input_tokens`` of ``generate``. It
   skips the generation worker's queue (it runs in asyncio's thread pool), so never waits for it.
+- ``GET /api/v1/tokenizer?model=`` → the model's fast tokenizer (``tokenizer.json``), so that
+  a supernode counts tokens itself (it checks its counts against ``tokenize`` first).
 - ``GET /health`` → models, engine, in-flight requests, limits, generations served (``served``,
   by API) and texts tokenized (``tokenized``).
 
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -194,6 +196,19 @@ def create_petals_app(
             "output_tokens": len(result.token_ids),
             "finish_reason": result.finish_reason,
         }
+
+    @app.get("/api/v1/tokenizer")
+    async def tokenizer(request: Request) -> Response:
+        """The model's fast tokenizer (its tokenizer.json), so that a supernode can count
+        tokens itself instead of asking here for every request."""
+        node.check_model(dict(request.query_params))
+        raw = node.engine.tokenizer_json()
+        if raw is None:
+            return JSONResponse(
+                {"ok": False, "error": "this model has no fast tokenizer to share"},
+                status_code=404,
+            )
+        return Response(raw, media_type="application/json")
 
     @app.post("/api/v1/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:

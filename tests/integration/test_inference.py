@@ -224,6 +224,40 @@ def test_openai_sdk_spends_through_a_delegation(fed: LocalFederation) -> None:
     balances_settle(fed, pack_id, 1000 - spent)  # none of that cost anything
 
 
+def _tokenized(fed: LocalFederation) -> int:
+    return sum(httpx.get(f"{n.url}/health", timeout=5).json()["tokenized"] for n in fed.nodes)
+
+
+def _node_count(fed: LocalFederation, text: str) -> int:
+    r = httpx.post(f"{fed.nodes[0].url}/api/v1/tokenize", data={"inputs": text}, timeout=10)
+    return int(r.json()["token_count"])
+
+
+def test_token_counts_move_to_the_daemon_and_agree_with_the_node(fed: LocalFederation) -> None:
+    import openai
+
+    owner, pack_id = owner_with_pack(fed, 2000)
+    d = fed.daemons[3]
+    with SupernodeClient(d.url, identity=owner) as c:
+        key = c.delegate(pack_id, max_credits=1500, expires_in_s=3600)
+
+    def counts() -> str:
+        with SupernodeClient(d.url) as c:
+            return str(c.model_menu()[0]["token_counts"])
+
+    prompts = ["a first prompt", "Hello, World! 42: zzyzx", "  spaced \t out\n", "the " * 40]
+    with openai.OpenAI(base_url=f"{d.url}/v1", api_key=key, max_retries=0, timeout=30) as client:
+        client.completions.create(model=model(fed), prompt=prompts[0], max_tokens=2)
+        wait_until(lambda: counts() == "local", what="the daemon counts tokens itself")
+        before = _tokenized(fed)
+        usage = [
+            client.completions.create(model=model(fed), prompt=p, max_tokens=2).usage
+            for p in prompts
+        ]
+    assert _tokenized(fed) == before  # the node was not asked to count any of them
+    assert [u.prompt_tokens for u in usage if u] == [_node_count(fed, p) for p in prompts]
+
+
 def test_bad_requests_refused_with_reasons_and_nothing_spent(fed: LocalFederation) -> None:
     owner, pack_id = owner_with_pack(fed, 100)
     d = fed.daemons[2]

@@ -536,3 +536,15 @@ def test_processes_racing_to_make_one_tiny_model_all_get_it(tmp_path: Path) -> N
     assert fingerprints.pop().split()[0] == "4"  # one word, one token
     assert is_tiny_model(model, seed=0) and (model / MARKER).is_file()
     assert [p.name for p in models.iterdir()] == ["tiny"]  # no staging folder left behind
+
+
+def test_tokenizer_is_shared_and_counts_as_the_node_does(node: PetalsNode) -> None:
+    from tokenizers import Tokenizer
+
+    r = httpx.get(f"{node.url}/api/v1/tokenizer", params={"model": "tiny"}, timeout=10)
+    assert r.status_code == 200, r.text
+    local = Tokenizer.from_str(r.text)
+    for text in TOKENIZE_PROMPTS:
+        assert len(local.encode(text).ids) == tokenize(node, inputs=text).json()["token_count"]
+    r = httpx.get(f"{node.url}/api/v1/tokenizer", params={"model": "other"}, timeout=10)
+    assert r.status_code == 404 and r.json()["ok"] is False
