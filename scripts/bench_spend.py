@@ -61,6 +61,11 @@ Figures:
   machine's busy CPU in that phase (/proc/stat); ``other_processes_cores``: the part no
   process of this benchmark used (another job on the machine skews every figure: rerun).
 
+* ``batching``: from every daemon's /metrics, before and after the timed phase: vote
+  requests per vote batch (``vote_batch``), votes per durable commit (``vote_commit``),
+  envelopes per push (``push_batch``), intake calls per commit (``intake_commit``) and HTTP
+  requests per certificate (the client's order + vote batches + pushes).
+
 ``--timeout`` bounds the timed phase (what is unanswered by then is cancelled and counted
 as failures); every other wait is bounded too.
 """
