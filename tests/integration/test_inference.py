@@ -429,71 +429,27 @@ def test_cli_infer_and_delegate(fed: LocalFederation, tmp_path: Any) -> None:
     key_file = tmp_path / "owner.key"
     key_file.write_text(owner.private_key.hex())
     sn = fed.daemons[2].url
-    base = [sys.executable, "-m", "supernode.cli", "client"]
-    out = subprocess.run(
-        [
-            *base,
-            "infer",
-            "--supernode",
-            sn,
-            "--key",
-            str(key_file),
-            "--pack",
-            pack_id,
-            "--model",
-            model(fed),
-            "--max-new-tokens",
-            "8",
-            "the cat sat on the",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert out.stdout.strip()
-    key = subprocess.run(
-        [
-            *base,
-            "delegate",
-            "--supernode",
-            sn,
-            "--key",
-            str(key_file),
-            "--pack",
-            pack_id,
-            "--max-credits",
-            "100",
-            "--expires",
-            "600",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.strip()
+
+    def cli(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`supernode client COMMAND` as the owner, on daemon 2's pack."""
+        return subprocess.run(
+            [sys.executable, "-m", "supernode.cli", "client", command, "--supernode", sn]
+            + ["--key", str(key_file), "--pack", pack_id, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    out = cli("infer", "--model", model(fed), "--max-new-tokens", "8", "the cat sat on the")
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    delegated = cli("delegate", "--max-credits", "100", "--expires", "600")
+    assert delegated.returncode == 0, delegated.stderr
+    key = delegated.stdout.strip()
     assert key.startswith("sn-")
     with openai.OpenAI(base_url=f"{sn}/v1", api_key=key, max_retries=0) as client:
         chat = client.chat.completions.create(
             model=model(fed), max_tokens=8, messages=[{"role": "user", "content": "hi"}]
         )
     assert chat.choices[0].message.content
-    bad = subprocess.run(
-        [
-            *base,
-            "infer",
-            "--supernode",
-            sn,
-            "--key",
-            str(key_file),
-            "--pack",
-            pack_id,
-            "--model",
-            "nope",
-            "hello",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = cli("infer", "--model", "nope", "hello")
     assert bad.returncode == 1 and "not on this supernode's menu" in bad.stderr, bad.stderr
