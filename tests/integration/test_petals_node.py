@@ -115,6 +115,16 @@ def tokenize(node: PetalsNode, **fields: Any) -> httpx.Response:
     return httpx.post(f"{node.url}/api/v1/tokenize", data=data, timeout=30)
 
 
+def assert_refused(r: httpx.Response, status: int, reason: str | None, says: str) -> dict[str, Any]:
+    """A refusal: ``status``, ``{"ok": false, "reason", "traceback"}`` naming ``says``."""
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    assert body["ok"] is False
+    assert body["reason"] == reason
+    assert says in body["traceback"]
+    return body
+
+
 async def ws_recv(ws: ClientConnection) -> dict[str, Any]:
     message = json.loads(await asyncio.wait_for(ws.recv(), WS_TIMEOUT_S))
     assert isinstance(message, dict)
@@ -219,12 +229,7 @@ def test_v1_sampling_follows_its_seed(node: PetalsNode) -> None:
 def test_v1_refuses_bad_input_with_a_reason(
     node: PetalsNode, fields: dict[str, Any], status: int, reason: str | None, says: str
 ) -> None:
-    r = generate(node, **fields)
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["ok"] is False
-    assert body["reason"] == reason
-    assert says in body["traceback"]
+    assert_refused(generate(node, **fields), status, reason, says)
 
 
 def test_v1_refuses_unreadable_bodies(node: PetalsNode) -> None:
@@ -287,12 +292,7 @@ def test_tokenize_counts_what_generate_reports_as_input_tokens(node: PetalsNode)
 def test_tokenize_refuses_bad_input_with_a_reason(
     node: PetalsNode, fields: dict[str, Any], status: int, reason: str | None, says: str
 ) -> None:
-    r = tokenize(node, **fields)
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["ok"] is False
-    assert body["reason"] == reason
-    assert says in body["traceback"]
+    body = assert_refused(tokenize(node, **fields), status, reason, says)
     # generate refuses the same request the same way
     assert generate(node, **fields).json() == body
 
