@@ -31,7 +31,6 @@ from supernode.credits.terms import (
     quote_terms,
     verify_quote,
 )
-from supernode.crypto.attest import is_attestation
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
@@ -106,19 +105,7 @@ class CreditService:
             need=q - len(sigs),
             timeout_s=self.s.quorum_timeout_s,
         )
-        for addr, data in answers.ok.items():
-            item = pick(data)
-            if is_attestation(
-                kind,
-                terms,
-                item,
-                chain_id=self.network.chain_id,
-                network_id=self.network.network_id,
-                eligible=eligible,
-            ):
-                sigs.append(item)
-            else:
-                answers.refused[addr] = "answered with an invalid attestation"
+        sigs += answers.attestations(kind, terms, self.network, eligible, pick)
         return sigs, q, answers.summary()
 
     # -- quote --------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from supernode.credits.spend_terms import (
     verify_spend_certificate,
     vote_terms,
 )
-from supernode.crypto.attest import is_attestation
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
@@ -294,18 +293,7 @@ class SpendService:
             votes.append(own)
         else:
             answers = await asking
-        for addr, vote in answers.ok.items():
-            if is_attestation(
-                VOTE_KIND,
-                terms,
-                vote,
-                chain_id=self.network.chain_id,
-                network_id=self.network.network_id,
-                eligible=eligible,
-            ):
-                votes.append(vote)
-            else:
-                answers.refused[addr] = "answered with an invalid vote"
+        votes += answers.attestations(VOTE_KIND, terms, self.network, eligible)
         if len(votes) < q:
             raise Unavailable(
                 f"spend voted by {len(votes)} of the {q} members needed; {answers.summary()}",

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
+from supernode.crypto.attest import is_attestation
 from supernode.crypto.keys import Identity
 from supernode.federation.gossip import PeerLink
 from supernode.federation.network import NetworkFile
@@ -37,6 +38,32 @@ class PeerAnswers:
 
     def summary(self) -> str:
         return "; ".join(f"{addr[:10]}…: {why}" for addr, why in self.refused.items())
+
+    def attestations(
+        self,
+        kind: str,
+        terms: dict[str, Any],
+        network: NetworkFile,
+        eligible: Collection[str],
+        pick: Callable[[Any], Any] = lambda data: data,
+    ) -> list[Any]:
+        """The answers that are a valid attestation of ``terms`` (``pick`` finds it in an
+        answer) by an eligible member; any other answer moves to ``refused``."""
+        valid = []
+        for addr, data in list(self.ok.items()):
+            item = pick(data)
+            if is_attestation(
+                kind,
+                terms,
+                item,
+                chain_id=network.chain_id,
+                network_id=network.network_id,
+                eligible=eligible,
+            ):
+                valid.append(item)
+            else:
+                self.refused[addr] = f"answered with an invalid {kind}"
+        return valid
 
 
 def refusal(status: int, data: Any) -> str:
