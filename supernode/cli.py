@@ -32,14 +32,13 @@ def _settings(env_file: str | None):  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from supernode.api.app import create_app
     from supernode.config import ConfigError
     from supernode.crypto.keys import KeystoreError, load_keystore, read_passphrase
     from supernode.federation.network import NetworkFile
     from supernode.logs import setup_logging
     from supernode.node import Node, StartupError
+    from supernode.serve import serve
 
     s = _settings(args.env_file)
     try:
@@ -55,25 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (KeystoreError, FileNotFoundError, StartupError, ValidationError, ValueError) as exc:
         return _fail(str(exc))
     app = create_app(node)
-    config = uvicorn.Config(
-        app,
-        host=s.host,
-        port=s.port,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        limit_concurrency=2000,
-        timeout_keep_alive=30,
-    )
-    server = uvicorn.Server(config)
     try:
-        server.run()
+        started = serve(app, s.host, s.port, limit_concurrency=2000)
     except StartupError as exc:
         return _fail(str(exc))
-    return 0 if server.started else 1
+    return 0 if started else 1
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

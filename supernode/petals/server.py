@@ -358,9 +358,8 @@ def run_petals_node(
     log_level: str = "INFO",
 ) -> int:
     """Serve until stopped (uvicorn with uvloop); returns a process exit status."""
-    import uvicorn
-
     from supernode.logs import setup_logging
+    from supernode.serve import serve
 
     setup_logging(log_level, 1000, None)
     if model_path is None and tiny_random_dir is None:
@@ -387,23 +386,7 @@ def run_petals_node(
         source = tiny_random_dir if tiny_random_dir is not None else model_path
         logger.error("petals node not started: cannot load {}: {}", source, exc)
         return 1
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        # longer than any client's health-check interval, so a check never lands on a
-        # connection the node is closing (uvicorn's default, 5 s, did)
-        timeout_keep_alive=30,
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1
+    return 0 if serve(app, host, port) else 1
 
 
 def _offline() -> None:
