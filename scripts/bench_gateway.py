@@ -99,7 +99,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlib import T0, federation, log, pct, run
+from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.client import SupernodeClient
 from supernode.crypto.keys import Identity
@@ -699,7 +699,7 @@ def pin_node(fed: LocalFederation, n: int) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=1000, help="timed requests per path")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (workers)")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -707,7 +707,6 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed per path (2 x concurrency)")
     p.add_argument("--serial", type=int, default=50, help="prompts at concurrency 1 (0: none)")
     p.add_argument("--spread-requests", type=int, default=200, help="gateway over all (0: none)")
-    p.add_argument("--peers", type=int, default=4, help="daemons to run (>= 2)")
     p.add_argument("--credits", type=int, default=200_000, help="credits per pack")
     p.add_argument("--setup-concurrency", type=int, default=4, help="purchases in flight")
     p.add_argument("--client", choices=("auto", "aiohttp", "httpx"), default="auto")
@@ -715,14 +714,10 @@ def main() -> int:
     p.add_argument("--failure-backoff", type=float, default=0.5, help="worker pause (s)")
     p.add_argument("--settle-timeout", type=float, default=20.0, help="quiet wait bound (s)")
     p.add_argument("--quiet-cores", type=float, default=0.1, help="quiet: CPU over idle")
-    p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds")
     p.add_argument("--node-cores", type=int, default=0, help="pin the node to N cores (0: off)")
     p.add_argument("--py-spy", default=None, help="py-spy binary: profile daemon 0")
     p.add_argument("--py-spy-out", default="py-spy-daemon0.txt", help="folded stacks file")
-    p.add_argument("--keep", action="store_true", help="keep the federation folder (logs)")
-    args = p.parse_args()
-    if args.peers < 2:
-        p.error("--peers must be >= 2")
+    args = checked(p)
     if min(args.requests, args.concurrency, args.max_new_tokens, args.rounds) < 1:
         p.error("--requests, --concurrency, --max-new-tokens and --rounds must be >= 1")
     if min(args.serial, args.spread_requests, args.warmup or 0, args.failure_backoff) < 0:

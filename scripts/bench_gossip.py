@@ -49,7 +49,7 @@ import time
 from typing import Any
 
 import httpx
-from benchlib import T0, federation, log, pct, run
+from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import sign_envelope
@@ -319,8 +319,7 @@ async def bench(fed: LocalFederation, args: argparse.Namespace, out: dict[str, A
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--peers", type=int, default=4, help="daemons to run (>= 4)")
+    p = parser(__doc__, min_peers=4, verify_timeout=False)  # catch-up kills daemon 3
     p.add_argument("--messages", type=int, default=5000, help="envelopes in ingest and catch-up")
     p.add_argument("--batch", type=int, default=500, help="envelopes per push request")
     p.add_argument("--concurrency", type=int, default=3, help="push requests in flight")
@@ -328,10 +327,7 @@ def main() -> int:
     p.add_argument("--bcast-concurrency", type=int, default=8)
     p.add_argument("--anti-entropy-interval", type=float, default=1.0, help="seconds")
     p.add_argument("--timeout", type=float, default=60.0, help="bound of each wait (s)")
-    p.add_argument("--keep", action="store_true", help="keep the federation folder (logs)")
-    args = p.parse_args()
-    if args.peers < 4:
-        p.error("--peers must be >= 4 (the catch-up phase kills daemon 3)")
+    args = checked(p)
     if min(args.messages, args.batch, args.concurrency, args.bcast_concurrency) < 1:
         p.error("--messages, --batch and the concurrencies must be >= 1")
     if args.broadcasts is not None and args.broadcasts < 1:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlib import T0, federation, log, pct, run
+from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.client import SupernodeClient, send_payment
 from supernode.crypto.envelope import sign_envelope
@@ -247,18 +247,13 @@ class Bench:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--peers", type=int, default=4, help="daemons to run (>= 2)")
+    p = parser(__doc__)
     p.add_argument("--purchases", type=int, default=200, help="purchases confirmed concurrently")
     p.add_argument("--concurrency", type=int, default=8, help="confirms in flight")
     p.add_argument("--setup-concurrency", type=int, default=4, help="quote + pay in flight")
     p.add_argument("--credits", type=int, default=100, help="credits per pack")
     p.add_argument("--e2e", type=int, default=20, help="sequential buy_credits (0: none)")
-    p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds")
-    p.add_argument("--keep", action="store_true", help="keep the federation folder (logs)")
-    args = p.parse_args()
-    if args.peers < 2:
-        p.error("--peers must be >= 2")
+    args = checked(p)
     if min(args.purchases, args.concurrency, args.setup_concurrency, args.credits) < 1:
         p.error("--purchases, --credits and the concurrencies must be >= 1")
     if args.e2e < 0:

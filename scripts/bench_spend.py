@@ -88,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlib import T0, federation, log, pct, run
+from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.client import SupernodeClient
 from supernode.credits.spend_terms import verify_spend_certificate
@@ -587,8 +587,7 @@ class Bench:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--peers", type=int, default=4, help="daemons to run (>= 2)")
+    p = parser(__doc__)
     p.add_argument("--spends", type=int, default=2000, help="spend orders to certify")
     p.add_argument("--concurrency", type=int, default=32, help="orders in flight")
     p.add_argument("--packs", type=int, default=None, help="packs (default --concurrency)")
@@ -599,11 +598,7 @@ def main() -> int:
     p.add_argument("--order-ttl", type=int, default=600, help="orders' lifetime (s)")
     p.add_argument("--request-timeout", type=float, default=30.0, help="per order (s)")
     p.add_argument("--timeout", type=float, default=150.0, help="bound of the timed phase (s)")
-    p.add_argument("--verify-timeout", type=float, default=30.0, help="bound of each wait (s)")
-    p.add_argument("--keep", action="store_true", help="keep the federation folder (logs)")
-    args = p.parse_args()
-    if args.peers < 2:
-        p.error("--peers must be >= 2")
+    args = checked(p)
     args.packs = args.packs or args.concurrency
     if min(args.spends, args.concurrency, args.packs, args.amount, args.setup_concurrency) < 1:
         p.error("--spends, --concurrency, --packs, --amount, --setup-concurrency must be >= 1")

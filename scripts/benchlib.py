@@ -20,6 +20,28 @@ from supernode.devnet import LocalFederation
 T0 = time.time()
 
 
+def parser(doc: str | None, *, min_peers: int = 2, verify_timeout: bool = True) -> Any:
+    """An argument parser with what every benchmark takes: --peers, --keep (and
+    --verify-timeout); ``checked(p)`` parses and refuses too few peers."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    p.add_argument("--peers", type=int, default=4, help=f"daemons to run (>= {min_peers})")
+    if verify_timeout:
+        p.add_argument("--verify-timeout", type=float, default=30.0, help="bound of each wait (s)")
+    p.add_argument("--keep", action="store_true", help="keep the federation folder (logs)")
+    p.set_defaults(min_peers=min_peers)
+    return p
+
+
+def checked(p: Any) -> Any:
+    """Parse the command line of a ``parser()``; --peers below its minimum is an error."""
+    args = p.parse_args()
+    if args.peers < args.min_peers:
+        p.error(f"--peers must be >= {args.min_peers}")
+    return args
+
+
 def log(msg: str) -> None:
     sys.stderr.write(f"[bench {time.time() - T0:7.2f}s] {msg}\n")
     sys.stderr.flush()
