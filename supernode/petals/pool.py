@@ -229,6 +229,17 @@ class NodePool:
         chosen.current_weight -= sum(n.config.weight for n in tied)
         return chosen
 
+    def _tries(self, model: str) -> Iterator[tuple[int, Node]]:
+        """(try number, node) for up to max_tries tries, never the same node twice while
+        an untried one is left; stops early when no node can take the model."""
+        tried: list[Node] = []
+        for attempt in range(1, self.max_tries + 1):
+            node = self._pick(model, tried)
+            if node is None:
+                return
+            tried.append(node)
+            yield attempt, node
+
     @contextmanager
     def _lease(self, node: Node) -> Iterator[None]:
         """Counts the request in flight; a half-open node's request is its trial."""
@@ -290,13 +301,8 @@ class NodePool:
     async def generate(self, model: str, prompt: str, params: GenerateParams) -> GenerateResult:
         """One whole answer from the first node that gives a non-empty one."""
         started = time.monotonic()
-        tried: list[Node] = []
         errors: list[str] = []
-        for attempt in range(1, self.max_tries + 1):
-            node = self._pick(model, tried)
-            if node is None:
-                break
-            tried.append(node)
+        for attempt, node in self._tries(model):
             with self._lease(node):
                 try:
                     answer = await node.generate(model, prompt, params)
@@ -326,13 +332,8 @@ class NodePool:
         """Text chunks as a node makes them (non-empty, in order; the iterator ends after the
         last). Fails over only before the first chunk was yielded; after that a failure ends
         the stream with ``NodeUnavailable``."""
-        tried: list[Node] = []
         errors: list[str] = []
-        for attempt in range(1, self.max_tries + 1):
-            node = self._pick(model, tried)
-            if node is None:
-                break
-            tried.append(node)
+        for attempt, node in self._tries(model):
             sent = 0
             with self._lease(node):
                 try:
