@@ -6,11 +6,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 
-from supernode.devnet import LocalFederation
+from supernode.client import SupernodeClient
+from supernode.crypto.keys import Identity
+from supernode.devnet import ETH, LocalFederation
 
 T = TypeVar("T")
 
@@ -42,15 +45,30 @@ def wait_until(
     return last
 
 
+def pack_state(fed: LocalFederation, i: int, pack_id: str) -> dict[str, Any] | None:
+    """Daemon ``i``'s view of a credit pack (remaining credits, next sequence), or None."""
+    r = httpx.get(f"{fed.daemons[i].url}/check_credit_pack_balance/{pack_id}", timeout=5)
+    return r.json() if r.status_code == 200 else None
+
+
+def buy_pack(fed: LocalFederation, credits: int) -> tuple[Identity, str]:
+    """A new funded owner buys a pack at daemon 0; returns once every daemon holds it."""
+    owner = Identity.generate()
+    fed.anvil.send_eth(owner.address, 10 * ETH)  # type: ignore[union-attr]
+    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
+        pack = c.buy_credits(credits, fed.anvil.url)  # type: ignore[union-attr]
+    wait_until(
+        lambda: all(pack_state(fed, i, pack["pack_id"]) for i in range(len(fed.daemons))),
+        what="every daemon holds the pack",
+    )
+    return owner, pack["pack_id"]
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """anvil + 4 running daemons + a 5th member with no daemon and no collateral."""
     root: Path = tmp_path_factory.mktemp("federation")
-    fed = LocalFederation(
+    with LocalFederation(
         root=root, peers=4, extra_members=1, unfunded=(4,), settings=dict(TEST_SETTINGS)
-    )
-    try:
-        fed.start()
+    ) as fed:
         yield fed
-    finally:
-        fed.stop()

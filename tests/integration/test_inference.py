@@ -15,8 +15,8 @@ import pytest
 from supernode.client import SupernodeAPIError, SupernodeClient
 from supernode.crypto.envelope import sign_envelope
 from supernode.crypto.keys import Identity
-from supernode.devnet import ETH, LocalFederation
-from tests.conftest import TEST_SETTINGS, wait_until
+from supernode.devnet import LocalFederation
+from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, wait_until
 
 pytestmark = pytest.mark.integration
 SETTINGS = {
@@ -33,31 +33,15 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    f = LocalFederation(
+    with LocalFederation(
         root=tmp_path_factory.mktemp("inference"), peers=4, petals_nodes=2, settings=dict(SETTINGS)
-    )
-    try:
-        f.start()
+    ) as f:
         yield f
-    finally:
-        f.stop()
-
-
-def owner_with_pack(fed: LocalFederation, credits: int = 2000) -> tuple[Identity, str]:
-    owner = Identity.generate()
-    fed.anvil.send_eth(owner.address, 10 * ETH)  # type: ignore[union-attr]
-    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
-        pack = c.buy_credits(credits, fed.anvil.url)  # type: ignore[union-attr]
-    wait_until(
-        lambda: all(balance(fed, i, pack["pack_id"]) == credits for i in range(4)),
-        what="every daemon holds the pack",
-    )
-    return owner, pack["pack_id"]
 
 
 def balance(fed: LocalFederation, i: int, pack_id: str) -> int | None:
-    r = httpx.get(f"{fed.daemons[i].url}/check_credit_pack_balance/{pack_id}", timeout=5)
-    return r.json()["remaining_credits"] if r.status_code == 200 else None
+    state = pack_state(fed, i, pack_id)
+    return state["remaining_credits"] if state else None
 
 
 def balances_settle(fed: LocalFederation, pack_id: str, expected: int) -> None:
@@ -87,7 +71,7 @@ def model(fed: LocalFederation) -> str:
 
 
 def test_native_flow_bills_the_same_everywhere(fed: LocalFederation) -> None:
-    owner, pack_id = owner_with_pack(fed)
+    owner, pack_id = buy_pack(fed, 2000)
     with SupernodeClient(fed.daemons[1].url, identity=owner) as c:
         menu = c.model_menu()
         assert [m["model"] for m in menu] == [model(fed)] and menu[0]["nodes"] == 2
@@ -127,7 +111,7 @@ def test_native_flow_bills_the_same_everywhere(fed: LocalFederation) -> None:
 
 
 def test_greedy_output_is_deterministic_and_streams(fed: LocalFederation) -> None:
-    owner, pack_id = owner_with_pack(fed)
+    owner, pack_id = buy_pack(fed, 2000)
     with SupernodeClient(fed.daemons[2].url, identity=owner) as c:
         a = c.infer(pack_id, model(fed), "one two three", max_new_tokens=10)["output"]
         b = c.infer(pack_id, model(fed), "one two three", max_new_tokens=10)["output"]
@@ -140,7 +124,7 @@ def test_greedy_output_is_deterministic_and_streams(fed: LocalFederation) -> Non
 def test_websocket_stream(fed: LocalFederation) -> None:
     from websockets.asyncio.client import connect
 
-    owner, pack_id = owner_with_pack(fed)
+    owner, pack_id = buy_pack(fed, 2000)
     d = fed.daemons[3]
     with SupernodeClient(d.url, identity=owner) as c:
         q = c.validate_usage(pack_id, model(fed), "hello there", {"max_new_tokens": 10}, 10_000)[
@@ -175,7 +159,7 @@ def test_websocket_stream(fed: LocalFederation) -> None:
 def test_openai_sdk_spends_through_a_delegation(fed: LocalFederation) -> None:
     import openai
 
-    owner, pack_id = owner_with_pack(fed, 1000)
+    owner, pack_id = buy_pack(fed, 1000)
     d = fed.daemons[0]
     with SupernodeClient(d.url, identity=owner) as c:
         key = c.delegate(pack_id, max_credits=150, expires_in_s=3600)
@@ -236,7 +220,7 @@ def _node_count(fed: LocalFederation, text: str) -> int:
 def test_token_counts_move_to_the_daemon_and_agree_with_the_node(fed: LocalFederation) -> None:
     import openai
 
-    owner, pack_id = owner_with_pack(fed, 2000)
+    owner, pack_id = buy_pack(fed, 2000)
     d = fed.daemons[3]
     with SupernodeClient(d.url, identity=owner) as c:
         key = c.delegate(pack_id, max_credits=1500, expires_in_s=3600)
@@ -259,7 +243,7 @@ def test_token_counts_move_to_the_daemon_and_agree_with_the_node(fed: LocalFeder
 
 
 def test_bad_requests_refused_with_reasons_and_nothing_spent(fed: LocalFederation) -> None:
-    owner, pack_id = owner_with_pack(fed, 100)
+    owner, pack_id = buy_pack(fed, 100)
     d = fed.daemons[2]
     net = fed.network
     assert net is not None
@@ -313,7 +297,7 @@ def test_bad_requests_refused_with_reasons_and_nothing_spent(fed: LocalFederatio
 
 
 def test_replayed_order_runs_once(fed: LocalFederation) -> None:
-    owner, pack_id = owner_with_pack(fed)
+    owner, pack_id = buy_pack(fed, 2000)
     d = fed.daemons[1]
     served_before = sum(_served(n.url) for n in fed.nodes)
     with SupernodeClient(d.url, identity=owner) as c:
@@ -343,7 +327,7 @@ def _served(url: str) -> int:
 
 def test_failover_kill_and_hang(fed: LocalFederation) -> None:
     # one pack per concurrent client: an owner's orders on one pack take turns (sequence)
-    packs = [owner_with_pack(fed, 1000) for _ in range(4)]
+    packs = [buy_pack(fed, 1000) for _ in range(4)]
     results: list[Any] = []
 
     def run(i: int) -> None:
@@ -384,7 +368,7 @@ def test_failover_kill_and_hang(fed: LocalFederation) -> None:
 
 
 def test_all_nodes_down_gives_503_and_a_refund(fed: LocalFederation) -> None:
-    owner, pack_id = owner_with_pack(fed, 500)
+    owner, pack_id = buy_pack(fed, 500)
     d = fed.daemons[3]
     with SupernodeClient(d.url, identity=owner) as c:
         q = c.validate_usage(pack_id, model(fed), "nobody home", {"max_new_tokens": 8}, 1000)[
@@ -425,7 +409,7 @@ def test_cli_infer_and_delegate(fed: LocalFederation, tmp_path: Any) -> None:
 
     import openai
 
-    owner, pack_id = owner_with_pack(fed, 500)
+    owner, pack_id = buy_pack(fed, 500)
     key_file = tmp_path / "owner.key"
     key_file.write_text(owner.private_key.hex())
     sn = fed.daemons[2].url

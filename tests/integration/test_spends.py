@@ -18,9 +18,9 @@ from supernode.crypto.attest import attest
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import sign_envelope
 from supernode.crypto.keys import Identity
-from supernode.devnet import ETH, LocalFederation
+from supernode.devnet import LocalFederation
 from supernode.federation.transport import batch_body, sign_transport
-from tests.conftest import TEST_SETTINGS, wait_until
+from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, wait_until
 
 pytestmark = pytest.mark.integration
 SETTINGS = {**TEST_SETTINGS, "SUPERNODE_QUORUM_TIMEOUT_S": "3"}
@@ -28,42 +28,19 @@ SETTINGS = {**TEST_SETTINGS, "SUPERNODE_QUORUM_TIMEOUT_S": "3"}
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    f = LocalFederation(root=tmp_path_factory.mktemp("spends"), peers=4, settings=dict(SETTINGS))
-    try:
-        f.start()
+    with LocalFederation(
+        root=tmp_path_factory.mktemp("spends"), peers=4, settings=dict(SETTINGS)
+    ) as f:
         yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture(scope="module")
 def byz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """Three daemons and a fourth eligible member whose key the test holds."""
-    f = LocalFederation(
+    with LocalFederation(
         root=tmp_path_factory.mktemp("byzantine"), peers=3, extra_members=1, settings=dict(SETTINGS)
-    )
-    try:
-        f.start()
+    ) as f:
         yield f
-    finally:
-        f.stop()
-
-
-def new_pack(fed: LocalFederation, credits: int) -> tuple[Identity, str]:
-    owner = Identity.generate()
-    fed.anvil.send_eth(owner.address, 10 * ETH)  # type: ignore[union-attr]
-    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
-        pack = c.buy_credits(credits, fed.anvil.url)  # type: ignore[union-attr]
-    wait_until(
-        lambda: all(state(fed, i, pack["pack_id"]) for i in range(len(fed.daemons))),
-        what="every daemon holds the pack",
-    )
-    return owner, pack["pack_id"]
-
-
-def state(fed: LocalFederation, i: int, pack_id: str) -> dict[str, Any] | None:
-    r = httpx.get(f"{fed.daemons[i].url}/check_credit_pack_balance/{pack_id}", timeout=5)
-    return r.json() if r.status_code == 200 else None
 
 
 def certs_at(fed: LocalFederation, i: int, pack_id: str) -> list[dict[str, Any]]:
@@ -101,7 +78,7 @@ def assert_no_double_spend(fed: LocalFederation, pack_id: str, credits: int) -> 
         per_daemon.append({c["order"]["payload"]["sequence"]: c["order"]["id"] for c in certs})
         total = sum(c["order"]["payload"]["amount"] for c in certs)
         assert total <= credits
-        st = state(fed, i, pack_id)
+        st = pack_state(fed, i, pack_id)
         assert st is not None and st["remaining_credits"] == credits - total
     # the same order holds each sequence everywhere
     merged: dict[int, str] = {}
@@ -112,7 +89,7 @@ def assert_no_double_spend(fed: LocalFederation, pack_id: str, credits: int) -> 
 
 
 def test_racing_orders_through_two_supernodes_never_overspend(fed: LocalFederation) -> None:
-    owner, pack_id = new_pack(fed, 100)
+    owner, pack_id = buy_pack(fed, 100)
     a, b = fed.daemons[0], fed.daemons[1]
     # 50 orders of 10 credits for sequences 0..49 (500 credits against 100), half executed
     # by A and half by B, sent at once; a client retries what failed, a bounded number of
@@ -148,12 +125,14 @@ def test_racing_orders_through_two_supernodes_never_overspend(fed: LocalFederati
     certified = sorted(s for s, r in outcome.items() if isinstance(r, dict))
     assert certified == list(range(10)), certified
     wait_until(
-        lambda: all((state(fed, i, pack_id) or {}).get("remaining_credits") == 0 for i in range(4)),
+        lambda: all(
+            (pack_state(fed, i, pack_id) or {}).get("remaining_credits") == 0 for i in range(4)
+        ),
         what="every daemon applied all ten",
     )
     assert assert_no_double_spend(fed, pack_id, 100) == 10
     # conflicting orders for one sequence at two supernodes at once: at most one wins
-    owner2, pack2 = new_pack(fed, 50)
+    owner2, pack2 = buy_pack(fed, 50)
     conflicting = [order(fed, owner2, pack2, 0, 50, d.address) for d in (a, b)]
     results: list[Any] = []
 
@@ -178,7 +157,7 @@ def test_racing_orders_through_two_supernodes_never_overspend(fed: LocalFederati
 
 
 def test_replayed_order_and_certificate_apply_once(fed: LocalFederation) -> None:
-    owner, pack_id = new_pack(fed, 60)
+    owner, pack_id = buy_pack(fed, 60)
     o = order(fed, owner, pack_id, 0, 25, fed.daemons[2].address)
     with SupernodeClient(fed.daemons[2].url) as c:
         cert = c.submit_spend(o)
@@ -212,13 +191,13 @@ def test_replayed_order_and_certificate_apply_once(fed: LocalFederation) -> None
         assert r.status_code == 200 and not r.json()["rejected"]
     time.sleep(1.0)
     for i in range(4):
-        st = state(fed, i, pack_id)
+        st = pack_state(fed, i, pack_id)
         assert st is not None and st["remaining_credits"] == 35 and st["next_sequence"] == 1
         assert len(certs_at(fed, i, pack_id)) == 1
 
 
 def test_bad_orders_refused_with_reasons_and_nothing_spent(fed: LocalFederation) -> None:
-    owner, pack_id = new_pack(fed, 30)
+    owner, pack_id = buy_pack(fed, 30)
     d = fed.daemons[1]
     stranger = Identity.generate()
     cases = [
@@ -243,7 +222,7 @@ def test_bad_orders_refused_with_reasons_and_nothing_spent(fed: LocalFederation)
     assert httpx.post(f"{d.url}/spend_credits", json=bad, timeout=10).status_code == 400
     assert httpx.post(f"{d.url}/spend_credits", content=b"{", timeout=10).status_code == 400
     for i in range(4):
-        assert state(fed, i, pack_id) == {
+        assert pack_state(fed, i, pack_id) == {
             "pack_id": pack_id,
             "buyer": owner.address,
             "credits": 30,
@@ -290,7 +269,7 @@ def vote_request(
 def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> None:
     net = byz.network
     assert net is not None
-    owner, pack_id = new_pack(byz, 40)
+    owner, pack_id = buy_pack(byz, 40)
     evil = byz.identity(3)  # eligible member (collateral), no daemon: the test acts for it
     o1 = order(byz, owner, pack_id, 0, 40, evil.address)
     o2 = order(byz, owner, pack_id, 0, 40, evil.address)
@@ -348,7 +327,9 @@ def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> N
             got = [x["reason"] for x in r.json()["rejected"]]
             assert got == ([reason] if reason else []), r.json()
     wait_until(
-        lambda: all((state(byz, i, pack_id) or {}).get("remaining_credits") == 0 for i in range(3)),
+        lambda: all(
+            (pack_state(byz, i, pack_id) or {}).get("remaining_credits") == 0 for i in range(3)
+        ),
         what="cert1 applied everywhere",
     )
     for i in range(3):
@@ -357,7 +338,7 @@ def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> N
 
 
 def test_voter_killed_after_voting_still_refuses_a_conflict(byz: LocalFederation) -> None:
-    owner, pack_id = new_pack(byz, 20)
+    owner, pack_id = buy_pack(byz, 20)
     evil = byz.identity(3)
     o1 = order(byz, owner, pack_id, 0, 5, evil.address)
     o2 = order(byz, owner, pack_id, 0, 7, evil.address)
@@ -378,7 +359,7 @@ def test_vote_batch_answers_each_item_and_refuses_a_bad_batch(byz: LocalFederati
     oversized batch is refused as a whole, with nothing voted."""
     net = byz.network
     assert net is not None
-    owner, pack_id = new_pack(byz, 20)
+    owner, pack_id = buy_pack(byz, 20)
     evil = byz.identity(3)
     good = order(byz, owner, pack_id, 0, 5, evil.address)
     ahead = order(byz, owner, pack_id, 4, 5, evil.address)
