@@ -125,7 +125,7 @@ class Node:
             db=self.db,
             membership=self.membership,
             gossip=self.gossip,
-            publish=self.publish,
+            publish=self.publish_all,
         )
         self.registry.register(SpendCertificateHandler(self.spends))
         self.pool = NodePool(

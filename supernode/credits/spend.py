@@ -29,7 +29,7 @@ from supernode.credits.spend_terms import (
     verify_spend_certificate,
     vote_terms,
 )
-from supernode.crypto.canonical import canonical_json
+from supernode.crypto.canonical import CanonicalError, canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Refused, SupernodeError, Unavailable
@@ -48,7 +48,9 @@ VOTE_BATCH = "spend_vote_batch"  # transport type of a batch of vote requests
 VOTE_BATCH_MAX = 256  # vote requests in one batch (a peer refuses more)
 VOTES_IN_FLIGHT = 1  # vote batches in flight to one peer at once (1 measured best)
 CATCH_UP_LIMIT = 500
+Prior = tuple[Envelope, dict[str, Any]]  # a checked certificate: its order, the certificate
 LAST_CERTS = 10_000  # packs whose last certificate made here is kept in memory
+VERIFIED_CERTS = 4_096  # certificates verified lately (one comes as a prior, then by gossip)
 
 
 def certificate_row(order: Envelope, cert: dict[str, Any], received_at: float) -> dict[str, Any]:
@@ -89,7 +91,7 @@ class SpendService:
         db: Database,
         membership: Membership,
         gossip: Gossip,
-        publish: Callable[[Envelope], Awaitable[Any]],
+        publish: Callable[..., Awaitable[Any]],
     ) -> None:
         self.identity = identity
         self.me = identity.address
@@ -99,13 +101,19 @@ class SpendService:
         self.membership = membership
         self.gossip = gossip
         self.publish = publish
-        self.votes: GroupCommit[Envelope, Any] = GroupCommit(
-            db, self._vote_batch, max_weight=500, plain_sql=lambda _orders: True, name="votes"
+        # a vote request: the order, and the pack's previous certificate (checked) if the
+        # request brought one, stored in the vote's own transaction
+        self.votes: GroupCommit[tuple[Envelope, Prior | None], Any] = GroupCommit(
+            db, self._vote_batch, max_weight=500, plain_sql=lambda _items: True, name="votes"
         )
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self.askers: dict[str, BatchedCall] = {}  # per peer: batched vote requests
         # the last certificate made here per pack: the next order's "prior", without a read
         self._last: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # canonical bytes of a certificate -> (order, terms, eligible, quorum) it passed with
+        self._verified: OrderedDict[bytes, tuple[Envelope, dict[str, Any], list[str], int]] = (
+            OrderedDict()
+        )
         self._built: set[str] = set()  # ids of certificate envelopes being published here
 
     def start(self) -> None:
@@ -117,11 +125,17 @@ class SpendService:
         await self.votes.stop()
 
     # -- voting -------------------------------------------------------------------------
-    async def _vote_batch(self, conn: Conn, orders: list[Envelope]) -> list[Any]:
-        """One durable transaction for a batch of vote requests, each checked in turn."""
+    async def _vote_batch(
+        self, conn: Conn, items: list[tuple[Envelope, Prior | None]]
+    ) -> list[Any]:
+        """One durable transaction for a batch of vote requests, each checked in turn
+        (after storing the certificate it brought, if we lacked it)."""
         out: list[Any] = []
-        for order in orders:
+        now = time.time()
+        for order, prior in items:
             try:
+                if prior is not None:
+                    await store_certificates(conn, [prior], now)
                 out.append(await self._vote_one(conn, order))
             except Refused as exc:
                 out.append(exc)
@@ -164,9 +178,10 @@ class SpendService:
         )
         return vote
 
-    async def vote(self, order: Envelope) -> dict[str, str]:
-        """Our vote for ``order`` (durable before it returns), or Refused with the reason."""
-        result = await self.votes.submit(order)
+    async def vote(self, order: Envelope, prior: Prior | None = None) -> dict[str, str]:
+        """Our vote for ``order`` (durable before it returns), or Refused with the reason;
+        ``prior``, the pack's certificate before it (checked), is stored first."""
+        result = await self.votes.submit((order, prior))
         if isinstance(result, Exception):
             raise result
         return result
@@ -193,39 +208,57 @@ class SpendService:
 
     async def vote_for_peer(self, executor: str, item: Any) -> dict[str, str]:
         """``executor`` asks for our vote on ``item["order"]``. The request carries the
-        pack's previous certificate (``item["prior"]``): if that one has not reached us by
-        gossip yet we apply it here; further behind, we fetch what we missed from the
-        executor (bounded)."""
+        pack's previous certificate (``item["prior"]``): checked (once: gossip usually
+        brought it already) and stored in the vote's own transaction, so a voter that
+        gossip has not reached yet needs no second write; further behind, we fetch what we
+        missed from the executor (bounded)."""
         if not isinstance(item, dict):
             raise BadRequest("a vote request is an object {order, prior}")
         order = self._parse(item.get("order"))
         if order.payload["executor"] != executor:
             raise Refused("only the order's executor may ask for votes", reason="wrong_executor")
+        prior = self._prior(order, item.get("prior"), executor)
         try:
-            return await self.vote(order)
+            return await self.vote(order, prior)
         except Refused as exc:
             if exc.reason != "sequence_ahead":
                 raise
-        prior = item.get("prior")
-        if prior is not None:
-            try:
-                await self.apply_certificates([prior])
-            except SupernodeError as exc:
-                logger.warning("prior certificate from {} refused: {}", executor, exc)
-            else:
-                try:
-                    return await self.vote(order)
-                except Refused as exc:
-                    if exc.reason != "sequence_ahead":
-                        raise
         await self.catch_up(order.payload["pack_id"], executor)
         return await self.vote(order)
 
+    def _prior(self, order: Envelope, raw: Any, executor: str) -> Prior | None:
+        """The certificate right before ``order`` in its pack, checked; None if absent,
+        not that one, or refused (logged: the vote then goes on without it)."""
+        if raw is None or order.payload["sequence"] == 0:
+            return None
+        try:
+            prior_order, _ = self.verify(raw)
+        except SupernodeError as exc:
+            logger.warning("prior certificate from {} refused: {}", executor, exc)
+            return None
+        p, q = prior_order.payload, order.payload
+        if p["pack_id"] != q["pack_id"] or p["sequence"] != q["sequence"] - 1:
+            return None
+        return prior_order, raw
+
     # -- certificates -----------------------------------------------------------------------
     def verify(self, cert: Any) -> tuple[Envelope, dict[str, Any]]:
-        return verify_spend_certificate(
-            cert, self.network, self.membership.eligible_members(), self.membership.quorum()
-        )
+        """Check a certificate. A voter usually meets each one twice (inside the next
+        order's vote request, then by gossip): the second time, the same bytes under the
+        same members and quorum pass without checking every signature again."""
+        eligible, q = self.membership.eligible_members(), self.membership.quorum()
+        try:
+            key = canonical_json(cert)
+        except CanonicalError as exc:
+            raise BadRequest(f"a spend certificate must be plain JSON: {exc}") from exc
+        hit = self._verified.get(key)
+        if hit is not None and hit[2] == eligible and hit[3] == q:
+            return hit[0], hit[1]
+        order, terms = verify_spend_certificate(cert, self.network, eligible, q)
+        self._verified[key] = (order, terms, eligible, q or 0)
+        while len(self._verified) > VERIFIED_CERTS:
+            self._verified.popitem(last=False)
+        return order, terms
 
     async def apply_certificates(self, certs: list[Any]) -> None:
         checked = [(self.verify(c)[0], c) for c in certs]
@@ -303,7 +336,9 @@ class SpendService:
         env = self.signer.sign(SPEND_CERTIFICATE, cert)
         self._built.add(env.id)  # made here from votes checked above: not verified again
         try:
-            await self.publish(env)
+            # Not urgent: the next order of this pack carries it to the voters itself, so it
+            # may linger for the next push (under load one push carries many).
+            await self.publish([env], linger=True)
         finally:
             self._built.discard(env.id)
         self._last[order.payload["pack_id"]] = cert

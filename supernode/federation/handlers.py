@@ -28,6 +28,8 @@ class EnvelopeHandler(Protocol):
     # store() needs only the sqlite3 connection (plain SQL through sqlite_of): a batch of
     # such types is written without SQLAlchemy (Database.write_sql)
     plain_sql: bool
+    # optional, True when absent: its rows must survive a power cut (synchronous=FULL).
+    # False for what peers hold too and the ledger can fetch again (result summaries).
 
     def validate(self, env: Envelope) -> None:
         """Business rule on the payload; raises EnvelopeError."""

@@ -80,6 +80,7 @@ class Intake:
             max_weight=write_batch_max,
             weight=len,
             plain_sql=self._plain_sql,
+            durable=self._durable,
             name="intake",
         )
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -232,6 +233,12 @@ class Intake:
         """Whether every type in the batch stores itself with plain SQL (see handlers)."""
         return all(
             getattr(self.registry.get(c.env.type), "plain_sql", False) for g in groups for c in g
+        )
+
+    def _durable(self, groups: list[list[Checked]]) -> bool:
+        """Whether any type in the batch must survive a power cut (see handlers)."""
+        return any(
+            getattr(self.registry.get(c.env.type), "durable", True) for g in groups for c in g
         )
 
     async def _apply(self, conn: Conn, groups: list[list[Checked]]) -> list[list[bool]]:

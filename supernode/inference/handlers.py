@@ -30,6 +30,7 @@ class ResultSummaryHandler:
 
     type = RESULT_SUMMARY
     plain_sql = True  # store() is plain SQL: written without SQLAlchemy
+    durable = False  # a record, not money: the executor and every peer hold it too
     FIELDS = {
         "request_id",
         "model",

@@ -201,7 +201,7 @@ class InferenceService:
             "created_at": now,
             "updated_at": now,
         }
-        async with self.db.write_sql() as conn:
+        async with self.db.write_sql(durable=False) as conn:  # a quote: made again if lost
             await repo.add_request(conn, row)
         return self._quote_view(row)
 
@@ -284,7 +284,7 @@ class InferenceService:
         assert req is not None
         entry = self.menu.entry(req["model"])
         params: GenerateParams = parse_params(json.loads(req["params"]), entry)
-        async with self.db.write_sql() as conn:
+        async with self.db.write_sql(durable=False) as conn:  # lost: certified, re-runnable
             await repo.update_request(conn, request_id, status=repo.RUNNING, updated_at=time.time())
         started = time.perf_counter()
         try:
@@ -377,7 +377,9 @@ class InferenceService:
         refunded = await self._announce(
             req, repo.COMPLETED, digest, out_tokens, latency_s, req["cost"] - actual
         )
-        async with self.db.write_sql() as conn:
+        # durable when it records a refund (never given twice); without one, a power cut
+        # leaves the request certified, and the operator can run it again
+        async with self.db.write_sql(durable=bool(refunded)) as conn:
             await repo.update_request(
                 conn,
                 req["request_id"],
@@ -401,7 +403,8 @@ class InferenceService:
 
     async def _fail(self, req: dict[str, Any], error: str) -> None:
         refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
-        async with self.db.write_sql() as conn:  # "failed" and its refund become visible at once
+        # "failed" and its refund become visible at once; durable when it records one
+        async with self.db.write_sql(durable=bool(refunded)) as conn:
             await repo.update_request(
                 conn,
                 req["request_id"],

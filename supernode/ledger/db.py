@@ -249,23 +249,35 @@ class Database:
                 raise
 
     @asynccontextmanager
-    async def write_sql(self) -> AsyncIterator[sqlite3.Connection]:
+    async def write_sql(self, durable: bool = True) -> AsyncIterator[sqlite3.Connection]:
         """A write transaction for the plain-SQL repository functions, on the same single
         writer connection as ``write()`` but without SQLAlchemy: BEGIN IMMEDIATE (inline
         when the lock is free), the statements inline, COMMIT on the connection's thread
-        (fsync), rolled back on error. About a quarter of ``write()``'s CPU here."""
+        (fsync), rolled back on error. About a quarter of ``write()``'s CPU here.
+
+        ``durable=False`` commits with synchronous=NORMAL: no fsync, so a power cut (not a
+        crash of the process) may lose it, and with it only what peers or the next step
+        can rebuild (a quote, a request's status, a result summary). Votes, certificates,
+        packs, payments and refunds stay durable (design.md §6). The next durable commit
+        syncs the log and everything before it."""
         async with self._write_lock:
             conn = await self._writer()
             raw = await conn.get_raw_connection()
             driver = raw.driver_connection
             assert isinstance(driver, InlineConnection)
-            await driver.begin_immediate()
+            if not durable:
+                driver._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield driver._conn
-            except BaseException:
-                await _finish(driver.rollback())
-                raise
-            await _finish(driver.commit())
+                await driver.begin_immediate()
+                try:
+                    yield driver._conn
+                except BaseException:
+                    await _finish(driver.rollback())
+                    raise
+                await _finish(driver.commit())
+            finally:
+                if not durable:  # every other write on this connection is durable
+                    driver._conn.execute("PRAGMA synchronous=FULL")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

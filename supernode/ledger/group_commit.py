@@ -4,7 +4,8 @@ A durable (synchronous=FULL) commit per write caps a process near 1,000 writes/s
 collecting what is queued while the previous commit runs, then committing it all at once,
 keeps each caller's guarantee (it returns only after its data is on disk) at a fraction
 of the cost. A batch whose writes are all plain SQL (``plain_sql``) skips SQLAlchemy
-(``Database.write_sql``), which is most of a small transaction's CPU.
+(``Database.write_sql``), which is most of a small transaction's CPU; one none of whose
+writes must survive a power cut (``durable`` false) also skips the fsync.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ class GroupCommit(Generic[I, R]):
         max_weight: int,
         weight: Callable[[I], int] = lambda _item: 1,
         plain_sql: Callable[[list[I]], bool] = lambda _items: False,
+        durable: Callable[[list[I]], bool] = lambda _items: True,
         name: str = "writer",
     ) -> None:
         self.db = db
         self.apply = apply
         self.plain_sql = plain_sql  # whether apply() needs only the sqlite3 connection
+        self.durable = durable  # whether the batch must be on disk (fsync) when it returns
         self.max_weight = max_weight
         self.weight = weight
         self.name = name
@@ -74,7 +77,7 @@ class GroupCommit(Generic[I, R]):
     async def _write(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         items = [item for item, _ in batch]
         if self.plain_sql(items):
-            async with self.db.write_sql() as raw:
+            async with self.db.write_sql(durable=self.durable(items)) as raw:
                 results = await self.apply(raw, items)
         else:
             async with self.db.write() as conn:

@@ -241,9 +241,14 @@ class VoteAnswer:
 
 
 def vote_request(
-    fed: LocalFederation, executor: Identity, target: int, o: dict[str, Any]
+    fed: LocalFederation,
+    executor: Identity,
+    target: int,
+    o: dict[str, Any],
+    prior: dict[str, Any] | None = None,
 ) -> VoteAnswer:
-    """Ask daemon ``target`` for its vote on order ``o`` as ``executor`` (a batch of one)."""
+    """Ask daemon ``target`` for its vote on order ``o`` as ``executor`` (a batch of one),
+    with the pack's previous certificate ``prior``."""
     net = fed.network
     assert net is not None
     body = sign_transport(
@@ -251,7 +256,7 @@ def vote_request(
         net,
         "spend_vote_batch",
         fed.daemons[target].address,
-        {"items": [{"order": o, "prior": None}]},
+        {"items": [{"order": o, "prior": prior}]},
     )
     r = httpx.post(
         f"{fed.daemons[target].url}/p2p/spend_votes",
@@ -264,6 +269,22 @@ def vote_request(
     if "ok" in result:
         return VoteAnswer(200, {"vote": result["ok"]})
     return VoteAnswer(result["error"]["status"], result["error"])
+
+
+def evil_vote(fed: LocalFederation, evil: Identity, o: dict[str, Any]) -> dict[str, str]:
+    """The vote of the member whose key the test holds."""
+    from supernode.credits.spend_terms import vote_terms
+    from supernode.crypto.envelope import Envelope
+
+    net = fed.network
+    assert net is not None
+    return attest(
+        evil,
+        "spend_vote",
+        vote_terms(Envelope.model_validate(o)),
+        chain_id=net.chain_id,
+        network_id=net.network_id,
+    )
 
 
 def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> None:
@@ -282,21 +303,9 @@ def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> N
         r = vote_request(byz, evil, i, o)
         assert r.status_code == 422 and r.json()["reason"] == "conflicting_order"
     # the Byzantine member signs both orders
-    from supernode.credits.spend_terms import vote_terms
-    from supernode.crypto.envelope import Envelope
-
-    def evil_vote(o: dict[str, Any]) -> dict[str, str]:
-        return attest(
-            evil,
-            "spend_vote",
-            vote_terms(Envelope.model_validate(o)),
-            chain_id=net.chain_id,
-            network_id=net.network_id,
-        )
-
-    cert1 = {"order": o1, "votes": [r.json()["vote"] for r in v1] + [evil_vote(o1)]}
-    cert2 = {"order": o2, "votes": [r.json()["vote"] for r in v2] + [evil_vote(o2)]}
-    padded = {"order": o2, "votes": cert2["votes"] + [evil_vote(o2)]}  # the same vote twice
+    cert1 = {"order": o1, "votes": [r.json()["vote"] for r in v1] + [evil_vote(byz, evil, o1)]}
+    cert2 = {"order": o2, "votes": [r.json()["vote"] for r in v2] + [evil_vote(byz, evil, o2)]}
+    padded = {"order": o2, "votes": cert2["votes"] + [evil_vote(byz, evil, o2)]}  # twice
     for cert, reason in (
         (cert2, "too_few_signatures"),
         (padded, "duplicate_signer"),
@@ -335,6 +344,37 @@ def test_byzantine_voter_cannot_make_two_certificates(byz: LocalFederation) -> N
     for i in range(3):
         certs = certs_at(byz, i, pack_id)
         assert [c["order"]["id"] for c in certs] == [o1["id"]]
+
+
+def test_a_voter_behind_applies_the_prior_certificate_with_its_vote(
+    byz: LocalFederation,
+) -> None:
+    """A certificate gossip never carried reaches a voter inside the next order's vote
+    request: a true one is applied with the vote; a forged one is not, and the vote waits."""
+    owner, pack_id = buy_pack(byz, 30)
+    evil = byz.identity(3)  # the executor: an eligible member with no daemon
+    o0 = order(byz, owner, pack_id, 0, 10, evil.address)
+    votes = [vote_request(byz, evil, i, o0).json()["vote"] for i in (0, 1)]
+    cert0 = {"order": o0, "votes": [*votes, evil_vote(byz, evil, o0)]}  # nobody gossips it
+    o1 = order(byz, owner, pack_id, 1, 10, evil.address)
+    # daemon 2 never saw o0: a forged prior (one vote short of the quorum, or a vote for
+    # another order) is refused and the order stays ahead of it
+    short = {"order": o0, "votes": cert0["votes"][:2]}
+    other = {"order": o0, "votes": [*votes, evil_vote(byz, evil, o1)]}
+    for forged in (short, other):
+        r = vote_request(byz, evil, 2, o1, prior=forged)
+        assert r.status_code == 422 and r.json()["reason"] == "sequence_ahead", r.json()
+    assert pack_state(byz, 2, pack_id)["next_sequence"] == 0  # type: ignore[index]
+    # the true one: applied and voted on in one go
+    r = vote_request(byz, evil, 2, o1, prior=cert0)
+    assert r.status_code == 200, r.json()
+    state = pack_state(byz, 2, pack_id)
+    assert state is not None
+    assert (state["next_sequence"], state["remaining_credits"]) == (1, 20)
+    # asked again with the same prior: the same vote, nothing applied twice
+    again = vote_request(byz, evil, 2, o1, prior=cert0)
+    assert again.status_code == 200 and again.json()["vote"] == r.json()["vote"]
+    assert pack_state(byz, 2, pack_id) == state
 
 
 def test_voter_killed_after_voting_still_refuses_a_conflict(byz: LocalFederation) -> None:

@@ -116,3 +116,28 @@ async def test_a_write_cancelled_while_committing_leaves_the_writer_usable(db: D
             assert await asyncio.wait_for(insert(db, 2, plain=not plain), 5) == 2
     got = rows(db)
     assert got.count(2) == 8 and got.count(1) <= 8
+
+
+def synchronous(conn: sqlite3.Connection) -> str:
+    return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
+        conn.execute("PRAGMA synchronous").fetchone()[0]
+    ]
+
+
+async def test_a_write_that_need_not_survive_a_power_cut_skips_only_its_own_fsync(
+    db: Database,
+) -> None:
+    async with db.write_sql(durable=False) as raw:
+        assert synchronous(raw) == "NORMAL"  # its COMMIT does not wait for the disk
+        raw.execute("INSERT INTO probe VALUES (1)")
+    assert rows(db) == [1]  # committed all the same
+    async with db.write_sql() as raw:
+        assert synchronous(raw) == "FULL"  # every other write stays durable
+        raw.execute("INSERT INTO probe VALUES (2)")
+    with pytest.raises(RuntimeError):  # also after one that failed half-way
+        async with db.write_sql(durable=False) as raw:
+            raw.execute("INSERT INTO probe VALUES (3)")
+            raise RuntimeError("abort")
+    async with db.write() as conn:
+        assert synchronous(sqlite_of(conn)) == "FULL"
+    assert rows(db) == [1, 2]
