@@ -41,6 +41,10 @@ Figures (latency = request sent -> whole answer read, at the client):
 * ``serial_*``: ``--serial`` prompts at concurrency 1, each sent directly then through the
   gateway (interleaved): the per-request overhead without any queue (the gossip a gateway
   request leaves behind may still run during the next direct one).
+* ``gateway_server_timing_p50_ms``, ``serial_server_timing_p50_ms``: the p50 of each step
+  of the daemon's Server-Timing header over the main and the serial gateway answers:
+  ``prepare`` (parse, key, quote), then from the start of the run ``certify`` (spend
+  certified) and ``generate`` (text back from the node; the two overlap), ``total``.
 * ``spread_*``: ``--spread-requests`` more gateway requests with worker ``w`` on daemon ``w %
   peers`` (its own packs and keys), compared with the main direct figures
   (``spread_overhead_p50_ms`` = spread_gateway_p50 - direct_p50).
@@ -78,6 +82,10 @@ supernode's work does not slow the model down. On this 2-core machine the defaul
 shares both cores, so at a concurrency above 1 the gateway's CPU is paid again in the
 node's queue; ``node_cores`` in the report says which layout ran.
 
+``--daemon-nice N`` (default 10, as in the devnet) is the daemons' ``SUPERNODE_CPU_NICE``:
+on a shared host they yield the CPU to the model. With 0 the node's queue pays for every
+millisecond the daemons take from it (``daemon_nice`` in the report).
+
 ``--py-spy BIN`` records daemon 0 with py-spy (``--format raw``, folded stacks) during the
 first main gateway phase into ``--py-spy-out``.
 """
@@ -103,7 +111,7 @@ from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.client import SupernodeClient
 from supernode.crypto.keys import Identity
-from supernode.devnet import ETH, LocalFederation
+from supernode.devnet import DAEMON_NICE, ETH, LocalFederation
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven red kites circle above an old "
@@ -113,6 +121,22 @@ WORDS = (
 
 def diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 2)
+
+
+def parse_timing(header: str) -> dict[str, float]:
+    """``prepare;dur=1.2, certify;dur=5.0`` -> {"prepare": 1.2, "certify": 5.0}."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        with contextlib.suppress(ValueError):
+            out[name] = float(dur)
+    return out
+
+
+def timing_p50(timings: list[dict[str, float]]) -> dict[str, float | None]:
+    """The p50 of each Server-Timing step over a phase's gateway answers."""
+    names = sorted({k for t in timings for k in t})
+    return {k: pct([t[k] for t in timings if k in t], 50) for k in names}
 
 
 def prompt(i: int) -> str:
@@ -147,7 +171,8 @@ class Http:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         limit_s: float = 120.0,
-    ) -> tuple[int, Any, str]:
+    ) -> tuple[int, Any, str, str]:
+        """(status, JSON or None, the text if not JSON, the Server-Timing header)."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -176,7 +201,7 @@ class AiohttpHttp(Http):
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         limit_s: float = 120.0,
-    ) -> tuple[int, Any, str]:
+    ) -> tuple[int, Any, str, str]:
         data = {k: str(v) for k, v in form.items()} if form is not None else None
         async with self.s.post(
             url,
@@ -186,7 +211,7 @@ class AiohttpHttp(Http):
             timeout=self.aiohttp.ClientTimeout(total=limit_s),
         ) as r:
             raw = await r.read()
-            return (r.status, *self._parse(raw))
+            return (r.status, *self._parse(raw), r.headers.get("server-timing", ""))
 
     async def close(self) -> None:
         await self.s.close()
@@ -205,10 +230,11 @@ class HttpxHttp(Http):
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         limit_s: float = 120.0,
-    ) -> tuple[int, Any, str]:
+    ) -> tuple[int, Any, str, str]:
         data = {k: str(v) for k, v in form.items()} if form is not None else None
         r = await self.c.post(url, data=data, json=body, headers=headers, timeout=limit_s)
-        return (r.status_code, *self._parse(r.content))
+        timing = r.headers.get("server-timing", "")
+        return (r.status_code, *self._parse(r.content), timing)
 
     async def close(self) -> None:
         await self.c.aclose()
@@ -249,6 +275,7 @@ class Bench:
         self.model = self.node.model
         self.http: Http | None = None  # made in go(), inside the event loop
         self.texts: dict[str, dict[int, str]] = {"direct": {}, "gateway": {}}
+        self.timings: list[dict[str, float]] = []  # Server-Timing of gateway answers
         self.usage_cost = 0  # credits the successful gateway requests cost (from usage)
         self.price = (1, 2)  # credits per input token, per output token (from /v1/models)
         self.idle_cores = 0.0  # measured in run()
@@ -326,7 +353,7 @@ class Bench:
 
     # -- one request on each path --------------------------------------------------------
     async def direct(self, i: int) -> tuple[bool, str]:
-        status, data, text = await self.http.post(
+        status, data, text, _ = await self.http.post(
             f"{self.node.url}/api/v1/generate",
             form={
                 "model": self.model,
@@ -341,7 +368,7 @@ class Bench:
         return False, f"HTTP {status}: {str(data)[:300] if data is not None else text}"
 
     async def gateway(self, i: int, key: Key) -> tuple[bool, str]:
-        status, data, text = await self.http.post(
+        status, data, text, timing = await self.http.post(
             f"{self.fed.daemons[key.daemon].url}/v1/completions",
             body={"model": self.model, "prompt": prompt(i), "max_tokens": self.args.max_new_tokens},
             headers={"Authorization": f"Bearer {key.key}"},
@@ -355,6 +382,7 @@ class Bench:
                     u["prompt_tokens"] * self.price[0] + u["completion_tokens"] * self.price[1]
                 )
                 self.texts["gateway"][i] = out
+                self.timings.append(parse_timing(timing))
                 return True, ""
         return False, f"HTTP {status}: {str(data)[:300] if data is not None else text}"
 
@@ -470,6 +498,7 @@ class Bench:
         if a.serial:
             log(f"serial: {a.serial} prompts, one at a time, direct then gateway")
             sd, sg = PhaseResult(), PhaseResult()
+            self.timings = []
             for i in take(a.serial):
                 for res, send in ((sd, direct), (sg, gw(main_keys))):
                     r = await self.phase([i], 1, send)
@@ -487,6 +516,7 @@ class Bench:
                 o["serial_gateway_p99_ms"], o["serial_direct_p99_ms"]
             )
             o["serial_failures"] = len(sd.failures) + len(sg.failures)
+            o["serial_server_timing_p50_ms"] = timing_p50(self.timings)
             await self.settle()
             log(
                 f"serial: direct p50 {o['serial_direct_p50_ms']} ms, gateway p50 "
@@ -505,6 +535,7 @@ class Bench:
             f"gateway = daemon 0, max_new_tokens {a.max_new_tokens}"
         )
         spy: subprocess.Popen[bytes] | None = None
+        self.timings = []
         for r, n in enumerate(per_round):
             idx = take(n)
             order = ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]
@@ -542,6 +573,7 @@ class Bench:
         o["gateway_p50_ms"], o["gateway_p99_ms"] = pct(g.lat_ms, 50), pct(g.lat_ms, 99)
         o["overhead_p50_ms"] = diff(o["gateway_p50_ms"], o["direct_p50_ms"])
         o["overhead_p99_ms"] = diff(o["gateway_p99_ms"], o["direct_p99_ms"])
+        o["gateway_server_timing_p50_ms"] = timing_p50(self.timings)
         o["failures"] = len(d.failures) + len(g.failures)
         o["direct_rps"] = round(len(d.lat_ms) / d.wall_s, 2) if d.wall_s else None
         o["gateway_rps"] = round(len(g.lat_ms) / g.wall_s, 2) if g.wall_s else None
@@ -715,6 +747,9 @@ def main() -> int:
     p.add_argument("--settle-timeout", type=float, default=20.0, help="quiet wait bound (s)")
     p.add_argument("--quiet-cores", type=float, default=0.1, help="quiet: CPU over idle")
     p.add_argument("--node-cores", type=int, default=0, help="pin the node to N cores (0: off)")
+    p.add_argument(
+        "--daemon-nice", type=int, default=DAEMON_NICE, help="the daemons' SUPERNODE_CPU_NICE"
+    )
     p.add_argument("--py-spy", default=None, help="py-spy binary: profile daemon 0")
     p.add_argument("--py-spy-out", default="py-spy-daemon0.txt", help="folded stacks file")
     args = checked(p)
@@ -722,6 +757,8 @@ def main() -> int:
         p.error("--requests, --concurrency, --max-new-tokens and --rounds must be >= 1")
     if min(args.serial, args.spread_requests, args.warmup or 0, args.failure_backoff) < 0:
         p.error("--serial, --spread-requests, --warmup and --failure-backoff must be >= 0")
+    if not 0 <= args.daemon_nice <= 19:
+        p.error("--daemon-nice must be between 0 and 19")
     if args.rounds > args.requests:
         p.error("--rounds must be <= --requests")
 
@@ -731,7 +768,10 @@ def main() -> int:
     out: dict[str, Any] = {"requests": args.requests, "concurrency": args.concurrency}
     out["max_new_tokens"] = args.max_new_tokens
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
-    with federation("bench-gateway-", out, args.keep, peers=args.peers, petals_nodes=1) as fed:
+    nice = {"SUPERNODE_CPU_NICE": str(args.daemon_nice)}
+    with federation(
+        "bench-gateway-", out, args.keep, peers=args.peers, petals_nodes=1, settings=nice
+    ) as fed:
         if args.node_cores:
             pin_node(fed, args.node_cores)
         asyncio.run(Bench(fed, args, out).go())
@@ -742,6 +782,7 @@ def main() -> int:
         credits_per_pack=args.credits,
         cpu_count=os.cpu_count(),
         node_cores=args.node_cores,
+        daemon_nice=args.daemon_nice,
         wall_s=round(time.time() - T0, 2),
     )
     print(json.dumps(out))

@@ -45,6 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         s.check_safe()
     except ConfigError as exc:
         return _fail(str(exc))
+    if s.cpu_nice > os.nice(0):  # first, on the one thread: every later thread inherits it
+        os.nice(s.cpu_nice - os.nice(0))
     ring = setup_logging(s.log_level, s.log_ring_lines, Path(s.data_dir) / "supernode.log")
     try:
         passphrase = read_passphrase(s.keystore_passphrase, s.keystore_passphrase_file)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     max_envelope_bytes: int = Field(default=64_000, gt=0)
     # Largest user/supernode message body, in characters.
     max_message_chars: int = Field(default=16_000, gt=0)
+    # CPU priority of the daemon (nice 0..19; higher yields more). On a host shared with
+    # its Petals nodes, 10 keeps the daemon's bookkeeping from slowing the model (the node
+    # runs one generation at a time, so its queue pays for every stolen millisecond).
+    cpu_nice: int = Field(default=0, ge=0, le=19)
 
     # --- ledger -----------------------------------------------------------------------
     # SQLite database file of this daemon's ledger.
@@ -95,8 +99,9 @@ class Settings(BaseSettings):
     push_batch_max: int = Field(default=500, gt=0)
     # Most envelopes waiting for one peer; past it the oldest go to anti-entropy.
     push_queue_max: int = Field(default=50_000, gt=0)
-    # Seconds a result summary or refund may wait to travel with the next push (under
-    # load it rides with the next certificate: one request fewer per peer); 0: at once.
+    # Seconds a spend certificate, result summary or refund may wait to travel with the
+    # next push (under load one push carries many; the next order of a pack brings its
+    # voters the certificate before it anyway); 0: at once.
     push_linger_s: float = Field(default=0.2, ge=0, le=5)
     # Seconds between anti-entropy rounds.
     anti_entropy_interval_s: float = Field(default=2.0, gt=0)

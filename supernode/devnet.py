@@ -269,6 +269,10 @@ class PetalsNode:
             self.proc = None
 
 
+# CPU priority of the daemons of a federation that runs its Petals nodes on this host
+DAEMON_NICE = 10
+
+
 @dataclass
 class LocalFederation:
     """anvil + a network file + ``peers`` daemons (+ ``extra_members`` listed but not run).
@@ -340,6 +344,8 @@ class LocalFederation:
                 "SUPERNODE_OPERATOR_TOKEN": secrets.token_urlsafe(32),
                 "SUPERNODE_MEMBERSHIP_INTERVAL_S": "1",
                 "SUPERNODE_PETALS_NODES": ",".join(n.url for n in self.nodes),
+                # the Petals nodes share this host: the daemons yield the CPU to the model
+                "SUPERNODE_CPU_NICE": str(DAEMON_NICE if self.nodes else 0),
                 **self.settings,
             }
             self.daemons.append(

@@ -5,6 +5,7 @@ OpenAI SDK reports them."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from supernode.api.deps import json_body
 from supernode.errors import SupernodeError
 from supernode.inference.openai import Job, chat_prompt
 from supernode.node import Node
@@ -102,6 +104,7 @@ async def models(request: Request) -> dict[str, Any]:
 async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
     node = _node(request)
     gw = node.openai
+    started = time.perf_counter()
     try:
         body = await _body(request, ChatReq if chat else CompletionReq)
         d = gw.delegation(authorization)
@@ -120,6 +123,7 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache"},
             )
+        prepared = time.perf_counter()
         text, usage = await gw.complete(d, job)
     except _BadBody as exc:
         return _oai_error(400, str(exc), "invalid_request")
@@ -131,15 +135,29 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
         choice["message"] = {"role": "assistant", "content": text}
     else:
         choice["text"] = text
-    return {
-        "id": cid,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": job.created,
-        "model": job.model,
-        "choices": [choice],
-        "usage": usage,
-        "supernode": {"request_id": job.request_id, "executor": node.address},
-    }
+    resp = json_body(
+        {
+            "id": cid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": job.created,
+            "model": job.model,
+            "choices": [choice],
+            "usage": usage,
+            "supernode": {"request_id": job.request_id, "executor": node.address},
+        }
+    )
+    resp.headers["server-timing"] = server_timing(started, prepared, job.timing)
+    return resp
+
+
+def server_timing(started: float, prepared: float, steps: dict[str, float]) -> str:
+    """The Server-Timing header: ``prepare`` (parse, key, quote), then from the start of
+    the run ``certify`` (the spend certified) and ``generate`` (the text back from the
+    node; they overlap), and ``total``, in ms."""
+    parts = [f"prepare;dur={(prepared - started) * 1000:.2f}"]
+    parts += [f"{k};dur={v:.2f}" for k, v in steps.items()]
+    parts.append(f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
+    return ", ".join(parts)
 
 
 def _finish(usage: dict[str, int], job: Job) -> str:

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supernode.credits.spend_terms import parse_delegation
@@ -68,6 +68,8 @@ class Job:
     pack_id: str
     cost: int
     prompt_tokens: int
+    # ms from the start of the run to each step, for the Server-Timing header
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 class OpenAIGateway:
@@ -162,9 +164,16 @@ class OpenAIGateway:
 
     async def complete(self, d: Envelope, job: Job) -> tuple[str, dict[str, int]]:
         """Run and certify at once; the text only once certified. Returns (text, usage)."""
+        started = time.perf_counter()
+
+        def took(step: str) -> None:
+            job.timing[step] = (time.perf_counter() - started) * 1000
+
         gen = asyncio.create_task(self.svc.pool.generate(job.model, job.prompt, job.params))
+        gen.add_done_callback(lambda _task: took("generate"))
         try:
             await self.certify(d, job)
+            took("certify")
         except BaseException:
             gen.cancel()
             await asyncio.gather(gen, return_exceptions=True)
@@ -222,7 +231,7 @@ class OpenAIGateway:
 
     async def _drop(self, job: Job) -> None:
         """Certification failed: the quote is void and nothing was spent."""
-        async with self.svc.db.write_sql() as conn:
+        async with self.svc.db.write_sql(durable=False) as conn:
             await repo.update_request(
                 conn,
                 job.request_id,

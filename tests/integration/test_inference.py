@@ -165,8 +165,21 @@ def test_openai_sdk_spends_through_a_delegation(fed: LocalFederation) -> None:
         key = c.delegate(pack_id, max_credits=150, expires_in_s=3600)
     client = openai.OpenAI(base_url=f"{d.url}/v1", api_key=key, max_retries=0, timeout=30)
     assert [m.id for m in client.models.list().data] == [model(fed)]
-    comp = client.completions.create(model=model(fed), prompt="the quick brown fox", max_tokens=8)
+    raw = client.completions.with_raw_response.create(
+        model=model(fed), prompt="the quick brown fox", max_tokens=8
+    )
+    comp = raw.parse()
     assert comp.choices[0].text and comp.usage and comp.usage.completion_tokens <= 8
+    # where the time went: the quote, then the spend certified while the model ran
+    timing = {
+        name: float(dur)
+        for name, _, dur in (
+            p.strip().partition(";dur=") for p in raw.headers["server-timing"].split(",")
+        )
+    }
+    assert set(timing) == {"prepare", "certify", "generate", "total"}, timing
+    assert 0 < timing["prepare"] < timing["total"]
+    assert max(timing["certify"], timing["generate"]) < timing["total"]
     chat = client.chat.completions.create(
         model=model(fed), max_tokens=8, messages=[{"role": "user", "content": "hi there"}]
     )
