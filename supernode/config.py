@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     max_credits_per_pack: int = Field(default=10**9, gt=0)
     # Longest wait for peers' signatures on a quote or a pack (s).
     quorum_timeout_s: float = Field(default=5.0, gt=0)
+    # OpenAI path: longest a vote request may wait to share a batch with others (fewer
+    # requests per peer under load), taken only when the model's answer is expected to
+    # take longer still (at most a quarter of that wait); 0: never.
+    vote_linger_max_s: float = Field(default=0.05, ge=0, le=1)
     # Seconds between tries to finish purchases waiting for confirmations or a quorum.
     pending_purchase_interval_s: float = Field(default=2.0, gt=0)
 

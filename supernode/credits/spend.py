@@ -290,8 +290,10 @@ class SpendService:
         logger.info("caught up pack {}: {} certificates from {}", pack_id, len(certs), source)
         return len(certs)
 
-    async def certify(self, raw_order: Any) -> dict[str, Any]:
-        """As the executor: our vote, then peers' until a quorum; gossip the certificate."""
+    async def certify(self, raw_order: Any, linger_s: float = 0.0) -> dict[str, Any]:
+        """As the executor: our vote, then peers' until a quorum; gossip the certificate.
+        ``linger_s``: how long the vote requests may wait to share a batch (the caller
+        has time: the model's answer will take longer)."""
         order = self._parse(raw_order)
         if order.payload["executor"] != self.me:
             raise Refused(
@@ -316,7 +318,7 @@ class SpendService:
             async with self.db.quick_read() as conn:
                 await self._check_vote(conn, order)
         asking = gather_answers(
-            {a: self._asker(a).call(item) for a in eligible if a in self.gossip.links},
+            {a: self._asker(a).call(item, linger_s) for a in eligible if a in self.gossip.links},
             need=q - mine,
             timeout_s=self.s.quorum_timeout_s,
         )

@@ -171,28 +171,52 @@ class BatchedCall:
         self.type = type_
         self.batch_max = batch_max
         self.timeout_s = timeout_s
-        self._queue: deque[tuple[dict[str, Any], asyncio.Future[Outcome]]] = deque()
+        # (item, its waiter, whether its caller would not wait: see call)
+        self._queue: deque[tuple[dict[str, Any], asyncio.Future[Outcome], bool]] = deque()
         self._slots = in_flight
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.items = 0
         self._stopped = False
+        self._flush: asyncio.TimerHandle | None = None  # ends a linger (see call)
+        self._urgent = 0  # queued items whose callers would not wait
 
-    def call(self, item: dict[str, Any]) -> asyncio.Future[Outcome]:
-        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    def call(self, item: dict[str, Any], linger_s: float = 0.0) -> asyncio.Future[Outcome]:
+        """Queue ``item``; it goes with the next batch. With ``linger_s`` > 0 (the caller
+        can wait) it may wait that long for others to join it, unless a batch leaves
+        sooner (a caller that cannot wait, a full batch)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
         if self._stopped:
             fut.set_result((None, "the daemon is stopping"))
             return fut
-        self._queue.append((item, fut))
-        self._pump()
+        urgent = linger_s <= 0
+        self._queue.append((item, fut, urgent))
+        self._urgent += urgent
+        if urgent or len(self._queue) >= self.batch_max:
+            self._pump(now=True)
+        elif self._flush is None:
+            self._flush = loop.call_later(linger_s, self._linger_over)
         return fut
 
-    def _pump(self) -> None:
+    def _linger_over(self) -> None:
+        self._flush = None
+        self._pump()
+
+    def _pump(self, now: bool = False) -> None:
+        """Send what is queued, as far as slots allow; while a linger runs, only ``now``
+        (a caller that cannot wait, a full batch) sends before it ends."""
+        if self._flush is not None:
+            if not (now or self._urgent):
+                return
+            self._flush.cancel()  # the lingering items leave with this batch
+            self._flush = None
         while self._queue and self._slots > 0 and not self._stopped:
             n = min(len(self._queue), self.batch_max)
             batch = [self._queue.popleft() for _ in range(n)]
+            self._urgent -= sum(urgent for _, _, urgent in batch)
             self._slots -= 1
-            task = asyncio.create_task(self._send(batch))
+            task = asyncio.create_task(self._send([(item, fut) for item, fut, _ in batch]))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -256,12 +280,15 @@ class BatchedCall:
 
     async def stop(self) -> None:
         self._stopped = True  # nothing new is sent: queued requests are answered below
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         while self._queue:
-            _, fut = self._queue.popleft()
+            _, fut, _ = self._queue.popleft()
             if not fut.done():
                 fut.set_result((None, "the daemon is stopping"))
 

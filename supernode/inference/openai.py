@@ -139,9 +139,10 @@ class OpenAIGateway:
             q["prompt_tokens"],
         )
 
-    async def certify(self, d: Envelope, job: Job) -> dict[str, Any]:
+    async def certify(self, d: Envelope, job: Job, linger_s: float = 0.0) -> dict[str, Any]:
         """Sign the order under the delegation and get it certified (one per pack at a
-        time: the order takes the pack's next sequence)."""
+        time: the order takes the pack's next sequence); the vote requests may wait
+        ``linger_s`` to share a batch."""
         async with self._pack_locks[job.pack_id]:
             async with self.svc.db.quick_read() as conn:
                 pack = await spends_repo.pack_state(conn, job.pack_id)
@@ -158,7 +159,7 @@ class OpenAIGateway:
                 },
                 ttl_s=self.svc.s.usage_quote_ttl_s,
             )
-            cert = await self.svc.spends.certify(order.to_wire())
+            cert = await self.svc.spends.certify(order.to_wire(), linger_s)
             await self.svc._certified(job.request_id, order)
         return cert
 
@@ -169,10 +170,11 @@ class OpenAIGateway:
         def took(step: str) -> None:
             job.timing[step] = (time.perf_counter() - started) * 1000
 
+        linger_s = self.vote_linger_s(job.model)
         gen = asyncio.create_task(self.svc.pool.generate(job.model, job.prompt, job.params))
         gen.add_done_callback(lambda _task: took("generate"))
         try:
-            await self.certify(d, job)
+            await self.certify(d, job, linger_s)
             took("certify")
         except BaseException:
             gen.cancel()
@@ -194,6 +196,13 @@ class OpenAIGateway:
         out = min(result.output_tokens, job.params.max_new_tokens)
         self.svc.record_later(job.request_id, result.text, result.latency_s, out)
         return result.text, openai_usage(job.prompt_tokens, out)
+
+    def vote_linger_s(self, model: str) -> float:
+        """How long this request's vote requests may wait to share a batch: a quarter of
+        the time its answer is expected to take (0 when a node is idle), at most
+        vote_linger_max_s. Under load the votes then travel many to a request."""
+        wait = self.svc.pool.expected_wait_s(model)
+        return min(self.svc.s.vote_linger_max_s, wait / 4)
 
     async def stream(self, d: Envelope, job: Job) -> AsyncIterator[str]:
         """Chunks as the model makes them, held back until the spend is certified."""

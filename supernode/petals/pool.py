@@ -105,6 +105,8 @@ class NodePool:
         self.max_tries = max_tries
         self.breaker_failures = breaker_failures
         self.breaker_reset_s = breaker_reset_s
+        # per model: a moving average of how long a whole answer took (queueing included)
+        self._answer_s: dict[str, float] = {}
 
     async def start(self) -> None:
         """Open one keep-alive client per node and check every node once."""
@@ -212,6 +214,16 @@ class NodePool:
             for n in self._nodes
         ]
 
+    def expected_wait_s(self, model: str) -> float:
+        """How long a request for ``model`` sent now should take, judging by the recent
+        answers (a moving average, queueing at the node included); 0 when the least
+        loaded node is idle (or nothing is known yet)."""
+        now = time.monotonic()
+        ready = [n for n in self._nodes if n.available(model, self.breaker_reset_s, now)]
+        if not ready or min(n.inflight for n in ready) == 0:
+            return 0.0
+        return self._answer_s.get(model, 0.0)
+
     # --- choosing a node ----------------------------------------------------------------
 
     def _pick(self, model: str, tried: list[Node]) -> Node | None:
@@ -318,12 +330,14 @@ class NodePool:
                 node.record_success()
             if attempt > 1:
                 logger.info("request for {} served by {} on try {}", model, node.url, attempt)
+            took = time.monotonic() - started
+            self._answer_s[model] = 0.8 * self._answer_s.get(model, took) + 0.2 * took
             return GenerateResult(
                 text=answer.text,
                 input_tokens=answer.input_tokens,
                 output_tokens=answer.output_tokens,
                 node_url=node.url,
-                latency_s=time.monotonic() - started,
+                latency_s=took,
                 attempts=attempt,
             )
         raise self._give_up(model, errors)

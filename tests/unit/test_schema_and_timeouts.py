@@ -118,6 +118,51 @@ async def test_batched_call_times_out_every_waiter_and_batches_what_queued(
     assert 0.55 <= elapsed < 3  # three timed-out requests of 0.2 s, one after another
 
 
+async def test_batched_call_lingers_only_as_long_as_its_callers_allow() -> None:
+    """Items whose callers can wait share one batch sent when the linger ends; an item
+    whose caller cannot wait, or a full batch, takes everything queued at once."""
+    from aiohttp import web
+
+    batches: list[list[int]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        items = (await request.json())["payload"]["items"]
+        batches.append([i["n"] for i in items])
+        return web.json_response({"results": [{"ok": i["n"]} for i in items]})
+
+    app = web.Application()
+    app.router.add_post("/p2p/x", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    member = NETWORK.members[1].model_copy(update={"url": f"http://127.0.0.1:{port}"})
+    cfg = PushSettings(timeout_s=2, retries=0, backoff_s=0.05, batch_max=10, queue_max=100)
+    link = PeerLink(member, KEYS[0], NETWORK, cfg, PeerHTTP())
+    asker = BatchedCall(
+        link, KEYS[0], NETWORK, path="/p2p/x", type_="x", batch_max=3, in_flight=1, timeout_s=2
+    )
+
+    async def timed(*calls: tuple[int, float]) -> float:
+        started = time.monotonic()
+        futs = [asker.call({"n": n}, linger_s=linger) for n, linger in calls]
+        outcomes = await asyncio.wait_for(asyncio.gather(*futs), timeout=5)
+        assert outcomes == [(n, None) for n, _ in calls]
+        return time.monotonic() - started
+
+    try:
+        await timed((0, 0.0))  # the connection is open: what follows times the batching
+        assert await timed((1, 0.3), (2, 0.3)) >= 0.28  # they waited for the linger
+        assert await timed((3, 0.3), (4, 0.0)) < 0.25  # 4 cannot wait: 3 goes with it
+        assert await timed((5, 0.3), (6, 0.3), (7, 0.3)) < 0.25  # a full batch leaves
+    finally:
+        await asker.stop()
+        await link.client.close()
+        await runner.cleanup()
+    assert batches == [[0], [1, 2], [3, 4], [5, 6, 7]]
+
+
 async def test_chain_read_timeout_fires(silent_server: str) -> None:
     chain = ChainClient(silent_server, timeout_s=0.2, read_retries=1)
     started = time.monotonic()
