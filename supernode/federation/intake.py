@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,17 +229,17 @@ class Intake:
                 callback(fresh, None)
         return checked
 
+    def _flags(self, groups: list[list[Checked]], name: str, default: bool) -> Iterator[bool]:
+        """A handler flag (see handlers) for each envelope in the batch."""
+        return (getattr(self.registry.get(c.env.type), name, default) for g in groups for c in g)
+
     def _plain_sql(self, groups: list[list[Checked]]) -> bool:
-        """Whether every type in the batch stores itself with plain SQL (see handlers)."""
-        return all(
-            getattr(self.registry.get(c.env.type), "plain_sql", False) for g in groups for c in g
-        )
+        """Whether every type in the batch stores itself with plain SQL."""
+        return all(self._flags(groups, "plain_sql", False))
 
     def _durable(self, groups: list[list[Checked]]) -> bool:
-        """Whether any type in the batch must survive a power cut (see handlers)."""
-        return any(
-            getattr(self.registry.get(c.env.type), "durable", True) for g in groups for c in g
-        )
+        """Whether any type in the batch must survive a power cut."""
+        return any(self._flags(groups, "durable", True))
 
     async def _apply(self, conn: Conn, groups: list[list[Checked]]) -> list[list[bool]]:
         """One transaction for every queued group: re-check the seen-set (another group

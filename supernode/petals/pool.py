@@ -214,12 +214,16 @@ class NodePool:
             for n in self._nodes
         ]
 
+    def _ready(self, model: str) -> list[Node]:
+        """The nodes that can take a request for ``model`` now."""
+        now = time.monotonic()
+        return [n for n in self._nodes if n.available(model, self.breaker_reset_s, now)]
+
     def expected_wait_s(self, model: str) -> float:
         """How long a request for ``model`` sent now should take, judging by the recent
         answers (a moving average, queueing at the node included); 0 when the least
         loaded node is idle (or nothing is known yet)."""
-        now = time.monotonic()
-        ready = [n for n in self._nodes if n.available(model, self.breaker_reset_s, now)]
+        ready = self._ready(model)
         if not ready or min(n.inflight for n in ready) == 0:
             return 0.0
         return self._answer_s.get(model, 0.0)
@@ -228,8 +232,7 @@ class NodePool:
 
     def _pick(self, model: str, tried: list[Node]) -> Node | None:
         """The least loaded available node, untried ones first; ties by weighted turns."""
-        now = time.monotonic()
-        ready = [n for n in self._nodes if n.available(model, self.breaker_reset_s, now)]
+        ready = self._ready(model)
         ready = [n for n in ready if n not in tried] or ready
         if not ready:
             return None
