@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     app = create_app(node)
     try:
-        started = serve(app, s.host, s.port, limit_concurrency=2000)
+        started = serve(app, s.host, s.port, node.connections)
     except StartupError as exc:
         return _fail(str(exc))
     return 0 if started else 1

@@ -51,10 +51,31 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # Largest request body accepted, in bytes (larger: 413).
     max_body_bytes: int = Field(default=4_000_000, gt=0)
+    # Deepest nesting of arrays and objects accepted in a JSON body (deeper: 400).
+    max_json_depth: int = Field(default=32, ge=4, le=512)
     # Largest single envelope accepted, in bytes of JSON.
     max_envelope_bytes: int = Field(default=64_000, gt=0)
     # Largest user/supernode message body, in characters.
     max_message_chars: int = Field(default=16_000, gt=0)
+    # Seconds a connection may sit with no request in progress (just connected, or
+    # between keep-alive requests) before it is closed.
+    http_idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Seconds from a request's first byte until its headers must be complete (slowloris).
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # Seconds from a request's headers until its body must be complete.
+    http_body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Connections one client address may hold at once (members' addresses excepted).
+    max_connections_per_address: int = Field(default=64, gt=0)
+    # Connections all non-member addresses may hold together; members always get in.
+    max_outsider_connections: int = Field(default=1024, gt=0)
+    # Challenges one client address may get or answer per minute (a burst of as many).
+    challenge_requests_per_minute: int = Field(default=120, gt=0)
+    # Requests that make the federation store something (price and usage quotes, purchase
+    # confirmations, user messages) one client address may send per minute.
+    anonymous_writes_per_minute: int = Field(default=60, gt=0)
+    # Extra client addresses counted as members' (comma-separated IPs), for peers whose
+    # connections come from another address than the host in their member URL.
+    member_source_addresses: str = ""
     # CPU priority of the daemon (nice 0..19; higher yields more). On a host shared with
     # its Petals nodes, 10 keeps the daemon's bookkeeping from slowing the model (the node
     # runs one generation at a time, so its queue pays for every stolen millisecond).

@@ -61,3 +61,14 @@ class Unavailable(SupernodeError):
     """The daemon cannot serve this right now (starting, stopping, dependency down)."""
 
     status, code = 503, "unavailable"
+
+
+class TooManyRequests(SupernodeError):
+    """This client sent more of these requests than its share; ``retry_after_s`` says
+    when it may try again."""
+
+    status, code = 429, "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after_s: float, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.retry_after_s = retry_after_s

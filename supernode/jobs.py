@@ -44,7 +44,9 @@ def start_scheduler(node: Node) -> AsyncIOScheduler:
         await node.membership.refresh()
 
     async def housekeeping() -> None:
-        node.challenges.prune()
+        used = await node.challenges.prune()
+        if used:
+            logger.info("housekeeping forgot {} answered challenges past their expiry", used)
         async with node.db.write() as conn:
             n = await env_repo.prune_expired(conn, time.time() - s.clock_skew_s)
         if n:

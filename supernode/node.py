@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from loguru import logger
 
@@ -16,7 +17,7 @@ from supernode.credits.purchase import CreditService
 from supernode.credits.spend import SpendCertificateHandler, SpendService
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
-from supernode.federation.challenges import ChallengeBook
+from supernode.federation.challenges import ChallengeBook, challenge_key
 from supernode.federation.gossip import Gossip, PushSettings
 from supernode.federation.handlers import Checked, HandlerRegistry
 from supernode.federation.intake import Intake
@@ -32,6 +33,9 @@ from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Database, run_migrations
 from supernode.logs import LogRing
 from supernode.petals.pool import NodeConfig, NodePool
+from supernode.serve import ConnectionLimits
+
+RESOLVE_TIMEOUT_S = 3.0  # resolving one member's host name
 
 
 class StartupError(RuntimeError):
@@ -105,7 +109,9 @@ class Node:
             round_s=s.anti_entropy_round_s,
         )
         self.membership = Membership(network, self.chain, self.db, s.membership_max_age_s)
-        self.challenges = ChallengeBook(self.db, network.network_id, s.challenge_ttl_s)
+        self.challenges = ChallengeBook(
+            self.db, network.network_id, s.challenge_ttl_s, challenge_key(identity.private_key)
+        )
         self.registry.register(QuoteHandler(network, self.membership))
         self.registry.register(CertificateHandler(network, self.membership))
         self.credits = CreditService(
@@ -151,6 +157,13 @@ class Node:
         self.registry.register(ResultSummaryHandler())
         self.registry.register(RefundHandler())
         self.scheduler: Any = None
+        self.connections = ConnectionLimits(
+            per_address=s.max_connections_per_address,
+            outsiders=s.max_outsider_connections,
+            idle_timeout_s=s.http_idle_timeout_s,
+            header_timeout_s=s.http_header_timeout_s,
+            body_timeout_s=s.http_body_timeout_s,
+        )
 
     async def start(self) -> None:
         s = self.settings
@@ -158,6 +171,7 @@ class Node:
         async with self.db.write() as conn:
             await peers_repo.sync_members(conn, [m.model_dump() for m in self.network.members])
         await self.scoring.load()
+        self.connections.trust(await self.member_source_addresses())
         await self.membership.load()
         await self.check_chain()
         self.intake.writer.start()
@@ -176,6 +190,21 @@ class Node:
             self.network.chain_id,
             len(self.network.members),
         )
+
+    async def member_source_addresses(self) -> set[str]:
+        """The addresses members connect from: their URLs' hosts (resolved, bounded in
+        time) and the ones the operator names."""
+        loop = asyncio.get_running_loop()
+        found = {a.strip() for a in self.settings.member_source_addresses.split(",") if a.strip()}
+        for m in self.network.members:
+            host = urlsplit(m.url).hostname or ""
+            try:
+                infos = await asyncio.wait_for(loop.getaddrinfo(host, None), RESOLVE_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                logger.warning("member {}: cannot resolve {} ({!r})", m.address, host, exc)
+                continue
+            found.update(str(info[4][0]) for info in infos)
+        return found
 
     async def check_chain(self) -> None:
         """The chain must be the network's; unreachable is logged and retried by a job."""

@@ -1,11 +1,11 @@
-"""The FastAPI application: lifespan, body limit, error table, routers."""
+"""The FastAPI application: lifespan, body guard, error table, routers."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -13,77 +13,27 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from supernode import __version__
-from supernode.errors import SupernodeError
+from supernode.api.guard import BodyGuard, reply
+from supernode.api.limits import RateLimiter
+from supernode.errors import SupernodeError, TooManyRequests
 from supernode.node import Node
-
-
-class BodyLimit:
-    """413 for bodies over the limit, by Content-Length or while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await _too_large(scope, receive, send, self.max_bytes)
-                    return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(scope, receive, send, self.max_bytes)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    resp = JSONResponse(
-        {"error": "payload_too_large", "detail": f"body over {limit} bytes"}, status_code=413
-    )
-    await resp(scope, receive, send)
-
-
-def _error(status: int, code: str, detail: Any, reason: str | None = None) -> JSONResponse:
-    body = {"error": code, "detail": detail}
-    if reason:
-        body["reason"] = reason
-    return JSONResponse(body, status_code=status)
 
 
 def _known_error(request: Request, exc: SupernodeError) -> JSONResponse:
     if exc.status >= 500:
         logger.warning("{} {} -> {}: {}", request.method, request.url.path, exc.status, exc)
-    return _error(exc.status, exc.code, exc.detail, exc.reason)
+    resp = reply(exc.status, exc.code, exc.detail, exc.reason)
+    if isinstance(exc, TooManyRequests):
+        resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return resp
 
 
 def _disconnected(request: Request) -> JSONResponse:
     logger.debug("client hung up during {} {}", request.method, request.url.path)
-    return _error(400, "client_disconnected", "the client closed the connection")
+    return reply(400, "client_disconnected", "the client closed the connection")
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -126,8 +76,6 @@ class HotRoutes:
             response = _known_error(request, exc)
         except ClientDisconnect:
             response = _disconnected(request)
-        except _BodyTooLarge:
-            raise  # BodyLimit answers 413
         except Exception as exc:  # noqa: BLE001 - what FastAPI's catch-all handler does
             response = _internal_error(request, exc)
         await response(scope, receive, send)
@@ -149,6 +97,10 @@ def create_app(node: Node) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.node = node
+    app.state.rate_limits = {
+        "challenges": RateLimiter(node.settings.challenge_requests_per_minute),
+        "writes": RateLimiter(node.settings.anonymous_writes_per_minute),
+    }
 
     @app.exception_handler(SupernodeError)
     async def _known(request: Request, exc: SupernodeError) -> JSONResponse:
@@ -160,11 +112,11 @@ def create_app(node: Node) -> FastAPI:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
-        return _error(422, "invalid_request", errors)
+        return reply(422, "invalid_request", errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", exc.detail)
+        return reply(exc.status_code, "http_error", exc.detail)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
@@ -204,5 +156,7 @@ def create_app(node: Node) -> FastAPI:
             "/spend_credits": spends.spend_credits,
         },
     )
-    app.add_middleware(BodyLimit, max_bytes=node.settings.max_body_bytes)  # the outer one
+    app.add_middleware(  # the outer one: nothing runs before the body is bounded
+        BodyGuard, max_bytes=node.settings.max_body_bytes, max_depth=node.settings.max_json_depth
+    )
     return app

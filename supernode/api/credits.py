@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from supernode.api.deps import get_node
-from supernode.api.p2p import read_json, transport
+from supernode.api.guard import read_json
+from supernode.api.limits import limited
+from supernode.api.p2p import transport
 from supernode.api.validation import checksum
 from supernode.credits.purchase import AGREE_REQUEST, CERTIFY_REQUEST, pack_view
 from supernode.credits.terms import TX_HASH_RE, check_tx_hash
@@ -39,7 +41,7 @@ def _hex32(value: str, what: str) -> str:
     return value.lower()
 
 
-@router.post("/credit_purchase_initial_request")
+@router.post("/credit_purchase_initial_request", dependencies=[Depends(limited("writes"))])
 async def credit_purchase_initial_request(
     request: Request, node: Node = Depends(get_node)
 ) -> dict[str, Any]:
@@ -50,7 +52,7 @@ async def credit_purchase_initial_request(
     return await node.credits.quote(await read_json(request))
 
 
-@router.post("/confirm_credit_purchase_request")
+@router.post("/confirm_credit_purchase_request", dependencies=[Depends(limited("writes"))])
 async def confirm_credit_purchase_request(
     body: ConfirmPurchase, node: Node = Depends(get_node)
 ) -> JSONResponse:

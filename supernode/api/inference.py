@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from supernode.api.deps import Caller, get_node, operator_auth, prove, user_auth
-from supernode.api.p2p import read_json
+from supernode.api.guard import read_json
+from supernode.api.limits import check_rate, limited
 from supernode.errors import BadRequest, Forbidden, NotFound, SupernodeError
 from supernode.inference.streams import RequestStream
 from supernode.ledger import inference as repo
@@ -36,7 +37,7 @@ async def model_menu(node: Node = Depends(get_node)) -> dict[str, Any]:
     return {"supernode": node.address, "models": node.inference.model_menu()}
 
 
-@router.post("/validate_inference_api_usage_request")
+@router.post("/validate_inference_api_usage_request", dependencies=[Depends(limited("writes"))])
 async def validate_usage(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """Body: the owner's signed `inference_usage_request` {pack_id, model, input, params,
     max_cost}. Returns this supernode's signed usage response: request_id and cost."""
@@ -144,6 +145,7 @@ async def stream_ws(websocket: WebSocket, request_id: str) -> None:
     node: Node = websocket.app.state.node
     q = websocket.query_params
     try:
+        check_rate(websocket, "challenges")
         ch = await prove(
             node, STREAM_ENDPOINT, q.get("address"), q.get("challenge_id"), q.get("signature")
         )

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from supernode.api.deps import Caller, get_node, operator_auth, prove, user_auth
+from supernode.api.limits import limited
 from supernode.api.validation import checksum
 from supernode.errors import BadRequest, Forbidden
-from supernode.federation.challenges import ChallengeError
 from supernode.federation.messaging import (
     SEND_USER_MESSAGE_ENDPOINT,
     SN_MESSAGE,
@@ -168,7 +168,7 @@ async def get_message_metadata(node: Node = Depends(get_node)) -> dict[str, Any]
         return await msg_repo.metadata(conn)
 
 
-@router.get("/request_challenge/{address}")
+@router.get("/request_challenge/{address}", dependencies=[Depends(limited("challenges"))])
 async def request_challenge(
     address: str,
     endpoint: str = Query(description="the path the answer will be used on"),
@@ -180,10 +180,7 @@ async def request_challenge(
     addr = checksum(address)
     if endpoint not in ENDPOINTS:
         raise BadRequest(f"endpoint must be one of {sorted(ENDPOINTS)}")
-    try:
-        ch = node.challenges.issue(addr, endpoint)
-    except ChallengeError as exc:
-        raise BadRequest(str(exc)) from exc
+    ch = node.challenges.issue(addr, endpoint)
     return {
         "challenge_id": ch.challenge_id,
         "address": ch.address,
@@ -193,7 +190,10 @@ async def request_challenge(
     }
 
 
-@router.post("/send_user_message")
+@router.post(
+    "/send_user_message",
+    dependencies=[Depends(limited("writes")), Depends(limited("challenges"))],
+)
 async def send_user_message(
     req: SendUserMessage,
     node: Node = Depends(get_node),

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from supernode.api.deps import json_body
+from supernode.api.guard import read_json
 from supernode.errors import SupernodeError
 from supernode.inference.openai import Job, chat_prompt
 from supernode.node import Node
@@ -65,7 +66,7 @@ def _status(exc: SupernodeError) -> int:
 
 async def _body(request: Request, model: type[_Req]) -> _Req:
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate(await read_json(request))
     except ValidationError as exc:
         e = exc.errors()[0]
         where = ".".join(str(p) for p in e.get("loc", ()))

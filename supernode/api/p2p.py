@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from supernode.api.deps import get_node, json_body, ready_node
+from supernode.api.guard import read_json
 from supernode.crypto.envelope import Envelope
 from supernode.errors import BadRequest
 from supernode.federation.transport import (
@@ -18,17 +18,11 @@ from supernode.federation.transport import (
     fetch_body,
     verify_transport,
 )
+from supernode.ledger import MAX_INTEGER
 from supernode.ledger import envelopes as env_repo
 from supernode.node import Node
 
 router = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
-
-
-async def read_json(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from exc
 
 
 def transport(node: Node, raw: Any, type_: str) -> Envelope:
@@ -79,8 +73,13 @@ async def sync(request: Request, node: Node = Depends(get_node)) -> dict[str, An
     `{"ids": [...], "next_cursor": n, "more": bool}` (the caller fetches what it lacks)."""
     req = transport(node, await read_json(request), SYNC_REQUEST)
     after, limit = req.payload.get("after"), req.payload.get("limit")
-    if not isinstance(after, int) or not isinstance(limit, int) or after < 0 or limit < 1:
-        raise BadRequest("sync_request needs integers after >= 0 and limit >= 1")
+    if (
+        not isinstance(after, int)
+        or not isinstance(limit, int)
+        or not 0 <= after <= MAX_INTEGER
+        or not 1 <= limit <= MAX_INTEGER
+    ):
+        raise BadRequest(f"sync_request needs integers 0 <= after and 1 <= limit, to {MAX_INTEGER}")
     limit = min(limit, node.settings.anti_entropy_page)
     async with node.db.read() as conn:
         # The end of the log first: every row up to it is committed (one writer, rising

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from supernode.api.credits import HEX32
 from supernode.api.deps import get_node, json_body, ready_node
-from supernode.api.p2p import read_json, transport
+from supernode.api.guard import read_json
+from supernode.api.p2p import transport
 from supernode.credits.spend import VOTE_BATCH
+from supernode.ledger import MAX_INTEGER
 from supernode.node import Node
 
 router = APIRouter(tags=["spends"])
@@ -28,7 +30,7 @@ async def spend_credits(request: Request) -> Response:
 @router.get("/get_credit_pack_spends/{pack_id}")
 async def pack_spends(
     pack_id: str = Path(pattern=HEX32),
-    from_sequence: int = Query(default=0, ge=0),
+    from_sequence: int = Query(default=0, ge=0, le=MAX_INTEGER),
     limit: int = Query(default=100, ge=1, le=1000),
     node: Node = Depends(get_node),
 ) -> dict[str, Any]:
@@ -50,7 +52,7 @@ async def spend_votes(request: Request) -> Response:
 @p2p.get("/spend_certificates")
 async def spend_certificates(
     pack_id: str = Query(pattern=HEX32),
-    from_sequence: int = Query(default=0, ge=0),
+    from_sequence: int = Query(default=0, ge=0, le=MAX_INTEGER),
     limit: int = Query(default=100, ge=1, le=1000),
     node: Node = Depends(get_node),
 ) -> dict[str, Any]:

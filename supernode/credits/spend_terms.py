@@ -20,6 +20,7 @@ from supernode.crypto.attest import CertificateError, verify_certificate
 from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, is_checksummed
 from supernode.errors import BadRequest, Refused
 from supernode.federation.network import NetworkFile
+from supernode.ledger import MAX_INTEGER
 
 SPEND_ORDER = "spend_order"
 DELEGATION = "spend_delegation"
@@ -32,8 +33,8 @@ NO_TIME_WINDOW = 10**12
 
 
 def _int(value: Any, name: str, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise BadRequest(f"{name} must be an integer >= {low}")
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_INTEGER:
+        raise BadRequest(f"{name} must be an integer from {low} to {MAX_INTEGER}")
     return value
 
 

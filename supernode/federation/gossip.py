@@ -17,7 +17,6 @@ envelopes.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections import deque
@@ -37,6 +36,7 @@ from supernode.federation.transport import (
     batch_body,
     sign_transport,
 )
+from supernode.ledger import MAX_INTEGER
 from supernode.ledger import envelopes as env_repo
 from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Database
@@ -265,7 +265,7 @@ class Gossip:
         )
         if resp.status != 200:
             raise PeerError(f"HTTP {resp.status}: {resp.text[:200]}")
-        return json.loads(resp.content)
+        return resp.json()
 
     async def _pull_peer(self, link: PeerLink, cursor: int, deadline: float) -> tuple[int, int]:
         """Pull pages from one peer until it has nothing more; returns (cursor, stored)."""
@@ -274,7 +274,9 @@ class Gossip:
             data = await self._call(
                 link, "/p2p/sync", SYNC_REQUEST, {"after": cursor, "limit": self.page}
             )
-            ids, next_cursor, more = data["ids"], int(data["next_cursor"]), data["more"]
+            ids, next_cursor, more = data["ids"], data["next_cursor"], data["more"]
+            if not isinstance(next_cursor, int) or not 0 <= next_cursor <= MAX_INTEGER:
+                raise PeerError(f"next_cursor {next_cursor!r} is not a cursor")
             if ids:
                 async with self.db.quick_read() as conn:
                     known = await env_repo.known_ids(conn, ids)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from supernode.crypto.envelope import Envelope, EnvelopeError
 from supernode.federation.challenges import ChallengeError, challenge_text, recover_text_signer
 from supernode.federation.handlers import Checked
+from supernode.ledger import MAX_INTEGER
 from supernode.ledger import messages as msg_repo
 
 SN_MESSAGE = "sn_message"
@@ -93,8 +94,9 @@ class UserMessageHandler:
             if not is_checksum_address(v):
                 raise EnvelopeError("bad_payload", f"{name} is not a checksummed address")
         _str_field(p, "message_body", self.max_chars)
-        if not isinstance(p["challenge_expires_at"], int):
-            raise EnvelopeError("bad_payload", "challenge_expires_at must be an integer")
+        expires = p["challenge_expires_at"]
+        if not isinstance(expires, int) or not 0 <= expires <= MAX_INTEGER:
+            raise EnvelopeError("bad_payload", "challenge_expires_at must be a time (integer)")
         text = challenge_text(
             self.network_id,
             p["from_address"],

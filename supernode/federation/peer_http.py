@@ -9,11 +9,14 @@ exception type, ``PeerUnreachable`` (a ``PeerError``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from supernode.crypto.wire_json import loads
+
+MAX_ANSWER_BYTES = 64 << 20  # a peer answer larger than this is refused, not read
 
 
 class PeerError(Exception):
@@ -30,7 +33,8 @@ class PeerResponse:
     content: bytes
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        """The answer's JSON, read within bounds (a ValueError if it is not)."""
+        return loads(self.content)
 
     @property
     def text(self) -> str:
@@ -78,7 +82,15 @@ class PeerHTTP:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
-                return PeerResponse(resp.status, await resp.read())
+                if (resp.content_length or 0) > MAX_ANSWER_BYTES:
+                    raise PeerError(f"answer of {resp.content_length} bytes is too large")
+                chunks, size = [], 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise PeerError(f"answer over {MAX_ANSWER_BYTES} bytes")
+                    chunks.append(chunk)
+                return PeerResponse(resp.status, b"".join(chunks))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
 

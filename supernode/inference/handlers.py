@@ -9,6 +9,7 @@ from supernode.credits.spend_terms import HEX32
 from supernode.crypto.envelope import Envelope, EnvelopeError
 from supernode.federation.handlers import Checked
 from supernode.inference.service import REFUND, RESULT_SUMMARY
+from supernode.ledger import MAX_INTEGER
 from supernode.ledger import inference as repo
 from supernode.ledger.db import Conn
 
@@ -21,8 +22,8 @@ def _fields(p: dict[str, Any], names: set[str]) -> None:
 
 
 def _count(v: Any, name: str) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise EnvelopeError("bad_payload", f"{name} must be a non-negative integer")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_INTEGER:
+        raise EnvelopeError("bad_payload", f"{name} must be an integer from 0 to {MAX_INTEGER}")
 
 
 class ResultSummaryHandler:

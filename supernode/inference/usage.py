@@ -14,6 +14,7 @@ from supernode.crypto.envelope import Envelope
 from supernode.crypto.hashing import keccak
 from supernode.errors import BadRequest, Refused
 from supernode.inference.menu import ModelEntry
+from supernode.ledger import MAX_INTEGER
 from supernode.petals.pool import GenerateParams
 
 USAGE_REQUEST = "inference_usage_request"
@@ -81,6 +82,7 @@ def check_usage_shape(env: Envelope) -> dict[str, Any]:
         raise BadRequest("model must be a name")
     if not isinstance(p["input"], str) or not p["input"].strip():
         raise BadRequest("input must be a non-empty string")
-    if not isinstance(p["max_cost"], int) or isinstance(p["max_cost"], bool) or (p["max_cost"] < 1):
-        raise BadRequest("max_cost must be a positive integer")
+    cost = p["max_cost"]
+    if not isinstance(cost, int) or isinstance(cost, bool) or not 1 <= cost <= MAX_INTEGER:
+        raise BadRequest(f"max_cost must be an integer from 1 to {MAX_INTEGER}")
     return p

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -124,3 +124,8 @@ async def use_challenge(
     )
     result = await conn.execute(stmt)
     return bool(result.rowcount)
+
+
+async def prune_used_challenges(conn: AsyncConnection, now: float) -> int:
+    result = await conn.execute(delete(uc).where(uc.c.expires_at < now))
+    return result.rowcount or 0

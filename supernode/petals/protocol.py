@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from supernode.crypto.wire_json import loads
 from supernode.errors import BadRequest
 
 REJECT_STATUSES = frozenset({400, 413, 422})  # the request's fault; any other non-2xx is the node's
@@ -66,7 +67,7 @@ def error_text(body: object) -> str:
 
 def parse_json(raw: str | bytes, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except ValueError:
         raise NodeFailure(f"{what} is not JSON: {short(raw[:80])}") from None
     if not isinstance(data, dict):
@@ -81,7 +82,7 @@ def judge_response(resp: httpx.Response, url: str) -> dict[str, Any]:
 
 def judge(status: int, content: bytes, url: str) -> dict[str, Any]:
     try:
-        body: object = json.loads(content)
+        body: object = loads(content)
     except ValueError:
         body = content.decode("utf-8", "replace")
     if status in REJECT_STATUSES:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -47,6 +46,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from supernode.crypto.wire_json import loads
 from supernode.errors import BadRequest, NotFound, PayloadTooLarge, SupernodeError
 from supernode.petals.engine import Engine, GenerationTimeout, Job, Result, Worker, retrieve
 from supernode.petals.wire import (
@@ -263,7 +263,7 @@ async def _receive(ws: WebSocket, node: _Node) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"message over {MAX_BODY_BYTES} bytes")
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except ValueError:
         raise BadRequest("a message must be a JSON object", reason="bad_message") from None
     if not isinstance(data, dict):
@@ -359,7 +359,7 @@ def run_petals_node(
 ) -> int:
     """Serve until stopped (uvicorn with uvloop); returns a process exit status."""
     from supernode.logs import setup_logging
-    from supernode.serve import serve
+    from supernode.serve import ConnectionLimits, serve
 
     setup_logging(log_level, 1000, None)
     if model_path is None and tiny_random_dir is None:
@@ -386,7 +386,9 @@ def run_petals_node(
         source = tiny_random_dir if tiny_random_dir is not None else model_path
         logger.error("petals node not started: cannot load {}: {}", source, exc)
         return 1
-    return 0 if serve(app, host, port) else 1
+    # its clients are the operator's daemons; on this host they are never refused
+    local = ConnectionLimits(trusted=frozenset({"127.0.0.1", "::1"}))
+    return 0 if serve(app, host, port, local) else 1
 
 
 def _offline() -> None:

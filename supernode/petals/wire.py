@@ -6,7 +6,6 @@ reason; nothing here raises anything else for bad input.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
+from supernode.crypto.wire_json import loads
 from supernode.errors import BadRequest, PayloadTooLarge, SupernodeError
 from supernode.petals.engine import Sampling
 
@@ -132,7 +132,7 @@ async def read_values(request: Request) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
         if kind == "application/json":
-            data = json.loads(text) if text.strip() else {}
+            data = loads(text) if text.strip() else {}
             if not isinstance(data, dict):
                 raise BadRequest("the JSON body must be an object", reason="bad_body")
             values.update(data)
