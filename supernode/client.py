@@ -2,105 +2,30 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from supernode.client_chain import ChainRPCError, rpc_call, send_payment
+from supernode.client_errors import OrderPending, SupernodeAPIError
+from supernode.client_orders import ORDER_TTL_S, SPEND_PATH, OrderMixin, PendingOrders
 from supernode.crypto.envelope import Envelope, sign_envelope
 from supernode.crypto.keys import Identity
 
 DEFAULT_TIMEOUT_S = 30.0
-
-
-class SupernodeAPIError(Exception):
-    """A supernode answered with an error status."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        detail = body.get("detail") if isinstance(body, dict) else body
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.body = body
-
-
-# -- paying on chain (the buyer's side) ----------------------------------------------------
-class ChainRPCError(Exception):
-    """The chain's JSON-RPC answered with an error."""
-
-
-_RPC_CLIENTS: dict[str, httpx.Client] = {}
-
-
-@atexit.register
-def _close_rpc_clients() -> None:
-    for client in _RPC_CLIENTS.values():
-        client.close()
-    _RPC_CLIENTS.clear()
-
-
-def _rpc_client(rpc_url: str) -> httpx.Client:
-    """One keep-alive client per chain URL (a new client per call costs ~35 ms here)."""
-    client = _RPC_CLIENTS.get(rpc_url)
-    if client is None or client.is_closed:
-        client = _RPC_CLIENTS[rpc_url] = httpx.Client()
-    return client
-
-
-def rpc_call(rpc_url: str, method: str, params: list[Any], timeout_s: float = 10.0) -> Any:
-    resp = _rpc_client(rpc_url).post(
-        rpc_url,
-        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
-        timeout=timeout_s,
-    )
-    data = resp.json()
-    if "error" in data:
-        raise ChainRPCError(f"{method}: {data['error']}")
-    return data["result"]
-
-
-def send_payment(
-    rpc_url: str,
-    payer: Identity,
-    *,
-    to: str | None,
-    value_wei: int,
-    data: str = "0x",
-    gas: int | None = None,
-    wait_s: float = 60.0,
-) -> str:
-    """Sign a transaction with eth-account, send it, wait until it is mined; returns the
-    transaction hash (0x…). ``to`` None creates a contract."""
-    from eth_account import Account
-    from eth_utils import to_checksum_address
-
-    chain_id = int(rpc_call(rpc_url, "eth_chainId", []), 16)
-    nonce = int(rpc_call(rpc_url, "eth_getTransactionCount", [payer.address, "pending"]), 16)
-    gas_price = int(rpc_call(rpc_url, "eth_gasPrice", []), 16)
-    tx: dict[str, Any] = {
-        "nonce": nonce,
-        "gasPrice": gas_price,
-        "value": value_wei,
-        "data": data,
-        "chainId": chain_id,
-    }
-    call: dict[str, Any] = {"from": payer.address, "value": hex(value_wei), "data": data}
-    if to is not None:
-        tx["to"] = call["to"] = to_checksum_address(to)
-    if gas is None:
-        estimate = int(rpc_call(rpc_url, "eth_estimateGas", [call]), 16)
-        gas = estimate + estimate // 5
-    tx["gas"] = gas
-    signed = Account.sign_transaction(tx, payer.private_key)
-    tx_hash = rpc_call(rpc_url, "eth_sendRawTransaction", [signed.raw_transaction.to_0x_hex()])
-    deadline = time.time() + wait_s
-    while time.time() < deadline:
-        if rpc_call(rpc_url, "eth_getTransactionReceipt", [tx_hash]) is not None:
-            return tx_hash
-        time.sleep(0.2)
-    raise TimeoutError(f"{tx_hash} not mined within {wait_s:.0f} s")
+DEFAULT_RETRY_S = 60.0  # how long a spend order is resent before the call gives up
+__all__ = [
+    "ChainRPCError",
+    "OrderPending",
+    "SupernodeAPIError",
+    "SupernodeClient",
+    "rpc_call",
+    "send_payment",
+]
 
 
 class PurchaseMixin:
@@ -162,10 +87,13 @@ class PurchaseMixin:
         sequence: int | None = None,
         request_id: str | None = None,
         executor: str | None = None,
-        ttl_s: int = 600,
+        ttl_s: int = ORDER_TTL_S,
     ) -> dict[str, Any]:
-        """A signed spend order (wire form) for this supernode to execute."""
+        """A signed spend order (wire form) for this supernode to execute. With no
+        ``sequence``: the pack's next, once the pack's pending orders are settled (never
+        two orders for one sequence)."""
         if sequence is None:
+            self.finish_pending(pack_id)
             sequence = self.pack_balance(pack_id)["next_sequence"]
         payload = {
             "pack_id": pack_id,
@@ -177,11 +105,14 @@ class PurchaseMixin:
         return self.sign("spend_order", payload, ttl_s=ttl_s).to_wire()
 
     def submit_spend(self, order: dict[str, Any]) -> dict[str, Any]:
-        """Have this supernode certify a signed spend order; returns the certificate."""
-        return self._call("POST", "/spend_credits", json=order)
+        """One try at having this supernode certify a signed spend order (no retry, not
+        kept: ``spend`` is the call that keeps and resends); returns the certificate."""
+        return self._call("POST", SPEND_PATH, json=order)
 
     def spend(self, pack_id: str, amount: int, **kw: Any) -> dict[str, Any]:
-        return self.submit_spend(self.spend_order(pack_id, amount, **kw))
+        """Sign the pack's next order and have it certified, resending that same order
+        through failures (see OrderMixin.submit_order); returns the certificate."""
+        return self.submit_order(self.spend_order(pack_id, amount, **kw), SPEND_PATH)
 
     def pack_spends(self, pack_id: str, from_sequence: int = 0) -> list[dict[str, Any]]:
         return self._call(
@@ -260,7 +191,7 @@ class InferenceMixin:
             request_id=quote["request_id"],
             executor=quote["executor"],
         )
-        return self._call("POST", "/process_inference_confirmation", json=order)
+        return self.submit_order(order, "/process_inference_confirmation")
 
     def request_status(self, request_id: str) -> dict[str, Any]:
         return self._call("GET", f"/check_status_of_inference_request_results/{request_id}")
@@ -334,8 +265,12 @@ class InferenceMixin:
         return encode_api_key(d.to_wire())
 
 
-class SupernodeClient(PurchaseMixin, InferenceMixin):
-    """One supernode, as a user (``identity``) or its operator (``operator_token``)."""
+class SupernodeClient(OrderMixin, PurchaseMixin, InferenceMixin):
+    """One supernode, as a user (``identity``) or its operator (``operator_token``).
+
+    Spend orders go to ``base_url`` first and, while it cannot certify them, to
+    ``fallback_urls`` (other members); each is resent as it is for up to ``retry_s``
+    seconds, and kept (in ``orders_file`` if given) until certified or refused for good."""
 
     def __init__(
         self,
@@ -344,12 +279,18 @@ class SupernodeClient(PurchaseMixin, InferenceMixin):
         identity: Identity | None = None,
         operator_token: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        fallback_urls: list[str] | None = None,
+        retry_s: float = DEFAULT_RETRY_S,
+        orders_file: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.operator_token = operator_token
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
         self._node: dict[str, Any] | None = None
+        self.fallback_urls = [u.rstrip("/") for u in fallback_urls or []]
+        self.retry_s = retry_s
+        self.pending = PendingOrders(orders_file)
 
     def close(self) -> None:
         self.http.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from supernode.client import SupernodeAPIError, SupernodeClient
+from supernode.client_orders import default_orders_file
 
 
 def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -41,6 +42,8 @@ def _run(args: argparse.Namespace) -> int:
         args.supernode,
         identity=_identity(args),
         operator_token=os.environ.get("SUPERNODE_OPERATOR_TOKEN") or args.token,
+        fallback_urls=args.fallback or [],
+        orders_file=Path(args.orders_file) if args.orders_file else default_orders_file(),
     )
     try:
         result: Any
@@ -90,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
             if who is None:
                 raise ValueError("give --to ADDRESS or a key")
             result = client.packs(who)
+        elif args.action == "resend-orders":
+            result = client.resend_pending()
         elif args.action == "logs":
             sys.stdout.write("\n".join(client.show_logs(args.minutes)) + "\n")
             return 0
@@ -126,10 +131,21 @@ def add_client_commands(sub: Any) -> None:
             "purchase-status",
             "packs",
             "logs",
+            "resend-orders",
         ],
     )
     c.add_argument("text", nargs="?", default="", help="message text")
     c.add_argument("--supernode", default="http://127.0.0.1:7123", help="the supernode's URL")
+    c.add_argument(
+        "--fallback",
+        action="append",
+        help="another supernode's URL, to resend a spend to while --supernode cannot (repeat)",
+    )
+    c.add_argument(
+        "--orders-file",
+        help="where signed spend orders wait until certified (default "
+        "$SUPERNODE_ORDERS_FILE or ~/.supernode/pending-orders.json)",
+    )
     c.add_argument("--key", help="user key: a file with a hex private key or a keystore")
     c.add_argument("--keystore", help="user key: an eth-account keystore file")
     c.add_argument("--credits", type=int, help="credits to buy (buy-credits)")

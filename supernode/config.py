@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     # next push (under load one push carries many; the next order of a pack brings its
     # voters the certificate before it anyway); 0: at once.
     push_linger_s: float = Field(default=0.2, ge=0, le=5)
+    # Seconds between liveness probes of every peer (GET /health): what /ready counts.
+    peer_probe_interval_s: float = Field(default=2.0, gt=0)
+    # Timeout of one liveness probe (s).
+    peer_probe_timeout_s: float = Field(default=2.0, gt=0)
     # Seconds between anti-entropy rounds.
     anti_entropy_interval_s: float = Field(default=2.0, gt=0)
     # Ids per anti-entropy page (and envelopes per fetch).

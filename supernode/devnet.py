@@ -178,8 +178,18 @@ class Daemon:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # in case it was suspended
             _stop_process(self.proc)
             self.proc = None
+
+    def suspend(self) -> None:
+        """SIGSTOP: the daemon hangs (its socket accepts connections, nothing answers)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as a crash."""

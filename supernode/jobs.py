@@ -44,6 +44,7 @@ def start_scheduler(node: Node) -> AsyncIOScheduler:
         await node.membership.refresh()
 
     async def housekeeping() -> None:
+        await node.credits.prune_quotes()
         used = await node.challenges.prune()
         if used:
             logger.info("housekeeping forgot {} answered challenges past their expiry", used)
@@ -74,6 +75,12 @@ def start_scheduler(node: Node) -> AsyncIOScheduler:
         s.anti_entropy_interval_s,
         s.anti_entropy_round_s + s.anti_entropy_timeout_s,
         first_in_s=0.2,
+    )
+    add(
+        "peer_probe",
+        lambda: node.gossip.probe(s.peer_probe_timeout_s),
+        s.peer_probe_interval_s,
+        s.peer_probe_timeout_s + 1.0,
     )
     add(
         "membership",

@@ -51,6 +51,23 @@ class NodeCollector:
         yield CounterMetricFamily(
             "supernode_anti_entropy_stored", "Envelopes stored from pulls", value=node.gossip.pulled
         )
+        conns = node.connections
+        open_ = GaugeMetricFamily(
+            "supernode_connections_open", "HTTP connections open", labels=["client"]
+        )
+        open_.add_metric(["outsider"], conns.outsiders_open)
+        open_.add_metric(["member"], sum(conns.by_address.values()) - conns.outsiders_open)
+        yield open_
+        yield CounterMetricFamily(
+            "supernode_connections_refused",
+            "Connections closed at accept: over the per-address or outsiders' cap",
+            value=conns.refused,
+        )
+        yield CounterMetricFamily(
+            "supernode_connections_timed_out",
+            "Connections closed by the idle, header or body timeout",
+            value=conns.timed_out,
+        )
         commits = CounterMetricFamily(
             "supernode_group_commits", "Group-commit transactions", labels=["writer"]
         )

@@ -206,6 +206,45 @@ class Node:
             found.update(str(info[4][0]) for info in infos)
         return found
 
+    def readiness(self, ledger_ok: bool) -> dict[str, Any]:
+        """Whether a paid request could be served end to end now, and what stops it."""
+        s = self.settings
+        now = time.time()
+        eligible = self.membership.eligible_members()
+        q = self.membership.quorum()
+        peer_window = 2 * s.peer_probe_interval_s + s.peer_probe_timeout_s
+        reachable = set(self.gossip.reachable(peer_window)) & set(eligible)
+        if self.address in eligible:
+            reachable.add(self.address)
+        chain_window = 3 * s.membership_interval_s + s.chain_timeout_s * (s.chain_read_retries + 1)
+        chain_ok = now - self.membership.chain_read_at <= chain_window
+        failing = [
+            name
+            for name, ok in (
+                ("starting_or_stopping", self.ready),
+                ("ledger_unavailable", ledger_ok),
+                ("chain_unreachable", chain_ok),
+                ("quorum_unreachable", q is not None and len(reachable) >= q),
+            )
+            if not ok
+        ]
+        return {
+            "ready": not failing,
+            "reasons": failing,
+            "checks": {
+                "started": self.ready,
+                "ledger": ledger_ok,
+                "chain": chain_ok,
+                "chain_read_s_ago": round(now - self.membership.chain_read_at, 1)
+                if self.membership.chain_read_at
+                else None,
+                "membership_epoch": self.membership.epoch,
+                "eligible_members": len(eligible),
+                "quorum": q,
+                "reachable_members": sorted(reachable),
+            },
+        }
+
     async def check_chain(self) -> None:
         """The chain must be the network's; unreachable is logged and retried by a job."""
         try:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from supernode.api.deps import get_node
+from supernode.api.deps import ENVELOPE_BODY, get_node
 from supernode.api.guard import read_json
 from supernode.api.limits import limited
 from supernode.api.p2p import transport
@@ -41,7 +41,11 @@ def _hex32(value: str, what: str) -> str:
     return value.lower()
 
 
-@router.post("/credit_purchase_initial_request", dependencies=[Depends(limited("writes"))])
+@router.post(
+    "/credit_purchase_initial_request",
+    dependencies=[Depends(limited("writes"))],
+    openapi_extra=ENVELOPE_BODY,
+)
 async def credit_purchase_initial_request(
     request: Request, node: Node = Depends(get_node)
 ) -> dict[str, Any]:
@@ -105,14 +109,14 @@ async def pack_balance(pack_id: str, node: Node = Depends(get_node)) -> dict[str
     }
 
 
-@p2p.post("/agree_quote")
+@p2p.post("/agree_quote", openapi_extra=ENVELOPE_BODY)
 async def agree_quote(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to agree to its price quote (we recompute it)."""
     env = transport(node, await read_json(request), AGREE_REQUEST)
     return await node.credits.agree(env)
 
 
-@p2p.post("/certify_purchase")
+@p2p.post("/certify_purchase", openapi_extra=ENVELOPE_BODY)
 async def certify_purchase(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to certify a paid purchase (we check the chain ourselves)."""
     env = transport(node, await read_json(request), CERTIFY_REQUEST)

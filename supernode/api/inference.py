@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from supernode.api.deps import Caller, get_node, operator_auth, prove, user_auth
+from supernode.api.deps import ENVELOPE_BODY, Caller, get_node, operator_auth, prove, user_auth
 from supernode.api.guard import read_json
 from supernode.api.limits import check_rate, limited
 from supernode.errors import BadRequest, Forbidden, NotFound, SupernodeError
@@ -37,14 +37,18 @@ async def model_menu(node: Node = Depends(get_node)) -> dict[str, Any]:
     return {"supernode": node.address, "models": node.inference.model_menu()}
 
 
-@router.post("/validate_inference_api_usage_request", dependencies=[Depends(limited("writes"))])
+@router.post(
+    "/validate_inference_api_usage_request",
+    dependencies=[Depends(limited("writes"))],
+    openapi_extra=ENVELOPE_BODY,
+)
 async def validate_usage(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """Body: the owner's signed `inference_usage_request` {pack_id, model, input, params,
     max_cost}. Returns this supernode's signed usage response: request_id and cost."""
     return await node.inference.validate_usage(await read_json(request))
 
 
-@router.post("/process_inference_confirmation")
+@router.post("/process_inference_confirmation", openapi_extra=ENVELOPE_BODY)
 async def process_confirmation(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """Body: the owner's signed `spend_order` for the quoted cost, naming this supernode as
     executor. The spend is certified by a quorum, then the request runs."""
@@ -61,7 +65,7 @@ async def execute_again(
     return await node.inference.rerun(body.request_id.lower())
 
 
-@router.post("/send_inference_output_results")
+@router.post("/send_inference_output_results", openapi_extra=ENVELOPE_BODY)
 async def receive_result_summary(
     request: Request, node: Node = Depends(get_node)
 ) -> dict[str, Any]:

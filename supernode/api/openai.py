@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from supernode.api.deps import json_body
+from supernode.api.deps import body_doc, json_body
 from supernode.api.guard import read_json
 from supernode.errors import SupernodeError
 from supernode.inference.openai import Job, chat_prompt
@@ -204,12 +204,12 @@ async def _sse(gw: Any, d: Any, job: Job, chat: bool) -> AsyncIterator[bytes]:
         )
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=body_doc(CompletionReq.model_json_schema()))
 async def completions(request: Request, authorization: str | None = Header(default=None)) -> Any:
     return await _run(request, False, authorization)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=body_doc(ChatReq.model_json_schema()))
 async def chat_completions(
     request: Request, authorization: str | None = Header(default=None)
 ) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from supernode.api.deps import get_node, json_body, ready_node
+from supernode.api.deps import ENVELOPE, ENVELOPE_BODY, body_doc, get_node, json_body, ready_node
 from supernode.api.guard import read_json
 from supernode.crypto.envelope import Envelope
 from supernode.errors import BadRequest
@@ -37,7 +37,16 @@ def transport(node: Node, raw: Any, type_: str) -> Envelope:
     )
 
 
-@router.post("/envelopes")
+@router.post(
+    "/envelopes",
+    openapi_extra=body_doc(
+        {
+            "type": "object",
+            "required": ["batch", "envelopes"],
+            "properties": {"batch": ENVELOPE, "envelopes": {"type": "array", "items": ENVELOPE}},
+        }
+    ),
+)
 async def receive_envelopes(request: Request) -> Response:
     """A peer pushes envelopes: `{"batch": <gossip_batch>, "envelopes": [...]}`."""
     node = ready_node(request)  # a hot route: no dependencies, no response model
@@ -67,7 +76,7 @@ async def receive_envelopes(request: Request) -> Response:
     return json_body(report.to_dict())
 
 
-@router.post("/sync")
+@router.post("/sync", openapi_extra=ENVELOPE_BODY)
 async def sync(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """Anti-entropy, step 1: the ids after the caller's cursor in our log, oldest first:
     `{"ids": [...], "next_cursor": n, "more": bool}` (the caller fetches what it lacks)."""
@@ -95,7 +104,7 @@ async def sync(request: Request, node: Node = Depends(get_node)) -> dict[str, An
     return {"ids": [r[1] for r in rows], "next_cursor": cursor, "more": more}
 
 
-@router.post("/fetch")
+@router.post("/fetch", openapi_extra=ENVELOPE_BODY)
 async def fetch(request: Request, node: Node = Depends(get_node)) -> Response:
     """Anti-entropy, step 2: the envelopes with these ids that the caller may see,
     `{"envelopes": [...]}` (unknown ids are left out)."""

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from supernode.api.credits import HEX32
-from supernode.api.deps import get_node, json_body, ready_node
+from supernode.api.deps import ENVELOPE_BODY, get_node, json_body, ready_node
 from supernode.api.guard import read_json
 from supernode.api.p2p import transport
 from supernode.credits.spend import VOTE_BATCH
@@ -18,7 +18,7 @@ router = APIRouter(tags=["spends"])
 p2p = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
 
 
-@router.post("/spend_credits")
+@router.post("/spend_credits", openapi_extra=ENVELOPE_BODY)
 async def spend_credits(request: Request) -> Response:
     """Body: the owner's signed `spend_order` envelope {pack_id, sequence, amount,
     request_id, executor = this supernode}. Returns the spend certificate (the order and a
@@ -39,7 +39,7 @@ async def pack_spends(
     return {"pack_id": pack_id.lower(), "count": len(certs), "certificates": certs}
 
 
-@p2p.post("/spend_votes")
+@p2p.post("/spend_votes", openapi_extra=ENVELOPE_BODY)
 async def spend_votes(request: Request) -> Response:
     """An executor asks for our votes: a signed `spend_vote_batch` whose payload is
     {"items": [{"order", "prior"}, ...]}; one result per item, each vote durable before

@@ -136,6 +136,7 @@ class CreditService:
         terms = quote_terms(
             request, self.network, expiry_block=latest + self.s.quote_ttl_blocks, quoted_by=self.me
         )
+        await self._check_funds(request.sender, terms["amount_wei"])
         agreements, q, why = await self._gather(
             QUOTE_KIND,
             terms,
@@ -157,6 +158,32 @@ class CreditService:
             len(agreements),
         )
         return quote
+
+    async def _check_funds(self, buyer: str, amount_wei: int) -> None:
+        """A buyer who cannot pay gets no quote: a quote is stored at every member, so
+        quotes nobody can pay would be free storage for anyone with a fresh key."""
+        try:
+            balance = await self.chain.balance(buyer)
+        except ChainError as exc:
+            raise Unavailable(f"chain unreachable: {exc}") from exc
+        if balance < amount_wei:
+            raise Refused(
+                f"{buyer} holds {balance} wei; the pack costs {amount_wei} wei (plus gas)",
+                reason="insufficient_funds",
+            )
+
+    async def prune_quotes(self) -> int:
+        """Forget unpaid quotes a full quote lifetime past their expiry block."""
+        try:
+            latest = await self.chain.block_number()
+        except ChainError as exc:
+            logger.warning("unpaid quotes not pruned: chain unreachable ({})", exc)
+            return 0
+        async with self.db.write() as conn:
+            n = await repo.prune_unpaid_quotes(conn, latest - self.s.quote_ttl_blocks)
+        if n:
+            logger.info("forgot {} unpaid quotes past their expiry", n)
+        return n
 
     async def agree(self, env: Envelope) -> dict[str, Any]:
         """A peer asks us to agree to its quote: recompute it and attest."""

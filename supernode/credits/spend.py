@@ -22,13 +22,16 @@ from loguru import logger
 
 from supernode.config import Settings
 from supernode.credits.spend_terms import (
+    NO_TIME_WINDOW,
     VOTE_KIND,
     check_against_pack,
     delegation_id,
+    order_window,
     parse_order,
     verify_spend_certificate,
     vote_terms,
 )
+from supernode.crypto.attest import is_attestation
 from supernode.crypto.canonical import CanonicalError, canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
@@ -37,7 +40,7 @@ from supernode.federation.gossip import Gossip
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
 from supernode.federation.peer_http import PeerError
-from supernode.federation.rpc import BatchedCall, gather_answers
+from supernode.federation.rpc import BatchedCall, PeerAnswers, gather_answers
 from supernode.federation.signer import Signer
 from supernode.ledger import spends as repo
 from supernode.ledger.db import Conn, Database
@@ -101,9 +104,10 @@ class SpendService:
         self.membership = membership
         self.gossip = gossip
         self.publish = publish
-        # a vote request: the order, and the pack's previous certificate (checked) if the
-        # request brought one, stored in the vote's own transaction
-        self.votes: GroupCommit[tuple[Envelope, Prior | None], Any] = GroupCommit(
+        # a vote request: the order; the pack's previous certificate (checked) if the
+        # request brought one, stored in the vote's own transaction; and whether an expired
+        # order may get our first vote (another member's vote for it was shown)
+        self.votes: GroupCommit[tuple[Envelope, Prior | None, bool], Any] = GroupCommit(
             db, self._vote_batch, max_weight=500, plain_sql=lambda _items: True, name="votes"
         )
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
@@ -126,24 +130,29 @@ class SpendService:
 
     # -- voting -------------------------------------------------------------------------
     async def _vote_batch(
-        self, conn: Conn, items: list[tuple[Envelope, Prior | None]]
+        self, conn: Conn, items: list[tuple[Envelope, Prior | None, bool]]
     ) -> list[Any]:
         """One durable transaction for a batch of vote requests, each checked in turn
         (after storing the certificate it brought, if we lacked it)."""
         out: list[Any] = []
         now = time.time()
-        for order, prior in items:
+        for order, prior, expired_ok in items:
             try:
                 if prior is not None:
                     await store_certificates(conn, [prior], now)
-                out.append(await self._vote_one(conn, order))
+                out.append(await self._vote_one(conn, order, expired_ok))
             except Refused as exc:
                 out.append(exc)
         return out
 
-    async def _check_vote(self, conn: Conn, order: Envelope) -> dict[str, str] | None:
-        """Our vote for ``order`` if we gave it already; None if we may vote for it now;
-        Refused (with the reason) if we may not."""
+    async def _check_vote(
+        self, conn: Conn, order: Envelope, expired_ok: bool = False
+    ) -> dict[str, str] | None:
+        """Our vote for ``order`` if we gave it already (whatever the time: an order some
+        member voted for must stay completable, or its sequence would be locked for good);
+        None if we may vote for it now; Refused (with the reason) if we may not. A first
+        vote needs the order (and its delegation) within their time window, but for an
+        expired order when ``expired_ok`` (another member's vote for it was shown)."""
         p = order.payload
         mine = await repo.vote_for(conn, p["pack_id"], p["sequence"])
         if mine is not None:
@@ -153,14 +162,25 @@ class SpendService:
                 f"already voted for order {mine['order_id']} at sequence {p['sequence']}",
                 reason="conflicting_order",
             )
+        late = self._late(order)
+        if late is not None and not (late == "order_expired" and expired_ok):
+            raise Refused(f"{late}: no first vote for this order now", reason=late)
         did = delegation_id(order)
         spent = await repo.delegated_spent(conn, did) if did else 0
         check_against_pack(order, await repo.pack_state(conn, p["pack_id"]), spent)
         return None
 
-    async def _vote_one(self, conn: Conn, order: Envelope) -> dict[str, str]:
+    def _late(self, order: Envelope) -> str | None:
+        return order_window(
+            order,
+            time.time(),
+            clock_skew_s=self.s.clock_skew_s,
+            max_ttl_s=self.s.max_envelope_ttl_s,
+        )
+
+    async def _vote_one(self, conn: Conn, order: Envelope, expired_ok: bool) -> dict[str, str]:
         p = order.payload
-        given = await self._check_vote(conn, order)
+        given = await self._check_vote(conn, order, expired_ok)
         if given is not None:
             return given
         vote = self.signer.attest(VOTE_KIND, vote_terms(order))
@@ -178,17 +198,37 @@ class SpendService:
         )
         return vote
 
-    async def vote(self, order: Envelope, prior: Prior | None = None) -> dict[str, str]:
+    async def vote(
+        self, order: Envelope, prior: Prior | None = None, expired_ok: bool = False
+    ) -> dict[str, str]:
         """Our vote for ``order`` (durable before it returns), or Refused with the reason;
         ``prior``, the pack's certificate before it (checked), is stored first."""
-        result = await self.votes.submit((order, prior))
+        result = await self.votes.submit((order, prior, expired_ok))
         if isinstance(result, Exception):
             raise result
         return result
 
     def _parse(self, raw: Any) -> Envelope:
-        return parse_order(
-            raw, self.network, clock_skew_s=self.s.clock_skew_s, max_ttl_s=self.s.max_envelope_ttl_s
+        """Schema and signatures; the time window is the vote's business (_check_vote)."""
+        return parse_order(raw, self.network, clock_skew_s=NO_TIME_WINDOW, max_ttl_s=NO_TIME_WINDOW)
+
+    def _others_voted(self, order: Envelope, votes: Any) -> bool:
+        """``votes`` holds a valid vote for ``order`` by another eligible member."""
+        if not isinstance(votes, list):
+            return False
+        terms, eligible = vote_terms(order), self.membership.eligible_members()
+        return any(
+            isinstance(v, dict)
+            and v.get("signer") != self.me
+            and is_attestation(
+                VOTE_KIND,
+                terms,
+                v,
+                chain_id=self.network.chain_id,
+                network_id=self.network.network_id,
+                eligible=eligible,
+            )
+            for v in votes[: len(eligible)]
         )
 
     async def votes_for_peer(self, env: Envelope) -> dict[str, Any]:
@@ -206,25 +246,26 @@ class SpendService:
         except SupernodeError as exc:
             return {"error": {"status": exc.status, "reason": exc.reason, "detail": exc.detail}}
 
-    async def vote_for_peer(self, executor: str, item: Any) -> dict[str, str]:
-        """``executor`` asks for our vote on ``item["order"]``. The request carries the
-        pack's previous certificate (``item["prior"]``): checked (once: gossip usually
-        brought it already) and stored in the vote's own transaction, so a voter that
-        gossip has not reached yet needs no second write; further behind, we fetch what we
-        missed from the executor (bounded)."""
-        if not isinstance(item, dict):
-            raise BadRequest("a vote request is an object {order, prior}")
+    async def vote_for_peer(self, asker: str, item: Any) -> dict[str, str]:
+        """Member ``asker`` (the order's executor, or any member a client resent the order
+        to) asks for our vote on ``item["order"]``. The request carries the pack's previous
+        certificate (``item["prior"]``): checked (once: gossip usually brought it already)
+        and stored in the vote's own transaction, so a voter that gossip has not reached
+        yet needs no second write; further behind, we fetch what we missed from the asker
+        (bounded). ``item["votes"]``, other members' votes for the order, lets an expired
+        order that some member voted for in time get ours too."""
+        if not isinstance(item, dict) or not set(item) <= {"order", "prior", "votes"}:
+            raise BadRequest("a vote request is an object {order, prior, votes?}")
         order = self._parse(item.get("order"))
-        if order.payload["executor"] != executor:
-            raise Refused("only the order's executor may ask for votes", reason="wrong_executor")
-        prior = self._prior(order, item.get("prior"), executor)
+        prior = self._prior(order, item.get("prior"), asker)
+        expired_ok = "votes" in item and self._others_voted(order, item["votes"])
         try:
-            return await self.vote(order, prior)
+            return await self.vote(order, prior, expired_ok)
         except Refused as exc:
             if exc.reason != "sequence_ahead":
                 raise
-        await self.catch_up(order.payload["pack_id"], executor)
-        return await self.vote(order)
+        await self.catch_up(order.payload["pack_id"], asker)
+        return await self.vote(order, None, expired_ok)
 
     def _prior(self, order: Envelope, raw: Any, executor: str) -> Prior | None:
         """The certificate right before ``order`` in its pack, checked; None if absent,
@@ -291,44 +332,38 @@ class SpendService:
         return len(certs)
 
     async def certify(self, raw_order: Any, linger_s: float = 0.0) -> dict[str, Any]:
-        """As the executor: our vote, then peers' until a quorum; gossip the certificate.
-        ``linger_s``: how long the vote requests may wait to share a batch (the caller
-        has time: the model's answer will take longer)."""
+        """Our vote, then peers' until a quorum; gossip the certificate. Any member may do
+        this for any order (a client resends an order wherever it can while its first
+        supernode is unreachable); the certificate names the order's executor all the
+        same. ``linger_s``: how long the vote requests may wait to share a batch (the
+        caller has time: the model's answer will take longer).
+
+        An order that expired before a quorum voted for it is finished if any member voted
+        for it in time: every member is asked, and the votes found are shown to the others
+        (who then vote for it too). If no member holds a vote for it and every member said
+        so, it can never be certified: 422 ``order_expired`` (the client signs a new order
+        for that sequence). Until every member has answered, 503 ``no_quorum``."""
         order = self._parse(raw_order)
-        if order.payload["executor"] != self.me:
-            raise Refused(
-                f"the order names executor {order.payload['executor']}, not this "
-                f"supernode ({self.me})",
-                reason="wrong_executor",
-            )
         eligible, q = self.membership.eligible_members(), self.membership.quorum()
         if q is None:
             raise Unavailable("no eligible members known yet (is the chain reachable?)")
-        seq = order.payload["sequence"]
-        prior = None
-        if seq > 0:  # the certificate before this order, for voters gossip has not reached
-            prior = self._last.get(order.payload["pack_id"])
-            if prior is None or prior["order"]["payload"]["sequence"] != seq - 1:
-                previous = await self.certificates(order.payload["pack_id"], seq - 1, 1)
-                prior = previous[0] if previous else None
-        terms = vote_terms(order)
-        item = {"order": order.to_wire(), "prior": prior}
-        mine = self.me in eligible
-        if mine:  # checked first (a read): a bad order is refused without asking anyone
-            async with self.db.quick_read() as conn:
-                await self._check_vote(conn, order)
-        asking = gather_answers(
-            {a: self._asker(a).call(item, linger_s) for a in eligible if a in self.gossip.links},
-            need=q - mine,
-            timeout_s=self.s.quorum_timeout_s,
-        )
-        votes: list[dict[str, str]] = []
-        if mine:  # our durable vote is written while the peers write theirs
-            own, answers = await asyncio.gather(self.vote(order), asking)  # raises our refusal
-            votes.append(own)
-        else:
-            answers = await asking
-        votes += answers.attestations(VOTE_KIND, terms, self.network, eligible)
+        item = {"order": order.to_wire(), "prior": await self._prior_of(order)}
+        if self._late(order) != "order_expired":
+            votes, answers = await self._collect(order, item, eligible, q, linger_s)
+        else:  # first everyone, to find the votes given in time; then show them to the rest
+            votes, answers = await self._collect(order, item, eligible, len(eligible), 0.0)
+            if not votes and answers.all_refused(eligible, "order_expired"):
+                raise Refused(
+                    "the order expired and no member voted for it: it can never be "
+                    "certified; sign a new order for this sequence",
+                    reason="order_expired",
+                )
+            if votes and len(votes) < q:
+                rest = [a for a in eligible if a not in {v["signer"] for v in votes}]
+                more, answers = await self._collect(
+                    order, {**item, "votes": votes}, rest, q - len(votes), 0.0
+                )
+                votes += more
         if len(votes) < q:
             raise Unavailable(
                 f"spend voted by {len(votes)} of the {q} members needed; {answers.summary()}",
@@ -348,6 +383,65 @@ class SpendService:
         while len(self._last) > LAST_CERTS:
             self._last.popitem(last=False)
         return cert
+
+    async def _prior_of(self, order: Envelope) -> dict[str, Any] | None:
+        """The pack's certificate before ``order``, for voters gossip has not reached."""
+        seq = order.payload["sequence"]
+        if seq == 0:
+            return None
+        prior = self._last.get(order.payload["pack_id"])
+        if prior is None or prior["order"]["payload"]["sequence"] != seq - 1:
+            previous = await self.certificates(order.payload["pack_id"], seq - 1, 1)
+            prior = previous[0] if previous else None
+        return prior
+
+    async def _collect(
+        self,
+        order: Envelope,
+        item: dict[str, Any],
+        members: list[str],
+        need: int,
+        linger_s: float,
+    ) -> tuple[list[dict[str, str]], PeerAnswers]:
+        """Votes for ``order`` from ``members`` (ours included if we are one), until
+        ``need`` of them voted, all answered, or the quorum timeout passed."""
+        terms = vote_terms(order)
+        expired_ok = "votes" in item
+        mine = self.me in members
+        if mine and not expired_ok:  # checked first (a read): refused without asking anyone
+            async with self.db.quick_read() as conn:
+                try:
+                    await self._check_vote(conn, order)
+                except Refused as exc:
+                    if exc.reason != "order_expired":
+                        raise
+        asking = gather_answers(
+            {
+                a: self._asker(a).call(item, linger_s)
+                for a in members
+                if a != self.me and a in self.gossip.links
+            },
+            need=need - mine,
+            timeout_s=self.s.quorum_timeout_s,
+        )
+        votes: list[dict[str, str]] = []
+        if mine:  # our durable vote is written while the peers write theirs
+            own, answers = await asyncio.gather(
+                self.vote(order, None, expired_ok), asking, return_exceptions=True
+            )
+            if isinstance(answers, BaseException):
+                raise answers
+            if isinstance(own, Refused) and own.reason == "order_expired":
+                answers.refused[self.me] = f"HTTP 422: order_expired: {own.detail}"
+            elif isinstance(own, BaseException):
+                raise own
+            else:
+                votes.append(own)
+        else:
+            answers = await asking
+        eligible = self.membership.eligible_members()
+        votes += answers.attestations(VOTE_KIND, terms, self.network, eligible)
+        return votes, answers
 
     def _asker(self, address: str) -> BatchedCall:
         asker = self.askers.get(address)

@@ -119,6 +119,25 @@ def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s:
     return env
 
 
+def order_window(order: Envelope, now: float, *, clock_skew_s: int, max_ttl_s: int) -> str | None:
+    """Why ``order`` may not get a *first* vote now ("from_future", "bad_expiry",
+    "order_expired", "delegation_expired"), or None. Its signatures are checked by
+    parse_order; a voter that voted for it already answers with that vote whatever the
+    time (see SpendService)."""
+    windows = [(order.created_at, order.expires_at, "order_expired")]
+    d = order.payload.get("delegation")
+    if d is not None:
+        windows.append((d["created_at"], d["expires_at"], "delegation_expired"))
+    for created, expires, expired in windows:
+        if expires - created > max_ttl_s:
+            return "bad_expiry"
+        if created > now + clock_skew_s:
+            return "from_future"
+        if expires < now - clock_skew_s:
+            return expired
+    return None
+
+
 def delegation_id(order: Envelope) -> str | None:
     d = order.payload.get("delegation")
     return d.get("id") if isinstance(d, dict) else None

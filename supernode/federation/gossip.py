@@ -78,8 +78,16 @@ class PeerLink:
         self.failed_batches = 0
         self.dropped = 0
         self.last_error: str | None = None
+        # when the peer last answered us, and when a call to it last failed (pushes and
+        # anti-entropy pulls): what /ready counts as reachable
+        self.answered_at = 0.0
+        self.failed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._flush: asyncio.TimerHandle | None = None  # wakes the link for lingering items
+
+    def reachable(self, now: float, window_s: float) -> bool:
+        """It answered within ``window_s`` and nothing failed since."""
+        return self.answered_at > self.failed_at and now - self.answered_at <= window_s
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"push-{self.member.address[:10]}")
@@ -166,6 +174,7 @@ class PeerLink:
                     self.sent += len(batch)
                     self.batches += 1
                     self.last_error = None
+                    self.answered_at = time.time()
                     return {"ok": True, **resp.json()}
                 error = f"HTTP {resp.status}: {resp.text[:200]}"
                 if 400 <= resp.status < 500 and resp.status not in (408, 429):
@@ -177,7 +186,8 @@ class PeerLink:
                 delay *= 2
         self.failed_batches += 1
         self.last_error = error
-        self.down_until = time.time() + delay
+        self.failed_at = time.time()
+        self.down_until = self.failed_at + delay
         logger.warning(
             "push of {} envelopes to {} failed ({}); peer marked down for {:.1f} s, "
             "anti-entropy will deliver",
@@ -216,6 +226,28 @@ class Gossip:
                 continue
             self.links[m.address] = PeerLink(m, identity, network, push, PeerHTTP())
         self.pulled = 0
+
+    def reachable(self, window_s: float) -> list[str]:
+        """The peers that answered within ``window_s`` with no failure since."""
+        now = time.time()
+        return [a for a, link in self.links.items() if link.reachable(now, window_s)]
+
+    async def probe(self, timeout_s: float) -> int:
+        """Ask every peer's /health at once (bounded by ``timeout_s``), so that a peer that
+        stopped answering is known within seconds; returns how many answered."""
+
+        async def one(link: PeerLink) -> bool:
+            try:
+                resp = await link.client.get(f"{link.member.url}/health", {}, timeout_s=timeout_s)
+            except PeerError:
+                resp = None
+            if resp is not None and resp.status == 200:
+                link.answered_at = time.time()
+                return True
+            link.failed_at = time.time()
+            return False
+
+        return sum(await asyncio.gather(*(one(link) for link in self.links.values())))
 
     def start(self) -> None:
         for link in self.links.values():
@@ -305,10 +337,12 @@ class Gossip:
             try:
                 _, stored = await self._pull_peer(link, cursors.get(addr, 0), deadline)
             except (PeerError, ValueError, KeyError) as exc:
+                link.failed_at = time.time()
                 async with self.db.write() as conn:
                     await peers_repo.mark_contact(conn, addr, time.time(), f"pull: {exc!r}"[:300])
                 continue
             total += stored
+            link.answered_at = time.time()
             async with self.db.write() as conn:
                 await peers_repo.mark_contact(conn, addr, time.time(), None)
             if link.down_until and time.time() < link.down_until:

@@ -38,6 +38,7 @@ class Membership:
         self.epoch: int | None = None
         self.checked_at: float | None = None
         self.last_error: str | None = None
+        self.chain_read_at = 0.0  # when the chain last answered a read of ours
 
     def eligible_members(self) -> list[str]:
         return [a for a, ok in self.eligible.items() if ok]
@@ -60,6 +61,7 @@ class Membership:
         except ChainError as exc:
             self.last_error = str(exc)
             return False
+        self.chain_read_at = time.time()
         epoch = block // self.network.epoch_blocks
         stale = self.checked_at is None or time.time() - self.checked_at > self.max_age_s
         if not force and epoch == self.epoch and not stale:

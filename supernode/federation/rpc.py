@@ -39,6 +39,11 @@ class PeerAnswers:
     def summary(self) -> str:
         return "; ".join(f"{addr[:10]}…: {why}" for addr, why in self.refused.items())
 
+    def all_refused(self, members: Collection[str], reason: str) -> bool:
+        """Every one of ``members`` answered with a 422 refusal for ``reason``."""
+        prefix = refusal(422, {"reason": reason, "detail": ""})[:-1]
+        return all(self.refused.get(a, "").startswith(prefix) for a in members)
+
     def attestations(
         self,
         kind: str,

@@ -243,13 +243,20 @@ class InferenceService:
                 f"the order spends {p['amount']}; the request costs {req['cost']}",
                 reason="wrong_amount",
             )
-        if req["status"] == repo.QUOTED and req["quote_expires_at"] < time.time():
+        # an order signed while its quote held is honoured later (a retry through an outage)
+        if req["status"] == repo.QUOTED and req["quote_expires_at"] < order.created_at:
             raise Refused("the quote expired; validate the request again", reason="quote_expired")
         return req
 
     async def process_confirmation(self, raw_order: Any) -> dict[str, Any]:
         """/process_inference_confirmation: certify the user's spend order, then run."""
         order = self.spends._parse(raw_order)
+        if order.payload["executor"] != self.me:
+            raise Refused(
+                f"the order names executor {order.payload['executor']}, not this supernode "
+                f"({self.me}): confirm it there",
+                reason="wrong_executor",
+            )
         req = await self._request_for_order(order)
         if req["status"] != repo.QUOTED:
             return await self.status(req["request_id"])  # a retry: already certified

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -46,6 +46,18 @@ async def add_quote(
         .on_conflict_do_nothing()
     )
     await conn.execute(stmt)
+
+
+async def prune_unpaid_quotes(conn: AsyncConnection, before_block: int) -> int:
+    """Forget quotes nobody acted on that expired before ``before_block`` (a late buyer
+    sends its signed quote along with its confirmation)."""
+    result = await conn.execute(
+        delete(cp)
+        .where(cp.c.status == QUOTED)
+        .where(cp.c.confirming.is_(False))
+        .where(cp.c.expiry_block < before_block)
+    )
+    return result.rowcount or 0
 
 
 async def set_status(

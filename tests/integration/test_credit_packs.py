@@ -458,6 +458,7 @@ def test_same_request_means_the_same_quote_anywhere(fed: LocalFederation) -> Non
     net = fed.network
     assert net is not None
     ivy = Identity.generate()
+    fed.anvil.send_eth(ivy.address, ETH)  # type: ignore[union-attr]  (no quote without funds)
     env = sign_envelope(
         ivy,
         type_="credit_purchase_request",

@@ -4,6 +4,7 @@ tiny random Llama. Native flow, OpenAI SDK, streaming, fail-over, refunds, bad i
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -431,7 +432,8 @@ def test_cli_infer_and_delegate(fed: LocalFederation, tmp_path: Any) -> None:
         """`supernode client COMMAND` as the owner, on daemon 2's pack."""
         return subprocess.run(
             [sys.executable, "-m", "supernode.cli", "client", command, "--supernode", sn]
-            + ["--key", str(key_file), "--pack", pack_id, *args],
+            + ["--key", str(key_file), "--pack", pack_id, *args]
+            + ["--orders-file", str(tmp_path / "orders.json")],
             capture_output=True,
             text=True,
             timeout=60,
@@ -439,6 +441,7 @@ def test_cli_infer_and_delegate(fed: LocalFederation, tmp_path: Any) -> None:
 
     out = cli("infer", "--model", model(fed), "--max-new-tokens", "8", "the cat sat on the")
     assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    assert json.loads((tmp_path / "orders.json").read_text()) == {}  # certified: not kept
     delegated = cli("delegate", "--max-credits", "100", "--expires", "600")
     assert delegated.returncode == 0, delegated.stderr
     key = delegated.stdout.strip()
