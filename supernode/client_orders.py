@@ -26,7 +26,9 @@ from supernode.client_errors import OrderPending, SupernodeAPIError
 # Answers after which the same order may still be certified: the federation (or this
 # supernode) cannot do it now. Every other refusal is for good.
 RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
-RETRY_REASONS = frozenset({"sequence_ahead"})  # the supernode is behind; it catches up itself
+# the supernode is behind (it has not yet applied the pack's last certificate, or seen the
+# pack): it catches up by itself
+RETRY_REASONS = frozenset({"sequence_ahead", "unknown_pack"})
 ORDER_TTL_S = 24 * 3600  # lifetime of a signed order: longer than an outage worth waiting out
 SPEND_PATH = "/spend_credits"
 RETRY_FIRST_S = 0.5  # first pause between two sends of one order; doubles each time

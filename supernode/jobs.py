@@ -45,6 +45,7 @@ def start_scheduler(node: Node) -> AsyncIOScheduler:
 
     async def housekeeping() -> None:
         await node.credits.prune_quotes()
+        await node.inference.prune_quotes()
         used = await node.challenges.prune()
         if used:
             logger.info("housekeeping forgot {} answered challenges past their expiry", used)

@@ -349,7 +349,15 @@ class SpendService:
             raise Unavailable("no eligible members known yet (is the chain reachable?)")
         item = {"order": order.to_wire(), "prior": await self._prior_of(order)}
         if self._late(order) != "order_expired":
-            votes, answers = await self._collect(order, item, eligible, q, linger_s)
+            try:
+                votes, answers = await self._collect(order, item, eligible, q, linger_s)
+            except Refused as exc:
+                done = (
+                    await self._certified_already(order) if exc.reason == "stale_sequence" else None
+                )
+                if done is None:
+                    raise
+                return done  # a resend of an order certified meanwhile
         else:  # first everyone, to find the votes given in time; then show them to the rest
             votes, answers = await self._collect(order, item, eligible, len(eligible), 0.0)
             if not votes and answers.all_refused(eligible, "order_expired"):
@@ -383,6 +391,13 @@ class SpendService:
         while len(self._last) > LAST_CERTS:
             self._last.popitem(last=False)
         return cert
+
+    async def _certified_already(self, order: Envelope) -> dict[str, Any] | None:
+        """The certificate of ``order`` itself, if its sequence was certified for it."""
+        found = await self.certificates(order.payload["pack_id"], order.payload["sequence"], 1)
+        if found and found[0]["order"]["id"] == order.id:
+            return found[0]
+        return None
 
     async def _prior_of(self, order: Envelope) -> dict[str, Any] | None:
         """The pack's certificate before ``order``, for voters gossip has not reached."""

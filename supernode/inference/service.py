@@ -205,6 +205,15 @@ class InferenceService:
             await repo.add_request(conn, row)
         return self._quote_view(row)
 
+    async def prune_quotes(self) -> int:
+        """Forget usage quotes never confirmed, once no order signed while they held can
+        still come (an envelope's longest lifetime after their expiry)."""
+        async with self.db.write_sql() as conn:
+            n = await repo.prune_quotes(conn, time.time() - self.s.max_envelope_ttl_s)
+        if n:
+            logger.info("forgot {} usage quotes never confirmed", n)
+        return n
+
     def _quote_view(self, row: dict[str, Any]) -> dict[str, Any]:
         return {
             "request_id": row["request_id"],

@@ -45,6 +45,15 @@ async def get_request(conn: Conn, request_id: str) -> dict[str, Any] | None:
     return dict_row(cur)
 
 
+async def prune_quotes(conn: Conn, expired_before: float) -> int:
+    """Forget usage quotes never confirmed whose quote expired before ``expired_before``."""
+    cur = sqlite_of(conn).execute(
+        "DELETE FROM inference_requests WHERE status = ? AND quote_expires_at < ?",
+        (QUOTED, expired_before),
+    )
+    return cur.rowcount
+
+
 @cache
 def _update_sql(columns: tuple[str, ...]) -> str:
     sets = ", ".join(f"{c} = ?" for c in columns)
