@@ -1,7 +1,7 @@
 """HTTP to one peer: a keep-alive aiohttp session with a bounded connection pool.
 
 Peer fan-out (gossip pushes, vote requests, pulls) is this daemon's hottest client path.
-Measured here (shared/notes/performance-limits.md), httpx costs about 1 ms of CPU per
+Measured here, httpx costs about 1 ms of CPU per
 request and degrades with many requests in flight on one client; aiohttp does the same
 work for a fraction of that. Every call has a timeout; failures of the transport are one
 exception type, ``PeerUnreachable`` (a ``PeerError``).

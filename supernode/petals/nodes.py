@@ -98,7 +98,7 @@ class Node:
         self.config, self.url, self.timeouts = config, config.url, timeouts
         self.client: httpx.AsyncClient | None = None
         # the hot calls (generate, tokenize) go over aiohttp: httpx costs about 1 ms of CPU
-        # per request here (shared/notes/performance-limits.md)
+        # per request here
         self.session: aiohttp.ClientSession | None = None
         self.sockets: set[ClientConnection] = set()
         self.healthy = False

@@ -104,3 +104,25 @@ def test_the_package_puts_the_recursion_limit_back_after_py_ecc() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after = out.stdout.split()
     assert before == after == "1000"
+
+
+tricky_text = st.text(alphabet=st.sampled_from(list('[]{}"\\ax0,:') + ["\u00e9", "\n"]), max_size=8)
+nested_values = st.recursive(
+    st.none() | st.integers(min_value=-(2**70), max_value=2**70) | tricky_text,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(tricky_text, c, max_size=3),
+    max_leaves=40,
+)
+
+
+@given(nested_values, st.integers(min_value=1, max_value=8))
+def test_the_fast_depth_check_equals_the_walk(value: object, limit: int) -> None:
+    from supernode.crypto.wire_json import _deeper_than, _shape, too_deep
+
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
+        shape = _shape(text.encode())
+        assert _deeper_than(shape, limit) == (too_deep(value, limit) is not None), text
+
+
+def test_strings_full_of_brackets_and_escapes_are_not_nesting() -> None:
+    body = json.dumps({"a": "[[[[{{{{" * 50, "b": '\\"[[[[', "c": "\\\\", "d": [1]}).encode()
+    assert loads(body, max_depth=3)["d"] == [1]
