@@ -49,8 +49,8 @@ def start_scheduler(node: Node) -> AsyncIOScheduler:
         used = await node.challenges.prune()
         if used:
             logger.info("housekeeping forgot {} answered challenges past their expiry", used)
-        async with node.db.write() as conn:
-            n = await env_repo.prune_expired(conn, time.time() - s.clock_skew_s)
+        async with node.db.write(env_repo.SEEN) as conn:
+            n = env_repo.prune_expired(conn, time.time() - s.clock_skew_s)
         if n:
             logger.info("housekeeping pruned {} expired envelopes from the seen-set", n)
 

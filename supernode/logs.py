@@ -86,13 +86,12 @@ def setup_logging(level: str, ring_size: int, log_file: Path | None) -> LogRing:
         logging.getLogger(name).propagate = False
     logging.getLogger("uvicorn.access").disabled = True  # ~30% of the request cost
     # Library loggers that speak per frame or per query: at DEBUG the log stream would
-    # log its own frames (websockets) and every ledger call (aiosqlite) back into itself.
+    # log its own frames (websockets) and every HTTP call (httpx) back into itself.
     # uvicorn hands its "uvicorn.error" logger to websockets, which logs frames at DEBUG.
     for name in (
         "uvicorn",
         "uvicorn.error",
         "websockets",
-        "aiosqlite",
         "httpx",
         "httpcore",
         "asyncio",

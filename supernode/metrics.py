@@ -51,6 +51,12 @@ class NodeCollector:
         yield CounterMetricFamily(
             "supernode_anti_entropy_stored", "Envelopes stored from pulls", value=node.gossip.pulled
         )
+        sizes = GaugeMetricFamily(
+            "supernode_memory_entries", "Entries of the daemon's in-memory maps", labels=["map"]
+        )
+        for name, n in sorted(node.memory_sizes().items()):
+            sizes.add_metric([name], n)
+        yield sizes
         conns = node.connections
         open_ = GaugeMetricFamily(
             "supernode_connections_open", "HTTP connections open", labels=["client"]

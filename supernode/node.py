@@ -30,7 +30,7 @@ from supernode.inference.handlers import RefundHandler, ResultSummaryHandler
 from supernode.inference.openai import OpenAIGateway
 from supernode.inference.service import InferenceService
 from supernode.ledger import peers as peers_repo
-from supernode.ledger.db import Database, run_migrations
+from supernode.ledger.db import Ledger, run_migrations
 from supernode.logs import LogRing
 from supernode.petals.pool import NodeConfig, NodePool
 from supernode.serve import ConnectionLimits
@@ -64,7 +64,7 @@ class Node:
         self.ring = ring
         self.started_at = time.time()
         self.ready = False
-        self.db = Database(Path(s.database_file), s.sqlite_busy_timeout_ms)
+        self.db = Ledger(Path(s.database_file), s.sqlite_busy_timeout_ms)
         self.chain = ChainClient(
             s.chain_rpc_url, timeout_s=s.chain_timeout_s, read_retries=s.chain_read_retries
         )
@@ -168,11 +168,11 @@ class Node:
     async def start(self) -> None:
         s = self.settings
         await asyncio.to_thread(run_migrations, Path(s.database_file))
-        async with self.db.write() as conn:
-            await peers_repo.sync_members(conn, [m.model_dump() for m in self.network.members])
-        await self.scoring.load()
+        async with self.db.write(peers_repo.PEERS) as conn:
+            peers_repo.sync_members(conn, [m.model_dump() for m in self.network.members])
+        self.scoring.load()
         self.connections.trust(await self.member_source_addresses())
-        await self.membership.load()
+        self.membership.load()
         await self.check_chain()
         self.intake.writer.start()
         self.spends.start()
@@ -205,6 +205,17 @@ class Node:
                 continue
             found.update(str(info[4][0]) for info in infos)
         return found
+
+    def memory_sizes(self) -> dict[str, int]:
+        """How many entries each in-memory map of the daemon holds (all bounded)."""
+        return {
+            **self.spends.sizes(),
+            **self.credits.sizes(),
+            **self.inference.sizes(),
+            **self.openai.sizes(),
+            **self.intake.sizes(),
+            "connections_by_address": len(self.connections.by_address),
+        }
 
     def readiness(self, ledger_ok: bool) -> dict[str, Any]:
         """Whether a paid request could be served end to end now, and what stops it."""

@@ -69,15 +69,15 @@ async def confirm_credit_purchase_request(
 @router.get("/check_status_of_credit_purchase_request/{purchase_id}")
 async def purchase_status(purchase_id: str, node: Node = Depends(get_node)) -> dict[str, Any]:
     """quoted → pending → certified, or refused with the reason."""
-    return await node.credits.status(_hex32(purchase_id, "purchase_id"))
+    return node.credits.status(_hex32(purchase_id, "purchase_id"))
 
 
 @router.get("/get_credit_pack_ticket_from_txid/{tx_hash}")
 async def pack_from_tx(tx_hash: str, node: Node = Depends(get_node)) -> dict[str, Any]:
     """The certified pack that transaction paid for."""
     tx = check_tx_hash(tx_hash)
-    async with node.db.read() as conn:
-        pack = await repo.pack_by_tx(conn, tx)
+    with node.db.read() as conn:
+        pack = repo.pack_by_tx(conn, tx)
     if pack is None:
         raise NotFound(f"no certified pack paid by {tx}")
     return pack_view(pack)
@@ -87,8 +87,8 @@ async def pack_from_tx(tx_hash: str, node: Node = Depends(get_node)) -> dict[str
 async def packs_for_address(address: str, node: Node = Depends(get_node)) -> dict[str, Any]:
     """Certified packs bought by the address that still hold credits."""
     buyer = checksum(address)
-    async with node.db.read() as conn:
-        packs = await repo.packs_for(conn, buyer)
+    with node.db.read() as conn:
+        packs = repo.packs_for(conn, buyer)
     valid = [pack_view(p) for p in packs if p["remaining_credits"] > 0]
     return {"address": buyer, "count": len(valid), "packs": valid}
 
@@ -96,8 +96,8 @@ async def packs_for_address(address: str, node: Node = Depends(get_node)) -> dic
 @router.get("/check_credit_pack_balance/{pack_id}")
 async def pack_balance(pack_id: str, node: Node = Depends(get_node)) -> dict[str, Any]:
     """Credits bought and remaining in a certified pack."""
-    async with node.db.read() as conn:
-        pack = await repo.get_pack(conn, _hex32(pack_id, "pack_id"))
+    with node.db.read() as conn:
+        pack = repo.get_pack(conn, _hex32(pack_id, "pack_id"))
     if pack is None:
         raise NotFound(f"no certified pack {pack_id} known here")
     return {

@@ -62,7 +62,7 @@ async def execute_again(
     _op: Caller = Depends(operator_auth("/execute_inference_request")),
 ) -> dict[str, Any]:
     """Operator only: run a certified request again whose run failed."""
-    return await node.inference.rerun(body.request_id.lower())
+    return node.inference.rerun(body.request_id.lower())
 
 
 @router.post("/send_inference_output_results", openapi_extra=ENVELOPE_BODY)
@@ -80,7 +80,7 @@ async def receive_result_summary(
 @router.get("/check_status_of_inference_request_results/{request_id}")
 async def request_status(request_id: str, node: Node = Depends(get_node)) -> dict[str, Any]:
     """quoted → certified → running → completed / failed, with tokens, cost and refund."""
-    return await node.inference.status(_hex(request_id))
+    return node.inference.status(_hex(request_id))
 
 
 @router.post("/retrieve_inference_output_results")
@@ -90,7 +90,7 @@ async def retrieve_results(
     caller: Caller = Depends(user_auth("/retrieve_inference_output_results")),
 ) -> dict[str, Any]:
     """The output, for the requester (challenge signed by the pack owner) or operator."""
-    return await node.inference.result(body.request_id.lower(), caller.address, caller.operator)
+    return node.inference.result(body.request_id.lower(), caller.address, caller.operator)
 
 
 def _hex(value: str) -> str:
@@ -100,9 +100,9 @@ def _hex(value: str) -> str:
 
 
 async def _stream_for(node: Node, request_id: str, address: str) -> Any:
-    status = await node.inference.status(request_id)
-    async with node.db.read() as conn:
-        req = await repo.get_request(conn, request_id)
+    status = node.inference.status(request_id)
+    with node.db.read() as conn:
+        req = repo.get_request(conn, request_id)
     if req is None:
         raise NotFound(f"request {request_id} was not executed here")
     if req["requester"] != address and address != node.address:

@@ -156,16 +156,16 @@ async def get_messages(
 ) -> dict[str, Any]:
     """Supernode messages of the last k minutes, newest first."""
     since = int(time.time()) - last_k_minutes * 60
-    async with node.db.read() as conn:
-        rows = await msg_repo.recent_messages(conn, since, message_type, limit)
+    with node.db.read() as conn:
+        rows = msg_repo.recent_messages(conn, since, message_type, limit)
     return {"count": len(rows), "messages": rows}
 
 
 @router.get("/get_message_metadata")
 async def get_message_metadata(node: Node = Depends(get_node)) -> dict[str, Any]:
     """Message counts and bytes by type, sender, receiver and pair."""
-    async with node.db.read() as conn:
-        return await msg_repo.metadata(conn)
+    with node.db.read() as conn:
+        return msg_repo.metadata(conn)
 
 
 @router.get("/request_challenge/{address}", dependencies=[Depends(limited("challenges"))])
@@ -240,6 +240,6 @@ async def get_user_messages(
     addr = checksum(address)
     if caller.address != addr and not caller.operator:
         raise Forbidden("you may read only your own messages")
-    async with node.db.read() as conn:
-        rows = await msg_repo.user_messages_for(conn, addr, limit)
+    with node.db.read() as conn:
+        rows = msg_repo.user_messages_for(conn, addr, limit)
     return {"count": len(rows), "messages": rows}

@@ -13,7 +13,6 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from supernode import __version__
 from supernode.api.deps import Caller, get_node, operator_auth
@@ -45,8 +44,8 @@ async def ready(request: Request) -> JSONResponse:
     node: Node = request.app.state.node
     ledger_ok = True
     try:
-        async with node.db.read() as conn:
-            await conn.execute(text("SELECT 1"))
+        with node.db.read() as conn:
+            conn.execute("SELECT 1").fetchone()
     except Exception as exc:  # noqa: BLE001 - report, do not raise
         logger.warning("readiness: the ledger does not answer: {!r}", exc)
         ledger_ok = False

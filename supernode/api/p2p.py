@@ -90,13 +90,13 @@ async def sync(request: Request, node: Node = Depends(get_node)) -> dict[str, An
     ):
         raise BadRequest(f"sync_request needs integers 0 <= after and 1 <= limit, to {MAX_INTEGER}")
     limit = min(limit, node.settings.anti_entropy_page)
-    async with node.db.read() as conn:
+    with node.db.read() as conn:
         # The end of the log first: every row up to it is committed (one writer, rising
         # seq), so a cursor moved to it skips nothing that commits meanwhile.
-        end = await env_repo.last_seq(conn)
+        end = env_repo.last_seq(conn)
         if after > end:
             after = 0  # our log is shorter than the caller's cursor: it was reset
-        rows = await env_repo.ids_after(conn, after, end, req.sender, limit + 1)
+        rows = env_repo.ids_after(conn, after, end, req.sender, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     # all visible rows up to `end` were listed: move past the invisible ones too
@@ -115,6 +115,6 @@ async def fetch(request: Request, node: Node = Depends(get_node)) -> Response:
         raise BadRequest(f"envelope_fetch needs a list of 1 to {page} ids")
     if not all(isinstance(i, str) and len(i) == 66 for i in ids):
         raise BadRequest("ids are 0x-prefixed 32-byte hex strings")
-    async with node.db.read() as conn:
-        raws = await env_repo.raws_by_id(conn, ids, req.sender)
+    with node.db.read() as conn:
+        raws = env_repo.raws_by_id(conn, ids, req.sender)
     return Response(fetch_body(raws), media_type="application/json")

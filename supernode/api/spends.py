@@ -35,7 +35,7 @@ async def pack_spends(
     node: Node = Depends(get_node),
 ) -> dict[str, Any]:
     """The pack's spend certificates from ``from_sequence`` on, in sequence order."""
-    certs = await node.spends.certificates(pack_id.lower(), from_sequence, limit)
+    certs = node.spends.certificates(pack_id.lower(), from_sequence, limit)
     return {"pack_id": pack_id.lower(), "count": len(certs), "certificates": certs}
 
 
@@ -57,4 +57,4 @@ async def spend_certificates(
     node: Node = Depends(get_node),
 ) -> dict[str, Any]:
     """Certificates a behind peer fetches to catch up (verifiable by anyone)."""
-    return {"certificates": await node.spends.certificates(pack_id.lower(), from_sequence, limit)}
+    return {"certificates": node.spends.certificates(pack_id.lower(), from_sequence, limit)}

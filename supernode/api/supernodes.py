@@ -36,8 +36,8 @@ CSV_FIELDS = [
 
 
 async def _rows(node: Node) -> list[dict[str, Any]]:
-    async with node.db.read() as conn:
-        rows = await peers_repo.all_peers(conn)
+    with node.db.read() as conn:
+        rows = peers_repo.all_peers(conn)
     now = time.time()
     out = []
     for r in rows:
@@ -148,6 +148,6 @@ async def peer_penalties(
 ) -> dict[str, Any]:
     """Penalties this daemon gave its peers, newest first, with reasons."""
     addr = checksum(address) if address else None
-    async with node.db.read() as conn:
-        rows = await peers_repo.recent_penalties(conn, addr, limit)
+    with node.db.read() as conn:
+        rows = peers_repo.recent_penalties(conn, addr, limit)
     return {"penalties": rows}

@@ -5,10 +5,9 @@ enough) before storing; a certificate also binds its transaction to the purchase
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supernode.credits.purchase import CERTIFICATE_ENVELOPE, QUOTE_ENVELOPE
 from supernode.credits.terms import verify_pack_certificate, verify_quote
@@ -46,29 +45,23 @@ class _Certified:
 
 class QuoteHandler(_Certified):
     type = QUOTE_ENVELOPE
-    plain_sql = False
+    record = repo.PURCHASES
     verify = staticmethod(verify_quote)
 
-    async def store(
-        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
-    ) -> None:
+    def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         for c in items:
-            await repo.add_quote(
-                conn, c.env.payload["terms"], canonical_json(c.env.payload), received_at
-            )
+            repo.add_quote(conn, c.env.payload["terms"], canonical_json(c.env.payload), received_at)
 
 
 class CertificateHandler(_Certified):
     type = CERTIFICATE_ENVELOPE
-    plain_sql = False
+    record = repo.PACKS  # with the payment it binds and the spends it lets apply
     verify = staticmethod(verify_pack_certificate)
 
-    async def store(
-        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
-    ) -> None:
+    def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         for c in items:
             t = c.env.payload["terms"]
-            await repo.add_pack(
+            repo.add_pack(
                 conn,
                 {
                     "pack_id": t["pack_id"],
@@ -83,10 +76,8 @@ class CertificateHandler(_Certified):
                     "certified_at": received_at,
                 },
             )
-            await repo.bind_payment(
-                conn, t["chain_id"], t["tx_hash"], t["purchase_id"], received_at
-            )
-            await repo.set_status(
+            repo.bind_payment(conn, t["chain_id"], t["tx_hash"], t["purchase_id"], received_at)
+            repo.set_status(
                 conn,
                 t["purchase_id"],
                 repo.CERTIFIED,
@@ -96,4 +87,4 @@ class CertificateHandler(_Certified):
                 confirming=False,
             )
             # spends certified before the pack reached us apply now
-            await spends_repo.apply_ready(conn, t["pack_id"])
+            spends_repo.apply_ready(conn, t["pack_id"])

@@ -9,7 +9,6 @@ idempotent by purchase id and transaction hash, so the buyer may retry anywhere.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +41,8 @@ from supernode.federation.rpc import ask_peers
 from supernode.federation.signer import Signer
 from supernode.federation.transport import sign_transport
 from supernode.ledger import credits as repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Ledger
+from supernode.locks import KeyedLock
 
 QUOTE_ENVELOPE = "credit_pack_quote"
 CERTIFICATE_ENVELOPE = "credit_pack_certificate"
@@ -58,7 +58,7 @@ class CreditService:
         identity: Identity,
         network: NetworkFile,
         settings: Settings,
-        db: Database,
+        db: Ledger,
         chain: ChainClient,
         membership: Membership,
         gossip: Gossip,
@@ -74,7 +74,7 @@ class CreditService:
         self.gossip = gossip
         self.publish = publish
         # one certification attempt per purchase at a time (confirms and the job)
-        self._certifying: dict[str, asyncio.Lock] = {}
+        self._certifying = KeyedLock()
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
 
     # -- helpers ------------------------------------------------------------------------
@@ -128,8 +128,8 @@ class CreditService:
         """Price the buyer's request and get a quorum to agree; idempotent per request."""
         request = self._check_request(raw_request)
         purchase_id = purchase_id_for(request.id)
-        async with self.db.read() as conn:
-            known = await repo.get_purchase(conn, purchase_id)
+        with self.db.read() as conn:
+            known = repo.get_purchase(conn, purchase_id)
         if known is not None:
             return json.loads(known["quote"])
         latest = await self._latest_block()
@@ -172,6 +172,10 @@ class CreditService:
                 reason="insufficient_funds",
             )
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of its in-memory maps (bounded: /metrics shows them)."""
+        return {"purchase_locks": len(self._certifying)}
+
     async def prune_quotes(self) -> int:
         """Forget unpaid quotes a full quote lifetime past their expiry block."""
         try:
@@ -179,8 +183,8 @@ class CreditService:
         except ChainError as exc:
             logger.warning("unpaid quotes not pruned: chain unreachable ({})", exc)
             return 0
-        async with self.db.write() as conn:
-            n = await repo.prune_unpaid_quotes(conn, latest - self.s.quote_ttl_blocks)
+        async with self.db.write(repo.PURCHASES) as conn:
+            n = repo.prune_unpaid_quotes(conn, latest - self.s.quote_ttl_blocks)
         if n:
             logger.info("forgot {} unpaid quotes past their expiry", n)
         return n
@@ -206,9 +210,9 @@ class CreditService:
         """The buyer paid: check, gather a quorum, certify. Pending stays pending (a job
         finishes it); refused says why."""
         tx = check_tx_hash(tx_hash)
-        async with self.db.read() as conn:
-            pack = await repo.get_pack(conn, purchase_id)
-            known = await repo.get_purchase(conn, purchase_id)
+        with self.db.read() as conn:
+            pack = repo.get_pack(conn, purchase_id)
+            known = repo.get_purchase(conn, purchase_id)
         if pack is not None:
             if pack["tx_hash"] != tx:
                 raise Refused(
@@ -226,9 +230,9 @@ class CreditService:
         if terms["purchase_id"] != purchase_id:
             raise BadRequest("the quote is for another purchase")
         now = time.time()
-        async with self.db.write() as conn:
-            await repo.add_quote(conn, terms, canonical_json(signed_quote), now)
-            await repo.set_status(
+        async with self.db.write(repo.PURCHASES) as conn:
+            repo.add_quote(conn, terms, canonical_json(signed_quote), now)
+            repo.set_status(
                 conn,
                 purchase_id,
                 repo.PENDING,
@@ -240,8 +244,8 @@ class CreditService:
         return await self.try_certify(signed_quote, tx)
 
     async def _check_payment(self, terms: dict[str, Any], tx: str):  # type: ignore[no-untyped-def]
-        async with self.db.read() as conn:
-            used_by = await repo.payment_user(conn, self.network.chain_id, tx)
+        with self.db.read() as conn:
+            used_by = repo.payment_user(conn, self.network.chain_id, tx)
         try:
             return await verify_payment(
                 self.chain,
@@ -255,8 +259,8 @@ class CreditService:
             raise Unavailable(f"chain unreachable: {exc}") from exc
 
     async def _bind(self, terms: dict[str, Any], tx: str) -> None:
-        async with self.db.write() as conn:
-            bound = await repo.bind_payment(
+        async with self.db.write(repo.PAYMENTS) as conn:
+            bound = repo.bind_payment(
                 conn, self.network.chain_id, tx, terms["purchase_id"], time.time()
             )
         if bound != terms["purchase_id"]:
@@ -266,25 +270,20 @@ class CreditService:
         """One certification attempt per purchase at a time (a confirm and the pending job
         must not both run the quorum round for it)."""
         pid = signed_quote["terms"]["purchase_id"]
-        lock = self._certifying.setdefault(pid, asyncio.Lock())
-        try:
-            async with lock:
-                async with self.db.read() as conn:
-                    pack = await repo.get_pack(conn, pid)
-                if pack is not None:  # certified while we waited
-                    return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
-                return await self._try_certify(signed_quote, tx)
-        finally:
-            if not lock.locked():
-                self._certifying.pop(pid, None)
+        async with self._certifying.hold(pid):
+            with self.db.read() as conn:
+                pack = repo.get_pack(conn, pid)
+            if pack is not None:  # certified while we waited
+                return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
+            return await self._try_certify(signed_quote, tx)
 
     async def _try_certify(self, signed_quote: dict[str, Any], tx: str) -> dict[str, Any]:
         terms = signed_quote["terms"]
         pid = terms["purchase_id"]
         verdict = await self._check_payment(terms, tx)
         if verdict.status == REFUSED:
-            async with self.db.write() as conn:
-                await repo.set_status(
+            async with self.db.write(repo.PURCHASES) as conn:
+                repo.set_status(
                     conn,
                     pid,
                     repo.REFUSED,
@@ -295,8 +294,8 @@ class CreditService:
             logger.info("purchase {} refused: {} {}", pid, verdict.reason, verdict.detail)
             raise Refused(verdict.detail, reason=verdict.reason)
         if verdict.status == PENDING:
-            async with self.db.write() as conn:
-                await repo.set_status(
+            async with self.db.write(repo.PURCHASES) as conn:
+                repo.set_status(
                     conn,
                     pid,
                     repo.PENDING,
@@ -317,8 +316,8 @@ class CreditService:
         )
         if len(sigs) < q:
             detail = f"certified by {len(sigs)} of the {q} members needed; {why}"
-            async with self.db.write() as conn:
-                await repo.set_status(
+            async with self.db.write(repo.PURCHASES) as conn:
+                repo.set_status(
                     conn, pid, repo.PENDING, now=time.time(), detail=f"awaiting_quorum: {detail}"
                 )
             raise Unavailable(detail, reason="awaiting_quorum")
@@ -331,8 +330,8 @@ class CreditService:
             tx,
             len(sigs),
         )
-        async with self.db.read() as conn:
-            pack = await repo.get_pack(conn, pid)
+        with self.db.read() as conn:
+            pack = repo.get_pack(conn, pid)
         assert pack is not None
         return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
 
@@ -344,8 +343,8 @@ class CreditService:
         terms = verify_quote(signed_quote, self.network, eligible, q)
         assert isinstance(signed_quote, dict)
         now = time.time()
-        async with self.db.write() as conn:
-            await repo.add_quote(conn, terms, canonical_json(signed_quote), now)
+        async with self.db.write(repo.PURCHASES) as conn:
+            repo.add_quote(conn, terms, canonical_json(signed_quote), now)
         verdict = await self._check_payment(terms, tx)
         if verdict.status == REFUSED:
             raise Refused(verdict.detail, reason=verdict.reason)
@@ -359,8 +358,8 @@ class CreditService:
     async def finish_pending(self) -> int:
         """Job: retry purchases this daemon was asked to confirm. Returns how many it
         certified."""
-        async with self.db.read() as conn:
-            rows = await repo.confirming_pending(conn, PENDING_BATCH)
+        with self.db.read() as conn:
+            rows = repo.confirming_pending(conn, PENDING_BATCH)
         done = 0
         fresh = time.time() - self.s.pending_purchase_interval_s
         for row in rows:
@@ -377,10 +376,10 @@ class CreditService:
         return done
 
     # -- reads --------------------------------------------------------------------------
-    async def status(self, purchase_id: str) -> dict[str, Any]:
-        async with self.db.read() as conn:
-            row = await repo.get_purchase(conn, purchase_id)
-            pack = await repo.get_pack(conn, purchase_id)
+    def status(self, purchase_id: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            row = repo.get_purchase(conn, purchase_id)
+            pack = repo.get_pack(conn, purchase_id)
         if row is None and pack is None:
             raise NotFound(f"no purchase {purchase_id} known here")
         out: dict[str, Any] = {"purchase_id": purchase_id}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,7 @@ from supernode.federation.peer_http import PeerError
 from supernode.federation.rpc import BatchedCall, PeerAnswers, gather_answers
 from supernode.federation.signer import Signer
 from supernode.ledger import spends as repo
-from supernode.ledger.db import Conn, Database
+from supernode.ledger.db import Ledger
 from supernode.ledger.group_commit import GroupCommit
 
 SPEND_CERTIFICATE = "spend_certificate"
@@ -72,16 +73,16 @@ def certificate_row(order: Envelope, cert: dict[str, Any], received_at: float) -
     }
 
 
-async def store_certificates(
-    conn: Conn, certs: list[tuple[Envelope, dict[str, Any]]], received_at: float
+def store_certificates(
+    conn: sqlite3.Connection, certs: list[tuple[Envelope, dict[str, Any]]], received_at: float
 ) -> None:
     """Store certificates and apply what is ready, in one transaction."""
     packs: set[str] = set()
     for order, cert in sorted(certs, key=lambda oc: oc[0].payload["sequence"]):
-        if await repo.add_certificate(conn, certificate_row(order, cert, received_at)) == "new":
+        if repo.add_certificate(conn, certificate_row(order, cert, received_at)) == "new":
             packs.add(order.payload["pack_id"])
     for pack_id in packs:
-        await repo.apply_ready(conn, pack_id)
+        repo.apply_ready(conn, pack_id)
 
 
 class SpendService:
@@ -91,7 +92,7 @@ class SpendService:
         identity: Identity,
         network: NetworkFile,
         settings: Settings,
-        db: Database,
+        db: Ledger,
         membership: Membership,
         gossip: Gossip,
         publish: Callable[..., Awaitable[Any]],
@@ -108,7 +109,11 @@ class SpendService:
         # request brought one, stored in the vote's own transaction; and whether an expired
         # order may get our first vote (another member's vote for it was shown)
         self.votes: GroupCommit[tuple[Envelope, Prior | None, bool], Any] = GroupCommit(
-            db, self._vote_batch, max_weight=500, plain_sql=lambda _items: True, name="votes"
+            db,
+            self._vote_batch,
+            records=lambda _items: (repo.VOTES, repo.CERTIFICATES),
+            max_weight=500,
+            name="votes",
         )
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self.askers: dict[str, BatchedCall] = {}  # per peer: batched vote requests
@@ -120,6 +125,14 @@ class SpendService:
         )
         self._built: set[str] = set()  # ids of certificate envelopes being published here
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of its in-memory maps (bounded: /metrics shows them)."""
+        return {
+            "spend_last_certificates": len(self._last),
+            "spend_verified_certificates": len(self._verified),
+            "spend_vote_askers": len(self.askers),
+        }
+
     def start(self) -> None:
         self.votes.start()
 
@@ -129,8 +142,8 @@ class SpendService:
         await self.votes.stop()
 
     # -- voting -------------------------------------------------------------------------
-    async def _vote_batch(
-        self, conn: Conn, items: list[tuple[Envelope, Prior | None, bool]]
+    def _vote_batch(
+        self, conn: sqlite3.Connection, items: list[tuple[Envelope, Prior | None, bool]]
     ) -> list[Any]:
         """One durable transaction for a batch of vote requests, each checked in turn
         (after storing the certificate it brought, if we lacked it)."""
@@ -139,14 +152,14 @@ class SpendService:
         for order, prior, expired_ok in items:
             try:
                 if prior is not None:
-                    await store_certificates(conn, [prior], now)
-                out.append(await self._vote_one(conn, order, expired_ok))
+                    store_certificates(conn, [prior], now)
+                out.append(self._vote_one(conn, order, expired_ok))
             except Refused as exc:
                 out.append(exc)
         return out
 
-    async def _check_vote(
-        self, conn: Conn, order: Envelope, expired_ok: bool = False
+    def _check_vote(
+        self, conn: sqlite3.Connection, order: Envelope, expired_ok: bool = False
     ) -> dict[str, str] | None:
         """Our vote for ``order`` if we gave it already (whatever the time: an order some
         member voted for must stay completable, or its sequence would be locked for good);
@@ -154,7 +167,7 @@ class SpendService:
         vote needs the order (and its delegation) within their time window, but for an
         expired order when ``expired_ok`` (another member's vote for it was shown)."""
         p = order.payload
-        mine = await repo.vote_for(conn, p["pack_id"], p["sequence"])
+        mine = repo.vote_for(conn, p["pack_id"], p["sequence"])
         if mine is not None:
             if mine["order_id"] == order.id:
                 return {"signer": self.me, "signature": mine["signature"]}
@@ -166,8 +179,8 @@ class SpendService:
         if late is not None and not (late == "order_expired" and expired_ok):
             raise Refused(f"{late}: no first vote for this order now", reason=late)
         did = delegation_id(order)
-        spent = await repo.delegated_spent(conn, did) if did else 0
-        check_against_pack(order, await repo.pack_state(conn, p["pack_id"]), spent)
+        spent = repo.delegated_spent(conn, did) if did else 0
+        check_against_pack(order, repo.pack_state(conn, p["pack_id"]), spent)
         return None
 
     def _late(self, order: Envelope) -> str | None:
@@ -178,13 +191,15 @@ class SpendService:
             max_ttl_s=self.s.max_envelope_ttl_s,
         )
 
-    async def _vote_one(self, conn: Conn, order: Envelope, expired_ok: bool) -> dict[str, str]:
+    def _vote_one(
+        self, conn: sqlite3.Connection, order: Envelope, expired_ok: bool
+    ) -> dict[str, str]:
         p = order.payload
-        given = await self._check_vote(conn, order, expired_ok)
+        given = self._check_vote(conn, order, expired_ok)
         if given is not None:
             return given
         vote = self.signer.attest(VOTE_KIND, vote_terms(order))
-        await repo.add_vote(
+        repo.add_vote(
             conn,
             {
                 "pack_id": p["pack_id"],
@@ -303,14 +318,14 @@ class SpendService:
 
     async def apply_certificates(self, certs: list[Any]) -> None:
         checked = [(self.verify(c)[0], c) for c in certs]
-        async with self.db.write_sql() as conn:
-            await store_certificates(conn, checked, time.time())
+        async with self.db.write(repo.CERTIFICATES) as conn:
+            store_certificates(conn, checked, time.time())
 
     async def catch_up(self, pack_id: str, source: str) -> int:
         """Fetch the certificates of ``pack_id`` we have not applied from member ``source``."""
         link = self.gossip.links.get(source)
-        async with self.db.read() as conn:
-            pack = await repo.pack_state(conn, pack_id)
+        with self.db.read() as conn:
+            pack = repo.pack_state(conn, pack_id)
         if link is None or pack is None:
             return 0
         try:
@@ -347,14 +362,12 @@ class SpendService:
         eligible, q = self.membership.eligible_members(), self.membership.quorum()
         if q is None:
             raise Unavailable("no eligible members known yet (is the chain reachable?)")
-        item = {"order": order.to_wire(), "prior": await self._prior_of(order)}
+        item = {"order": order.to_wire(), "prior": self._prior_of(order)}
         if self._late(order) != "order_expired":
             try:
                 votes, answers = await self._collect(order, item, eligible, q, linger_s)
             except Refused as exc:
-                done = (
-                    await self._certified_already(order) if exc.reason == "stale_sequence" else None
-                )
+                done = self._certified_already(order) if exc.reason == "stale_sequence" else None
                 if done is None:
                     raise
                 return done  # a resend of an order certified meanwhile
@@ -392,21 +405,21 @@ class SpendService:
             self._last.popitem(last=False)
         return cert
 
-    async def _certified_already(self, order: Envelope) -> dict[str, Any] | None:
+    def _certified_already(self, order: Envelope) -> dict[str, Any] | None:
         """The certificate of ``order`` itself, if its sequence was certified for it."""
-        found = await self.certificates(order.payload["pack_id"], order.payload["sequence"], 1)
+        found = self.certificates(order.payload["pack_id"], order.payload["sequence"], 1)
         if found and found[0]["order"]["id"] == order.id:
             return found[0]
         return None
 
-    async def _prior_of(self, order: Envelope) -> dict[str, Any] | None:
+    def _prior_of(self, order: Envelope) -> dict[str, Any] | None:
         """The pack's certificate before ``order``, for voters gossip has not reached."""
         seq = order.payload["sequence"]
         if seq == 0:
             return None
         prior = self._last.get(order.payload["pack_id"])
         if prior is None or prior["order"]["payload"]["sequence"] != seq - 1:
-            previous = await self.certificates(order.payload["pack_id"], seq - 1, 1)
+            previous = self.certificates(order.payload["pack_id"], seq - 1, 1)
             prior = previous[0] if previous else None
         return prior
 
@@ -424,9 +437,9 @@ class SpendService:
         expired_ok = "votes" in item
         mine = self.me in members
         if mine and not expired_ok:  # checked first (a read): refused without asking anyone
-            async with self.db.quick_read() as conn:
+            with self.db.read() as conn:
                 try:
-                    await self._check_vote(conn, order)
+                    self._check_vote(conn, order)
                 except Refused as exc:
                     if exc.reason != "order_expired":
                         raise
@@ -473,9 +486,9 @@ class SpendService:
             )
         return asker
 
-    async def certificates(self, pack_id: str, from_sequence: int, limit: int) -> list[Any]:
-        async with self.db.quick_read() as conn:
-            rows = await repo.certificates_from(conn, pack_id, from_sequence, limit)
+    def certificates(self, pack_id: str, from_sequence: int, limit: int) -> list[Any]:
+        with self.db.read() as conn:
+            rows = repo.certificates_from(conn, pack_id, from_sequence, limit)
         return [json.loads(r["certificate"]) for r in rows]
 
 
@@ -483,7 +496,7 @@ class SpendCertificateHandler:
     """Gossip type `spend_certificate`: checked by every member, applied in order."""
 
     type = SPEND_CERTIFICATE
-    plain_sql = True  # store() is plain SQL: written without SQLAlchemy
+    record = repo.CERTIFICATES
 
     def __init__(self, service: SpendService) -> None:
         self.service = service
@@ -498,7 +511,7 @@ class SpendCertificateHandler:
         except SupernodeError as exc:
             raise EnvelopeError(exc.reason or "bad_certificate", exc.detail) from exc
 
-    async def store(self, conn: Conn, items: Any, received_at: float) -> None:
+    def store(self, conn: sqlite3.Connection, items: Any, received_at: float) -> None:
         # validate() verified each certificate before it was queued: parse, don't re-verify
         certs = [(Envelope.model_validate(c.env.payload["order"]), c.env.payload) for c in items]
-        await store_certificates(conn, certs, received_at)
+        store_certificates(conn, certs, received_at)

@@ -19,7 +19,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from supernode.ledger import peers as peers_repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Ledger
 
 NONCE_BYTES = 8  # random part of a challenge id
 MAC_BYTES = 16  # keyed-hash part of a challenge id
@@ -70,7 +70,7 @@ class ChallengeBook:
     expire). A flood of requests therefore neither fills memory nor crowds out anyone.
     """
 
-    def __init__(self, db: Database, network_id: str, ttl_s: int, key: bytes) -> None:
+    def __init__(self, db: Ledger, network_id: str, ttl_s: int, key: bytes) -> None:
         self.db = db
         self.network_id = network_id
         self.ttl_s = ttl_s
@@ -113,15 +113,15 @@ class ChallengeBook:
             raise ChallengeError("challenge expired")
         if recover_text_signer(ch.text, signature) != address:
             raise ChallengeError("signature is not by that address")
-        async with self.db.write() as conn:
-            if not await peers_repo.use_challenge(conn, ch.challenge_id, address, ch.expires_at):
+        async with self.db.write(peers_repo.USED_CHALLENGES) as conn:
+            if not peers_repo.use_challenge(conn, ch.challenge_id, address, ch.expires_at):
                 raise ChallengeError("challenge already used")
         return ch
 
     async def prune(self) -> int:
         """Forget answered challenges past their expiry (they are refused as expired)."""
-        async with self.db.write() as conn:
-            return await peers_repo.prune_used_challenges(conn, time.time())
+        async with self.db.write(peers_repo.USED_CHALLENGES) as conn:
+            return peers_repo.prune_used_challenges(conn, time.time())
 
 
 def challenge_key(identity_key: bytes) -> bytes:

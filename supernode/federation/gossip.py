@@ -39,7 +39,7 @@ from supernode.federation.transport import (
 from supernode.ledger import MAX_INTEGER
 from supernode.ledger import envelopes as env_repo
 from supernode.ledger import peers as peers_repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Ledger
 
 
 @dataclass
@@ -205,7 +205,7 @@ class Gossip:
         *,
         identity: Identity,
         network: NetworkFile,
-        db: Database,
+        db: Ledger,
         intake: Intake,
         push: PushSettings,
         page: int,
@@ -310,8 +310,8 @@ class Gossip:
             if not isinstance(next_cursor, int) or not 0 <= next_cursor <= MAX_INTEGER:
                 raise PeerError(f"next_cursor {next_cursor!r} is not a cursor")
             if ids:
-                async with self.db.quick_read() as conn:
-                    known = await env_repo.known_ids(conn, ids)
+                with self.db.read() as conn:
+                    known = env_repo.known_ids(conn, ids)
                 missing = [i for i in ids if i not in known]
                 if missing:
                     envs = await self._call(link, "/p2p/fetch", ENVELOPE_FETCH, {"ids": missing})
@@ -319,8 +319,8 @@ class Gossip:
                     stored += len(report.accepted)
             if next_cursor != cursor:
                 cursor = next_cursor
-                async with self.db.write() as conn:
-                    await peers_repo.set_cursor(conn, link.member.address, cursor)
+                async with self.db.write(peers_repo.PEERS) as conn:
+                    peers_repo.set_cursor(conn, link.member.address, cursor)
             if not more:
                 break
         return cursor, stored
@@ -328,8 +328,8 @@ class Gossip:
     async def anti_entropy_round(self) -> int:
         """One round over every peer (bounded by round_s). Returns envelopes stored."""
         deadline = time.time() + self.round_s
-        async with self.db.read() as conn:
-            cursors = {r["address"]: r["sync_cursor"] for r in await peers_repo.all_peers(conn)}
+        with self.db.read() as conn:
+            cursors = {r["address"]: r["sync_cursor"] for r in peers_repo.all_peers(conn)}
         total = 0
         for addr, link in self.links.items():
             if time.time() >= deadline:
@@ -338,13 +338,13 @@ class Gossip:
                 _, stored = await self._pull_peer(link, cursors.get(addr, 0), deadline)
             except (PeerError, ValueError, KeyError) as exc:
                 link.failed_at = time.time()
-                async with self.db.write() as conn:
-                    await peers_repo.mark_contact(conn, addr, time.time(), f"pull: {exc!r}"[:300])
+                async with self.db.write(peers_repo.PEERS) as conn:
+                    peers_repo.mark_contact(conn, addr, time.time(), f"pull: {exc!r}"[:300])
                 continue
             total += stored
             link.answered_at = time.time()
-            async with self.db.write() as conn:
-                await peers_repo.mark_contact(conn, addr, time.time(), None)
+            async with self.db.write(peers_repo.PEERS) as conn:
+                peers_repo.mark_contact(conn, addr, time.time(), None)
             if link.down_until and time.time() < link.down_until:
                 link.down_until = 0.0  # it answered: push to it again
         if total:

@@ -6,12 +6,13 @@ check. Unknown types are refused.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from supernode.crypto.envelope import Envelope
-from supernode.ledger.db import Conn
+from supernode.ledger.db import Record
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,13 @@ class Checked:
 
 class EnvelopeHandler(Protocol):
     type: str
-    # store() needs only the sqlite3 connection (plain SQL through sqlite_of): a batch of
-    # such types is written without SQLAlchemy (Database.write_sql)
-    plain_sql: bool
-    # optional, True when absent: its rows must survive a power cut (synchronous=FULL).
-    # False for what peers hold too and the ledger can fetch again (result summaries).
+    # what store() writes: a batch is as durable as its strongest record (Ledger.write)
+    record: Record
 
     def validate(self, env: Envelope) -> None:
         """Business rule on the payload; raises EnvelopeError."""
 
-    async def store(self, conn: Conn, items: Sequence[Checked], received_at: float) -> None:
+    def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         """Write the type's own rows for new envelopes (same transaction as the log)."""
 
 

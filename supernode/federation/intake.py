@@ -10,9 +10,10 @@ banned sender: no penalty), *reject* (invalid: the peer that handed it over is p
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from supernode.federation.handlers import Checked, HandlerRegistry
 from supernode.federation.network import NetworkFile
 from supernode.federation.scoring import PeerScoring
 from supernode.ledger import envelopes as env_repo
-from supernode.ledger.db import Conn, Database
+from supernode.ledger.db import Ledger, Record
 from supernode.ledger.group_commit import GroupCommit
 
 RECENT_IDS = 200_000  # ids remembered in memory to drop duplicates without a query
@@ -57,7 +58,7 @@ class Intake:
         *,
         network: NetworkFile,
         me: str,
-        db: Database,
+        db: Ledger,
         scoring: PeerScoring,
         registry: HandlerRegistry,
         clock_skew_s: int,
@@ -79,8 +80,7 @@ class Intake:
             self._apply,
             max_weight=write_batch_max,
             weight=len,
-            plain_sql=self._plain_sql,
-            durable=self._durable,
+            records=self._records,
             name="intake",
         )
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -89,6 +89,10 @@ class Intake:
         self.counts: dict[str, int] = {}
 
     # -- bookkeeping -----------------------------------------------------------------
+    def sizes(self) -> dict[str, int]:
+        """Entries of its in-memory maps (bounded: /metrics shows them)."""
+        return {"intake_recent_ids": len(self._recent), "intake_counts": len(self.counts)}
+
     def _remember(self, ids: Sequence[str]) -> None:
         for i in ids:
             self._recent[i] = None
@@ -163,8 +167,8 @@ class Intake:
             batch_ids.add(env.id)
             parsed.append((env, body, digest))
         if parsed:
-            async with self.db.quick_read() as conn:
-                known = await env_repo.known_ids(conn, (e.id for e, _, _ in parsed))
+            with self.db.read() as conn:
+                known = env_repo.known_ids(conn, (e.id for e, _, _ in parsed))
             if known:
                 report.duplicates += sum(1 for e, _, _ in parsed if e.id in known)
                 self._remember(list(known))
@@ -229,23 +233,16 @@ class Intake:
                 callback(fresh, None)
         return checked
 
-    def _flags(self, groups: list[list[Checked]], name: str, default: bool) -> Iterator[bool]:
-        """A handler flag (see handlers) for each envelope in the batch."""
-        return (getattr(self.registry.get(c.env.type), name, default) for g in groups for c in g)
+    def _records(self, groups: list[list[Checked]]) -> set[Record]:
+        """What a batch stores: the log, and each type's own rows."""
+        types = {c.env.type for g in groups for c in g}
+        return {env_repo.SEEN} | {self.registry.get(t).record for t in types}  # type: ignore[union-attr]
 
-    def _plain_sql(self, groups: list[list[Checked]]) -> bool:
-        """Whether every type in the batch stores itself with plain SQL."""
-        return all(self._flags(groups, "plain_sql", False))
-
-    def _durable(self, groups: list[list[Checked]]) -> bool:
-        """Whether any type in the batch must survive a power cut."""
-        return any(self._flags(groups, "durable", True))
-
-    async def _apply(self, conn: Conn, groups: list[list[Checked]]) -> list[list[bool]]:
+    def _apply(self, conn: sqlite3.Connection, groups: list[list[Checked]]) -> list[list[bool]]:
         """One transaction for every queued group: re-check the seen-set (another group
         may have stored the same id meanwhile), append to the log, then type rows."""
         flat = [c for g in groups for c in g]
-        known = await env_repo.known_ids(conn, (c.env.id for c in flat))
+        known = env_repo.known_ids(conn, (c.env.id for c in flat))
         received_at = time.time()
         new: list[Checked] = []
         taken: set[str] = set()
@@ -253,7 +250,7 @@ class Intake:
             if c.env.id not in known and c.env.id not in taken:
                 taken.add(c.env.id)
                 new.append(c)
-        await env_repo.insert_envelopes(
+        env_repo.insert_envelopes(
             conn,
             [
                 {
@@ -276,7 +273,7 @@ class Intake:
         for type_, items in by_type.items():
             handler = self.registry.get(type_)
             assert handler is not None  # checked before queueing
-            await handler.store(conn, items, received_at)
+            handler.store(conn, items, received_at)
         # the first occurrence of each new id in each group is "stored"
         out: list[list[bool]] = []
         for g in groups:

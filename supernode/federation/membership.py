@@ -9,7 +9,7 @@ from loguru import logger
 from supernode.chain.client import ChainClient, ChainError
 from supernode.federation.network import NetworkFile
 from supernode.ledger import peers as peers_repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Ledger
 
 
 def quorum(n: int) -> int:
@@ -28,7 +28,7 @@ class Membership:
     """Eligibility of every member, kept in memory and in the peers table."""
 
     def __init__(
-        self, network: NetworkFile, chain: ChainClient, db: Database, max_age_s: float
+        self, network: NetworkFile, chain: ChainClient, db: Ledger, max_age_s: float
     ) -> None:
         self.network = network
         self.chain = chain
@@ -47,9 +47,9 @@ class Membership:
         n = len(self.eligible_members())
         return quorum(n) if n else None
 
-    async def load(self) -> None:
-        async with self.db.read() as conn:
-            for row in await peers_repo.all_peers(conn):
+    def load(self) -> None:
+        with self.db.read() as conn:
+            for row in peers_repo.all_peers(conn):
                 if row["address"] in self.eligible:
                     self.eligible[row["address"]] = bool(row["eligible"])
 
@@ -74,10 +74,10 @@ class Membership:
             self.last_error = str(exc)
             return False
         now = time.time()
-        async with self.db.write() as conn:
+        async with self.db.write(peers_repo.PEERS) as conn:
             for addr, wei in readings.items():
                 ok = wei >= self.network.min_collateral_wei
-                await peers_repo.set_collateral(conn, addr, wei, ok, block, now)
+                peers_repo.set_collateral(conn, addr, wei, ok, block, now)
         for addr, wei in readings.items():
             ok = wei >= self.network.min_collateral_wei
             if self.eligible.get(addr) != ok or self.epoch is None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Sequence
 
 from eth_utils import is_checksum_address
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supernode.crypto.envelope import Envelope, EnvelopeError
 from supernode.federation.challenges import ChallengeError, challenge_text, recover_text_signer
@@ -33,7 +33,7 @@ class SnMessageHandler:
     """`sn_message`: {message_type, message_body}, to one supernode or to all."""
 
     type = SN_MESSAGE
-    plain_sql = False
+    record = msg_repo.MESSAGES
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
@@ -45,10 +45,8 @@ class SnMessageHandler:
             raise EnvelopeError("bad_payload", "message_type: 1-64 of A-Z a-z 0-9 _ . : -")
         _str_field(env.payload, "message_body", self.max_chars)
 
-    async def store(
-        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
-    ) -> None:
-        await msg_repo.insert_messages(
+    def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
+        msg_repo.insert_messages(
             conn,
             [
                 {
@@ -71,7 +69,7 @@ class UserMessageHandler:
     user's answer to a challenge, so every peer can check the user really sent it."""
 
     type = USER_MESSAGE
-    plain_sql = False
+    record = msg_repo.MESSAGES
     FIELDS = {
         "from_address",
         "to_address",
@@ -111,10 +109,8 @@ class UserMessageHandler:
         if signer != p["from_address"]:
             raise EnvelopeError("bad_user_signature", "challenge not signed by from_address")
 
-    async def store(
-        self, conn: AsyncConnection, items: Sequence[Checked], received_at: float
-    ) -> None:
-        await msg_repo.insert_user_messages(
+    def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
+        msg_repo.insert_user_messages(
             conn,
             [
                 {

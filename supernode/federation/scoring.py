@@ -8,12 +8,12 @@ from typing import Any
 from loguru import logger
 
 from supernode.ledger import peers as peers_repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Ledger
 
 
 class PeerScoring:
     def __init__(
-        self, db: Database, *, points_invalid: int, window_s: int, threshold: int, ban_s: int
+        self, db: Ledger, *, points_invalid: int, window_s: int, threshold: int, ban_s: int
     ) -> None:
         self.db = db
         self.points_invalid = points_invalid
@@ -22,10 +22,10 @@ class PeerScoring:
         self.ban_s = ban_s
         self._banned: dict[str, float] = {}
 
-    async def load(self) -> None:
+    def load(self) -> None:
         """Bans survive a restart: read the ones still running."""
-        async with self.db.read() as conn:
-            self._banned = await peers_repo.bans(conn, time.time())
+        with self.db.read() as conn:
+            self._banned = peers_repo.bans(conn, time.time())
         for addr, until in self._banned.items():
             logger.warning("peer {} is banned until {:.0f} (from the ledger)", addr, until)
 
@@ -51,8 +51,8 @@ class PeerScoring:
             }
             for r in rejections
         ]
-        async with self.db.write() as conn:
-            until = await peers_repo.add_penalties(
+        async with self.db.write(peers_repo.PEERS) as conn:
+            until = peers_repo.add_penalties(
                 conn,
                 address,
                 pens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,6 @@ from supernode.federation.handlers import Checked
 from supernode.inference.service import REFUND, RESULT_SUMMARY
 from supernode.ledger import MAX_INTEGER
 from supernode.ledger import inference as repo
-from supernode.ledger.db import Conn
 
 STATUSES = {repo.COMPLETED, repo.FAILED}
 
@@ -30,8 +30,7 @@ class ResultSummaryHandler:
     """`inference_result`: what the executor says it ran (tokens, latency, result hash)."""
 
     type = RESULT_SUMMARY
-    plain_sql = True  # store() is plain SQL: written without SQLAlchemy
-    durable = False  # a record, not money: the executor and every peer hold it too
+    record = repo.RESULT_SUMMARIES  # not money: the executor and every peer hold them
     FIELDS = {
         "request_id",
         "model",
@@ -58,10 +57,10 @@ class ResultSummaryHandler:
         if not isinstance(p["model"], str) or len(p["model"]) > 128:
             raise EnvelopeError("bad_payload", "model must be a name")
 
-    async def store(self, conn: Conn, items: Sequence[Checked], received_at: float) -> None:
+    def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         for c in items:
             p = c.env.payload
-            await repo.add_result(
+            repo.add_result(
                 conn,
                 {
                     "envelope_id": c.env.id,
@@ -85,7 +84,7 @@ class RefundHandler:
     request, and within what that spend certified (so it may wait for the spend)."""
 
     type = REFUND
-    plain_sql = True  # store() is plain SQL: written without SQLAlchemy
+    record = repo.REFUNDS
     FIELDS = {"pack_id", "sequence", "request_id", "amount", "reason"}
 
     def validate(self, env: Envelope) -> None:
@@ -101,11 +100,11 @@ class RefundHandler:
         if not isinstance(p["reason"], str) or len(p["reason"]) > 64:
             raise EnvelopeError("bad_payload", "reason must be a short string")
 
-    async def store(self, conn: Conn, items: Sequence[Checked], received_at: float) -> None:
+    def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         packs = set()
         for c in items:
             p = c.env.payload
-            await repo.add_refund(
+            repo.add_refund(
                 conn,
                 {
                     "envelope_id": c.env.id,
@@ -120,4 +119,4 @@ class RefundHandler:
             )
             packs.add(p["pack_id"])
         for pack_id in packs:
-            await repo.apply_refunds(conn, pack_id)
+            repo.apply_refunds(conn, pack_id)

@@ -15,7 +15,6 @@ import base64
 import json
 import secrets
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from supernode.inference.service import InferenceService, openai_usage
 from supernode.inference.usage import MILLI
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
+from supernode.locks import KeyedLock
 from supernode.petals.pool import GenerateParams
 
 KEY_PREFIX = "sn-"
@@ -75,7 +75,11 @@ class Job:
 class OpenAIGateway:
     def __init__(self, service: InferenceService) -> None:
         self.svc = service
-        self._pack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._pack_locks = KeyedLock()  # one order at a time per pack
+
+    def sizes(self) -> dict[str, int]:
+        """Entries of its in-memory maps (bounded: /metrics shows them)."""
+        return {"openai_pack_locks": len(self._pack_locks)}
 
     def delegation(self, authorization: str | None) -> Envelope:
         if not authorization or not authorization.startswith("Bearer "):
@@ -114,9 +118,9 @@ class OpenAIGateway:
         if top_p is not None and 0 < top_p < 1:
             params_raw["top_p"] = max(1, int(top_p * MILLI))
         pack_id = d.payload["pack_id"]
-        async with self.svc.db.quick_read() as conn:
-            pack = await spends_repo.pack_state(conn, pack_id)
-            spent = await spends_repo.delegated_spent(conn, d.id)
+        with self.svc.db.read() as conn:
+            pack = spends_repo.pack_state(conn, pack_id)
+            spent = spends_repo.delegated_spent(conn, d.id)
         if pack is None:
             raise Refused(f"no certified pack {pack_id} known here", reason="unknown_pack")
         if d.sender != pack["buyer"]:
@@ -143,9 +147,9 @@ class OpenAIGateway:
         """Sign the order under the delegation and get it certified (one per pack at a
         time: the order takes the pack's next sequence); the vote requests may wait
         ``linger_s`` to share a batch."""
-        async with self._pack_locks[job.pack_id]:
-            async with self.svc.db.quick_read() as conn:
-                pack = await spends_repo.pack_state(conn, job.pack_id)
+        async with self._pack_locks.hold(job.pack_id):
+            with self.svc.db.read() as conn:
+                pack = spends_repo.pack_state(conn, job.pack_id)
             assert pack is not None
             order = self.svc.signer.sign(
                 "spend_order",
@@ -240,8 +244,8 @@ class OpenAIGateway:
 
     async def _drop(self, job: Job) -> None:
         """Certification failed: the quote is void and nothing was spent."""
-        async with self.svc.db.write_sql(durable=False) as conn:
-            await repo.update_request(
+        async with self.svc.db.write(repo.REQUEST_PROGRESS) as conn:
+            repo.update_request(
                 conn,
                 job.request_id,
                 status=repo.FAILED,

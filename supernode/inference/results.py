@@ -6,15 +6,15 @@ from typing import Any
 
 from supernode.errors import Conflict, Forbidden, NotFound
 from supernode.ledger import inference as repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Ledger
 
 
-async def status(db: Database, me: str, request_id: str) -> dict[str, Any]:
+def status(db: Ledger, me: str, request_id: str) -> dict[str, Any]:
     """quoted → certified → running → completed / failed, as this daemon knows it (its
     own request, or a summary another executor announced)."""
-    async with db.read() as conn:
-        req = await repo.get_request(conn, request_id)
-        summaries = await repo.results_for(conn, request_id)
+    with db.read() as conn:
+        req = repo.get_request(conn, request_id)
+        summaries = repo.results_for(conn, request_id)
     if req is None and not summaries:
         raise NotFound(f"no request {request_id} known here")
     out: dict[str, Any] = {"request_id": request_id}
@@ -53,9 +53,9 @@ async def status(db: Database, me: str, request_id: str) -> dict[str, Any]:
     return out
 
 
-async def result(db: Database, request_id: str, caller: str, operator: bool) -> dict[str, Any]:
-    async with db.read() as conn:
-        req = await repo.get_request(conn, request_id)
+def result(db: Ledger, request_id: str, caller: str, operator: bool) -> dict[str, Any]:
+    with db.read() as conn:
+        req = repo.get_request(conn, request_id)
     if req is None:
         raise NotFound(f"request {request_id} was not executed here")
     if caller != req["requester"] and not operator:

@@ -36,7 +36,7 @@ from supernode.inference.usage import (
 )
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
-from supernode.ledger.db import Database
+from supernode.ledger.db import Ledger, Record
 from supernode.petals.pool import GenerateParams, NodePool, NodeUnavailable
 
 RESULT_SUMMARY = "inference_result"
@@ -63,7 +63,7 @@ class InferenceService:
         identity: Identity,
         network: NetworkFile,
         settings: Settings,
-        db: Database,
+        db: Ledger,
         pool: NodePool,
         spends: SpendService,
         publish: Any,
@@ -159,9 +159,9 @@ class InferenceService:
         """Check a request against the pack, the menu and the node limits; store and
         return the quote (request_id, cost). Idempotent per usage request."""
         request_id = request_id_for(usage_request_id)
-        async with self.db.quick_read() as conn:
-            known = await repo.get_request(conn, request_id)
-            pack = await spends_repo.pack_state(conn, pack_id)
+        with self.db.read() as conn:
+            known = repo.get_request(conn, request_id)
+            pack = spends_repo.pack_state(conn, pack_id)
         if known is not None:
             return self._quote_view(known)
         if pack is None:
@@ -201,15 +201,15 @@ class InferenceService:
             "created_at": now,
             "updated_at": now,
         }
-        async with self.db.write_sql(durable=False) as conn:  # a quote: made again if lost
-            await repo.add_request(conn, row)
+        async with self.db.write(repo.USAGE_QUOTES) as conn:
+            repo.add_request(conn, row)
         return self._quote_view(row)
 
     async def prune_quotes(self) -> int:
         """Forget usage quotes never confirmed, once no order signed while they held can
         still come (an envelope's longest lifetime after their expiry)."""
-        async with self.db.write_sql() as conn:
-            n = await repo.prune_quotes(conn, time.time() - self.s.max_envelope_ttl_s)
+        async with self.db.write(repo.USAGE_QUOTES) as conn:
+            n = repo.prune_quotes(conn, time.time() - self.s.max_envelope_ttl_s)
         if n:
             logger.info("forgot {} usage quotes never confirmed", n)
         return n
@@ -239,10 +239,10 @@ class InferenceService:
         return resp.to_wire()
 
     # -- confirm and execute -------------------------------------------------------------
-    async def _request_for_order(self, order: Envelope) -> dict[str, Any]:
+    def _request_for_order(self, order: Envelope) -> dict[str, Any]:
         p = order.payload
-        async with self.db.quick_read() as conn:
-            req = await repo.get_request(conn, p["request_id"])
+        with self.db.read() as conn:
+            req = repo.get_request(conn, p["request_id"])
         if req is None:
             raise NotFound(f"no quoted request {p['request_id']} here: validate it first")
         if req["pack_id"] != p["pack_id"]:
@@ -266,17 +266,17 @@ class InferenceService:
                 f"({self.me}): confirm it there",
                 reason="wrong_executor",
             )
-        req = await self._request_for_order(order)
+        req = self._request_for_order(order)
         if req["status"] != repo.QUOTED:
-            return await self.status(req["request_id"])  # a retry: already certified
+            return self.status(req["request_id"])  # a retry: already certified
         cert = await self.spends.certify(raw_order)
         await self._certified(req["request_id"], order)
         self.start_run(req["request_id"])
         return {"request_id": req["request_id"], "status": repo.RUNNING, "certificate": cert}
 
     async def _certified(self, request_id: str, order: Envelope) -> None:
-        async with self.db.write_sql() as conn:
-            await repo.update_request(
+        async with self.db.write(repo.CERTIFIED_REQUESTS) as conn:
+            repo.update_request(
                 conn,
                 request_id,
                 status=repo.CERTIFIED,
@@ -286,22 +286,37 @@ class InferenceService:
             )
 
     def start_run(self, request_id: str) -> RequestStream:
+        """Run a certified request; ``streams`` holds the runs in progress only (a finished
+        run is replayed from the ledger), so it never holds more than what runs now."""
         stream = self.streams.get(request_id)
         if stream is None or stream.done:
             stream = self.streams[request_id] = RequestStream()
             task = asyncio.create_task(self._run(request_id, stream), name=f"run-{request_id[:10]}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _t: self._forget(request_id, stream))
         return stream
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of its in-memory maps (bounded: /metrics shows them)."""
+        return {
+            "inference_streams": len(self.streams),
+            "inference_runs": len(self._tasks),
+            "inference_recording": len(self._recording),
+        }
+
+    def _forget(self, request_id: str, stream: RequestStream) -> None:
+        if self.streams.get(request_id) is stream:  # not a newer run of the same request
+            del self.streams[request_id]
+
     async def _run(self, request_id: str, stream: RequestStream) -> None:
-        async with self.db.quick_read() as conn:
-            req = await repo.get_request(conn, request_id)
+        with self.db.read() as conn:
+            req = repo.get_request(conn, request_id)
         assert req is not None
         entry = self.menu.entry(req["model"])
         params: GenerateParams = parse_params(json.loads(req["params"]), entry)
-        async with self.db.write_sql(durable=False) as conn:  # lost: certified, re-runnable
-            await repo.update_request(conn, request_id, status=repo.RUNNING, updated_at=time.time())
+        async with self.db.write(repo.REQUEST_PROGRESS) as conn:
+            repo.update_request(conn, request_id, status=repo.RUNNING, updated_at=time.time())
         started = time.perf_counter()
         try:
             text, note = await self._generate(req, params, stream)
@@ -349,8 +364,8 @@ class InferenceService:
     ) -> dict[str, int]:
         """Record a finished run (result, summary, refund of unused tokens); returns the
         OpenAI-style usage."""
-        async with self.db.quick_read() as conn:
-            req = await repo.get_request(conn, request_id)
+        with self.db.read() as conn:
+            req = repo.get_request(conn, request_id)
         assert req is not None
         out_tokens = output_tokens
         if out_tokens is None:  # the node did not say: ask its tokenizer
@@ -375,8 +390,8 @@ class InferenceService:
             logger.error("recording a finished request failed: {!r}", task.exception())
 
     async def fail_request(self, request_id: str, error: str) -> None:
-        async with self.db.quick_read() as conn:
-            req = await repo.get_request(conn, request_id)
+        with self.db.read() as conn:
+            req = repo.get_request(conn, request_id)
         assert req is not None
         await self._fail(req, error)
 
@@ -393,10 +408,8 @@ class InferenceService:
         refunded = await self._announce(
             req, repo.COMPLETED, digest, out_tokens, latency_s, req["cost"] - actual
         )
-        # durable when it records a refund (never given twice); without one, a power cut
-        # leaves the request certified, and the operator can run it again
-        async with self.db.write_sql(durable=bool(refunded)) as conn:
-            await repo.update_request(
+        async with self.db.write(*_progress(refunded)) as conn:
+            repo.update_request(
                 conn,
                 req["request_id"],
                 status=repo.COMPLETED,
@@ -419,9 +432,9 @@ class InferenceService:
 
     async def _fail(self, req: dict[str, Any], error: str) -> None:
         refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
-        # "failed" and its refund become visible at once; durable when it records one
-        async with self.db.write_sql(durable=bool(refunded)) as conn:
-            await repo.update_request(
+        # "failed" and its refund become visible at once
+        async with self.db.write(*_progress(refunded)) as conn:
+            repo.update_request(
                 conn,
                 req["request_id"],
                 status=repo.FAILED,
@@ -476,11 +489,11 @@ class InferenceService:
         await self.publish(envs, linger=True)  # not urgent: rides with the next push
         return refunded
 
-    async def rerun(self, request_id: str) -> dict[str, Any]:
+    def rerun(self, request_id: str) -> dict[str, Any]:
         """/execute_inference_request (operator): run a certified request again after a
         failed run; its refund, if any was applied, is not given twice."""
-        async with self.db.quick_read() as conn:
-            req = await repo.get_request(conn, request_id)
+        with self.db.read() as conn:
+            req = repo.get_request(conn, request_id)
         if req is None:
             raise NotFound(f"no request {request_id} here")
         if req["status"] not in (repo.FAILED, repo.CERTIFIED):
@@ -494,8 +507,14 @@ class InferenceService:
         self.start_run(request_id)
         return {"request_id": request_id, "status": repo.RUNNING}
 
-    async def status(self, request_id: str) -> dict[str, Any]:
-        return await results.status(self.db, self.me, request_id)
+    def status(self, request_id: str) -> dict[str, Any]:
+        return results.status(self.db, self.me, request_id)
 
-    async def result(self, request_id: str, caller: str, operator: bool) -> dict[str, Any]:
-        return await results.result(self.db, request_id, caller, operator)
+    def result(self, request_id: str, caller: str, operator: bool) -> dict[str, Any]:
+        return results.result(self.db, request_id, caller, operator)
+
+
+def _progress(refunded: int) -> tuple[Record, ...]:
+    """What recording a finished run writes: its progress, and the refund it records if
+    any (never given twice: on disk before anything else sees it)."""
+    return (repo.REQUEST_PROGRESS, repo.REFUNDS) if refunded else (repo.REQUEST_PROGRESS,)

@@ -2,66 +2,65 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from supernode.ledger.db import Record, dict_row, dict_rows, insert_sql
+from supernode.ledger.models import CreditPack
 
-from supernode.ledger.models import CreditPack, CreditPurchase, PaymentUsed
-
-cp = CreditPurchase.__table__
-pu = PaymentUsed.__table__
-pk = CreditPack.__table__
+PURCHASES = Record("purchases and quotes", durable=True)
+PAYMENTS = Record("payments used", durable=True)  # a transaction pays for one pack, ever
+PACKS = Record("certified packs", durable=True)
+PACK_COLUMNS = frozenset(CreditPack.__table__.columns.keys())
 
 QUOTED, PENDING, CERTIFIED, REFUSED = "quoted", "pending", "certified", "refused"
 
 
-def _row(r: Any) -> dict[str, Any] | None:
-    return dict(r._mapping) if r is not None else None
+def _purchase(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is not None:
+        row["confirming"] = bool(row["confirming"])
+    return row
 
 
-async def get_purchase(conn: AsyncConnection, purchase_id: str) -> dict[str, Any] | None:
-    return _row((await conn.execute(select(cp).where(cp.c.purchase_id == purchase_id))).first())
+def get_purchase(conn: sqlite3.Connection, purchase_id: str) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT * FROM credit_purchases WHERE purchase_id = ?", (purchase_id,))
+    return _purchase(dict_row(cur))
 
 
-async def add_quote(
-    conn: AsyncConnection, terms: dict[str, Any], quote_json: bytes, now: float
+def add_quote(
+    conn: sqlite3.Connection, terms: dict[str, Any], quote_json: bytes, now: float
 ) -> None:
     """Record a quote (status `quoted`) unless the purchase is known already."""
-    stmt = (
-        sqlite_insert(cp)
-        .values(
-            purchase_id=terms["purchase_id"],
-            buyer=terms["buyer"],
-            credits=terms["credits"],
-            amount_wei=str(terms["amount_wei"]),
-            expiry_block=terms["expiry_block"],
-            quote=quote_json,
-            status=QUOTED,
-            confirming=False,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing()
+    conn.execute(
+        "INSERT INTO credit_purchases (purchase_id, buyer, credits, amount_wei, expiry_block, "
+        "quote, status, confirming, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT DO NOTHING",
+        (
+            terms["purchase_id"],
+            terms["buyer"],
+            terms["credits"],
+            str(terms["amount_wei"]),
+            terms["expiry_block"],
+            quote_json,
+            QUOTED,
+            now,
+            now,
+        ),
     )
-    await conn.execute(stmt)
 
 
-async def prune_unpaid_quotes(conn: AsyncConnection, before_block: int) -> int:
+def prune_unpaid_quotes(conn: sqlite3.Connection, before_block: int) -> int:
     """Forget quotes nobody acted on that expired before ``before_block`` (a late buyer
     sends its signed quote along with its confirmation)."""
-    result = await conn.execute(
-        delete(cp)
-        .where(cp.c.status == QUOTED)
-        .where(cp.c.confirming.is_(False))
-        .where(cp.c.expiry_block < before_block)
+    cur = conn.execute(
+        "DELETE FROM credit_purchases WHERE status = ? AND NOT confirming AND expiry_block < ?",
+        (QUOTED, before_block),
     )
-    return result.rowcount or 0
+    return cur.rowcount
 
 
-async def set_status(
-    conn: AsyncConnection,
+def set_status(
+    conn: sqlite3.Connection,
     purchase_id: str,
     status: str,
     *,
@@ -76,63 +75,62 @@ async def set_status(
         values["tx_hash"] = tx_hash
     if confirming is not None:
         values["confirming"] = confirming
-    await conn.execute(
-        update(cp)
-        .where(cp.c.purchase_id == purchase_id)
-        .where(cp.c.status != CERTIFIED)
-        .values(**values)
+    sets = ", ".join(f"{k} = :{k}" for k in values)  # keys are this function's own
+    conn.execute(
+        f"UPDATE credit_purchases SET {sets} WHERE purchase_id = :pid AND status != :certified",
+        {**values, "pid": purchase_id, "certified": CERTIFIED},
     )
 
 
-async def confirming_pending(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        select(cp)
-        .where(cp.c.status == PENDING)
-        .where(cp.c.confirming.is_(True))
-        .order_by(cp.c.updated_at)
-        .limit(limit)
+def confirming_pending(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    cur = conn.execute(
+        "SELECT * FROM credit_purchases WHERE status = ? AND confirming "
+        "ORDER BY updated_at LIMIT ?",
+        (PENDING, limit),
     )
-    return [dict(r._mapping) for r in rows]
+    return [_purchase(r) for r in dict_rows(cur)]  # type: ignore[misc]
 
 
-async def payment_user(conn: AsyncConnection, chain_id: int, tx_hash: str) -> str | None:
-    row = (
-        await conn.execute(
-            select(pu.c.purchase_id).where(pu.c.chain_id == chain_id).where(pu.c.tx_hash == tx_hash)
-        )
-    ).first()
+def payment_user(conn: sqlite3.Connection, chain_id: int, tx_hash: str) -> str | None:
+    row = conn.execute(
+        "SELECT purchase_id FROM payments_used WHERE chain_id = ? AND tx_hash = ?",
+        (chain_id, tx_hash),
+    ).fetchone()
     return row[0] if row else None
 
 
-async def bind_payment(
-    conn: AsyncConnection, chain_id: int, tx_hash: str, purchase_id: str, now: float
+def bind_payment(
+    conn: sqlite3.Connection, chain_id: int, tx_hash: str, purchase_id: str, now: float
 ) -> str:
     """Bind the transaction to the purchase if it is free; returns the purchase it is
     bound to (this one, or the one that used it first). Call in a write transaction."""
-    await conn.execute(
-        sqlite_insert(pu)
-        .values(chain_id=chain_id, tx_hash=tx_hash, purchase_id=purchase_id, at=now)
-        .on_conflict_do_nothing()
+    conn.execute(
+        "INSERT INTO payments_used (chain_id, tx_hash, purchase_id, at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        (chain_id, tx_hash, purchase_id, now),
     )
-    bound = await payment_user(conn, chain_id, tx_hash)
+    bound = payment_user(conn, chain_id, tx_hash)
     assert bound is not None
     return bound
 
 
-async def add_pack(conn: AsyncConnection, row: dict[str, Any]) -> bool:
+def add_pack(conn: sqlite3.Connection, row: dict[str, Any]) -> bool:
     """Store a certified pack once; False if it was known."""
-    result = await conn.execute(sqlite_insert(pk).values(**row).on_conflict_do_nothing())
-    return bool(result.rowcount)
+    unknown = set(row) - PACK_COLUMNS
+    if unknown:  # column names are spliced into the SQL: only the table's own
+        raise ValueError(f"not columns of credit_packs: {sorted(unknown)}")
+    cur = conn.execute(insert_sql("credit_packs", tuple(row), True), list(row.values()))
+    return cur.rowcount == 1
 
 
-async def get_pack(conn: AsyncConnection, pack_id: str) -> dict[str, Any] | None:
-    return _row((await conn.execute(select(pk).where(pk.c.pack_id == pack_id))).first())
+def get_pack(conn: sqlite3.Connection, pack_id: str) -> dict[str, Any] | None:
+    return dict_row(conn.execute("SELECT * FROM credit_packs WHERE pack_id = ?", (pack_id,)))
 
 
-async def pack_by_tx(conn: AsyncConnection, tx_hash: str) -> dict[str, Any] | None:
-    return _row((await conn.execute(select(pk).where(pk.c.tx_hash == tx_hash))).first())
+def pack_by_tx(conn: sqlite3.Connection, tx_hash: str) -> dict[str, Any] | None:
+    return dict_row(conn.execute("SELECT * FROM credit_packs WHERE tx_hash = ?", (tx_hash,)))
 
 
-async def packs_for(conn: AsyncConnection, buyer: str) -> list[dict[str, Any]]:
-    rows = await conn.execute(select(pk).where(pk.c.buyer == buyer).order_by(pk.c.certified_at))
-    return [dict(r._mapping) for r in rows]
+def packs_for(conn: sqlite3.Connection, buyer: str) -> list[dict[str, Any]]:
+    cur = conn.execute("SELECT * FROM credit_packs WHERE buyer = ? ORDER BY certified_at", (buyer,))
+    return dict_rows(cur)

@@ -3,20 +3,20 @@
 A durable (synchronous=FULL) commit per write caps a process near 1,000 writes/s here;
 collecting what is queued while the previous commit runs, then committing it all at once,
 keeps each caller's guarantee (it returns only after its data is on disk) at a fraction
-of the cost. A batch whose writes are all plain SQL (``plain_sql``) skips SQLAlchemy
-(``Database.write_sql``), which is most of a small transaction's CPU; one none of whose
-writes must survive a power cut (``durable`` false) also skips the fsync.
+of the cost. A batch is durable as its strongest record: ``records`` says what a batch
+stores (see ``Ledger.write``), so one made only of what can be rebuilt skips the fsync.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import sqlite3
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from loguru import logger
 
-from supernode.ledger.db import Conn, Database
+from supernode.ledger.db import Ledger, Record
 
 I = TypeVar("I")  # noqa: E741 - an item to write
 R = TypeVar("R")  # what the write says about it
@@ -29,19 +29,17 @@ class WriterStopped(RuntimeError):
 class GroupCommit(Generic[I, R]):
     def __init__(
         self,
-        db: Database,
-        apply: Callable[[Conn, list[I]], Awaitable[list[R]]],
+        db: Ledger,
+        apply: Callable[[sqlite3.Connection, list[I]], list[R]],
         *,
+        records: Callable[[list[I]], Iterable[Record]],
         max_weight: int,
         weight: Callable[[I], int] = lambda _item: 1,
-        plain_sql: Callable[[list[I]], bool] = lambda _items: False,
-        durable: Callable[[list[I]], bool] = lambda _items: True,
         name: str = "writer",
     ) -> None:
         self.db = db
         self.apply = apply
-        self.plain_sql = plain_sql  # whether apply() needs only the sqlite3 connection
-        self.durable = durable  # whether the batch must be on disk (fsync) when it returns
+        self.records = records  # what a batch stores (its durability: the strongest's)
         self.max_weight = max_weight
         self.weight = weight
         self.name = name
@@ -76,12 +74,8 @@ class GroupCommit(Generic[I, R]):
 
     async def _write(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         items = [item for item, _ in batch]
-        if self.plain_sql(items):
-            async with self.db.write_sql(durable=self.durable(items)) as raw:
-                results = await self.apply(raw, items)
-        else:
-            async with self.db.write() as conn:
-                results = await self.apply(conn, items)
+        async with self.db.write(*self.records(items)) as conn:
+            results = self.apply(conn, items)  # inline, in the transaction
         self.commits += 1
         self.items += len(batch)
         for (_, fut), result in zip(batch, results, strict=True):

@@ -2,138 +2,134 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, or_, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from supernode.ledger.db import Record, dict_rows, insert_sql
 
-from supernode.ledger.models import (
-    Message,
-    MessageMetadata,
-    MessageReceiverMetadata,
-    MessageSenderMetadata,
-    MessageSenderReceiverMetadata,
-    UserMessage,
-)
-
+MESSAGES = Record("messages", durable=True)  # supernode and user messages
 BROADCAST = "*"  # receiver key in the metadata tables for a message to every supernode
+MESSAGE_COLUMNS = (
+    "envelope_id",
+    "sending_sn_address",
+    "receiving_sn_address",
+    "message_type",
+    "message_body",
+    "signature",
+    "timestamp",
+    "received_at",
+)
+USER_MESSAGE_COLUMNS = (
+    "envelope_id",
+    "from_address",
+    "to_address",
+    "message_body",
+    "relayed_by",
+    "timestamp",
+    "received_at",
+)
+# metadata table -> (key columns, count column, bytes column)
+METADATA = {
+    "message_metadata": (("message_type",), "total_messages", "total_bytes"),
+    "message_sender_metadata": (
+        ("sending_sn_address",),
+        "total_messages_sent",
+        "total_data_sent_bytes",
+    ),
+    "message_receiver_metadata": (
+        ("receiving_sn_address",),
+        "total_messages_received",
+        "total_data_received_bytes",
+    ),
+    "message_sender_receiver_metadata": (
+        ("sending_sn_address", "receiving_sn_address"),
+        "total_messages",
+        "total_data_bytes",
+    ),
+}
 
-m = Message.__table__
-um = UserMessage.__table__
 
-
-async def _add_counts(
-    conn: AsyncConnection,
-    table: Any,
-    keys: Sequence[str],
-    count_col: str,
-    bytes_col: str,
-    sums: dict[tuple[str, ...], list[int]],
+def _add_counts(
+    conn: sqlite3.Connection, table: str, sums: dict[tuple[str, ...], list[int]]
 ) -> None:
-    if not sums:
-        return
-    rows = [
-        {**dict(zip(keys, key, strict=True)), count_col: c, bytes_col: b}
-        for key, (c, b) in sums.items()
-    ]
-    stmt = sqlite_insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={
-            count_col: getattr(table.c, count_col) + stmt.excluded[count_col],
-            bytes_col: getattr(table.c, bytes_col) + stmt.excluded[bytes_col],
-        },
+    keys, count_col, bytes_col = METADATA[table]
+    columns = (*keys, count_col, bytes_col)
+    conn.executemany(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        f"{count_col} = {count_col} + excluded.{count_col}, "
+        f"{bytes_col} = {bytes_col} + excluded.{bytes_col}",
+        [(*key, c, b) for key, (c, b) in sums.items()],
     )
-    await conn.execute(stmt, rows)
 
 
-async def insert_messages(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+def insert_messages(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Store messages and add them to the four metadata tables (one upsert per key)."""
     if not rows:
         return
-    await conn.execute(insert(m), list(rows))
-    by_type: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
-    by_sender: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
-    by_receiver: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
-    by_pair: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
+    conn.executemany(
+        insert_sql("messages", MESSAGE_COLUMNS), [[r[c] for c in MESSAGE_COLUMNS] for r in rows]
+    )
+    sums: dict[str, dict[tuple[str, ...], list[int]]] = {
+        t: defaultdict(lambda: [0, 0]) for t in METADATA
+    }
     for r in rows:
         size = len(r["message_body"].encode("utf-8"))
         receiver = r["receiving_sn_address"] or BROADCAST
-        for acc, key in (
-            (by_type, (r["message_type"],)),
-            (by_sender, (r["sending_sn_address"],)),
-            (by_receiver, (receiver,)),
-            (by_pair, (r["sending_sn_address"], receiver)),
+        sender = r["sending_sn_address"]
+        for table, key in (
+            ("message_metadata", (r["message_type"],)),
+            ("message_sender_metadata", (sender,)),
+            ("message_receiver_metadata", (receiver,)),
+            ("message_sender_receiver_metadata", (sender, receiver)),
         ):
-            acc[key][0] += 1
-            acc[key][1] += size
-    await _add_counts(
-        conn, MessageMetadata.__table__, ["message_type"], "total_messages", "total_bytes", by_type
-    )
-    await _add_counts(
-        conn,
-        MessageSenderMetadata.__table__,
-        ["sending_sn_address"],
-        "total_messages_sent",
-        "total_data_sent_bytes",
-        by_sender,
-    )
-    await _add_counts(
-        conn,
-        MessageReceiverMetadata.__table__,
-        ["receiving_sn_address"],
-        "total_messages_received",
-        "total_data_received_bytes",
-        by_receiver,
-    )
-    await _add_counts(
-        conn,
-        MessageSenderReceiverMetadata.__table__,
-        ["sending_sn_address", "receiving_sn_address"],
-        "total_messages",
-        "total_data_bytes",
-        by_pair,
-    )
+            sums[table][key][0] += 1
+            sums[table][key][1] += size
+    for table, by_key in sums.items():
+        _add_counts(conn, table, by_key)
 
 
-async def recent_messages(
-    conn: AsyncConnection, since_ts: int, message_type: str | None, limit: int
+def recent_messages(
+    conn: sqlite3.Connection, since_ts: int, message_type: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    q = select(m).where(m.c.timestamp >= since_ts)
     if message_type:
-        q = q.where(m.c.message_type == message_type)
-    rows = await conn.execute(q.order_by(m.c.timestamp.desc(), m.c.id.desc()).limit(limit))
-    return [dict(r._mapping) for r in rows]
+        cur = conn.execute(
+            "SELECT * FROM messages WHERE timestamp >= ? AND message_type = ? "
+            "ORDER BY timestamp DESC, id DESC LIMIT ?",
+            (since_ts, message_type, limit),
+        )
+    else:
+        cur = conn.execute(
+            "SELECT * FROM messages WHERE timestamp >= ? ORDER BY timestamp DESC, id DESC LIMIT ?",
+            (since_ts, limit),
+        )
+    return dict_rows(cur)
 
 
-async def metadata(conn: AsyncConnection) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for name, model in (
-        ("by_type", MessageMetadata),
-        ("by_sender", MessageSenderMetadata),
-        ("by_receiver", MessageReceiverMetadata),
-        ("by_sender_receiver", MessageSenderReceiverMetadata),
-    ):
-        rows = await conn.execute(select(model.__table__))
-        out[name] = [dict(r._mapping) for r in rows]
-    return out
+def metadata(conn: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
+    names = {
+        "by_type": "message_metadata",
+        "by_sender": "message_sender_metadata",
+        "by_receiver": "message_receiver_metadata",
+        "by_sender_receiver": "message_sender_receiver_metadata",
+    }
+    return {name: dict_rows(conn.execute(f"SELECT * FROM {t}")) for name, t in names.items()}
 
 
-async def insert_user_messages(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+def insert_user_messages(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await conn.execute(insert(um), list(rows))
+        conn.executemany(
+            insert_sql("user_messages", USER_MESSAGE_COLUMNS),
+            [[r[c] for c in USER_MESSAGE_COLUMNS] for r in rows],
+        )
 
 
-async def user_messages_for(
-    conn: AsyncConnection, address: str, limit: int
-) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        select(um)
-        .where(or_(um.c.from_address == address, um.c.to_address == address))
-        .order_by(um.c.timestamp.desc(), um.c.id.desc())
-        .limit(limit)
+def user_messages_for(conn: sqlite3.Connection, address: str, limit: int) -> list[dict[str, Any]]:
+    cur = conn.execute(
+        "SELECT * FROM user_messages WHERE from_address = ? OR to_address = ? "
+        "ORDER BY timestamp DESC, id DESC LIMIT ?",
+        (address, address, limit),
     )
-    return [dict(r._mapping) for r in rows]
+    return dict_rows(cur)

@@ -260,11 +260,24 @@ class SpendCertificate(Base):
     received_at: Mapped[float] = mapped_column(Float)
 
 
+class DelegationTotal(Base):
+    """Credits certified so far under one delegation (an API key): a running total kept
+    in the transaction that stores each certificate, so checking a delegated order's cap
+    reads one row however old the key is."""
+
+    __tablename__ = "delegation_totals"
+
+    delegation_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    spent: Mapped[int] = mapped_column(BigInteger)
+
+
 class Refund(Base):
     """Credits given back by a request's executor (unused tokens, a failed run), bounded
     by what was certified for that request; applied once its spend is applied."""
 
     __tablename__ = "refunds"
+    # a pack's refunds still to apply, found without reading those applied long ago
+    __table_args__ = (Index("ix_refunds_pack_applied", "pack_id", "applied"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     envelope_id: Mapped[str] = mapped_column(String(66), unique=True)

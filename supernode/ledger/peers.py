@@ -1,72 +1,60 @@
-"""Peers: membership rows, collateral readings, sync cursors, penalties and bans."""
+"""Peers: membership rows, collateral readings, sync cursors, penalties and bans; and the
+authentication challenges already answered."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from supernode.ledger.db import Record, dict_rows
 
-from supernode.ledger.models import Peer, PeerPenalty, UsedChallenge
-
-p = Peer.__table__
-pp = PeerPenalty.__table__
-uc = UsedChallenge.__table__
+PEERS = Record("peer records", durable=True)  # collateral, cursors, penalties, bans
+USED_CHALLENGES = Record("answered challenges", durable=True)  # a replay must stay refused
 
 
-async def sync_members(conn: AsyncConnection, members: Iterable[dict[str, str]]) -> None:
+def sync_members(conn: sqlite3.Connection, members: Iterable[dict[str, str]]) -> None:
     """Insert members of the network file; refresh url and key of known ones."""
-    for mem in members:
-        stmt = sqlite_insert(p).values(
-            address=mem["address"],
-            url=mem["url"],
-            public_key=mem["public_key"],
-            eligible=False,
-            sync_cursor=0,
-            penalty_points=0,
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["address"],
-            set_={"url": stmt.excluded.url, "public_key": stmt.excluded.public_key},
-        )
-        await conn.execute(stmt)
-
-
-async def all_peers(conn: AsyncConnection) -> list[dict[str, Any]]:
-    rows = await conn.execute(select(p).order_by(p.c.address))
-    return [dict(r._mapping) for r in rows]
-
-
-async def set_collateral(
-    conn: AsyncConnection, address: str, wei: int, eligible: bool, block: int, at: float
-) -> None:
-    await conn.execute(
-        update(p)
-        .where(p.c.address == address)
-        .values(
-            collateral_wei=str(wei),
-            eligible=eligible,
-            collateral_block=block,
-            collateral_checked_at=at,
-        )
+    conn.executemany(
+        "INSERT INTO peers (address, url, public_key, eligible, sync_cursor, penalty_points) "
+        "VALUES (?, ?, ?, 0, 0, 0) "
+        "ON CONFLICT (address) DO UPDATE SET url = excluded.url, public_key = excluded.public_key",
+        [(m["address"], m["url"], m["public_key"]) for m in members],
     )
 
 
-async def set_cursor(conn: AsyncConnection, address: str, cursor: int) -> None:
-    await conn.execute(update(p).where(p.c.address == address).values(sync_cursor=cursor))
+def all_peers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = dict_rows(conn.execute("SELECT * FROM peers ORDER BY address"))
+    for r in rows:
+        r["eligible"] = bool(r["eligible"])
+    return rows
 
 
-async def mark_contact(conn: AsyncConnection, address: str, at: float, error: str | None) -> None:
-    values: dict[str, Any] = {"last_error": error}
+def set_collateral(
+    conn: sqlite3.Connection, address: str, wei: int, eligible: bool, block: int, at: float
+) -> None:
+    conn.execute(
+        "UPDATE peers SET collateral_wei = ?, eligible = ?, collateral_block = ?, "
+        "collateral_checked_at = ? WHERE address = ?",
+        (str(wei), eligible, block, at, address),
+    )
+
+
+def set_cursor(conn: sqlite3.Connection, address: str, cursor: int) -> None:
+    conn.execute("UPDATE peers SET sync_cursor = ? WHERE address = ?", (cursor, address))
+
+
+def mark_contact(conn: sqlite3.Connection, address: str, at: float, error: str | None) -> None:
     if error is None:
-        values["last_seen_at"] = at
-    await conn.execute(update(p).where(p.c.address == address).values(**values))
+        conn.execute(
+            "UPDATE peers SET last_error = NULL, last_seen_at = ? WHERE address = ?", (at, address)
+        )
+    else:
+        conn.execute("UPDATE peers SET last_error = ? WHERE address = ?", (error, address))
 
 
-async def add_penalties(
-    conn: AsyncConnection,
+def add_penalties(
+    conn: sqlite3.Connection,
     address: str,
     penalties: list[dict[str, Any]],
     *,
@@ -79,53 +67,58 @@ async def add_penalties(
     reach the threshold. Returns the ban's end if it is (now) banned."""
     if not penalties:
         return None
-    await conn.execute(
-        insert(pp), [{**pen, "peer_address": address, "at": now} for pen in penalties]
+    conn.executemany(
+        "INSERT INTO peer_penalties (peer_address, reason, detail, envelope_id, points, at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (address, p["reason"], p.get("detail", ""), p.get("envelope_id"), p["points"], now)
+            for p in penalties
+        ],
     )
-    points = (
-        await conn.execute(
-            select(func.coalesce(func.sum(pp.c.points), 0))
-            .where(pp.c.peer_address == address)
-            .where(pp.c.at >= now - window_s)
+    points = conn.execute(
+        "SELECT coalesce(sum(points), 0) FROM peer_penalties WHERE peer_address = ? AND at >= ?",
+        (address, now - window_s),
+    ).fetchone()[0]
+    banned_until = now + ban_s if points >= threshold else None
+    if banned_until is None:
+        conn.execute("UPDATE peers SET penalty_points = ? WHERE address = ?", (points, address))
+    else:
+        conn.execute(
+            "UPDATE peers SET penalty_points = ?, banned_until = ? WHERE address = ?",
+            (points, banned_until, address),
         )
-    ).scalar_one()
-    values: dict[str, Any] = {"penalty_points": points}
-    banned_until = None
-    if points >= threshold:
-        banned_until = now + ban_s
-        values["banned_until"] = banned_until
-    await conn.execute(update(p).where(p.c.address == address).values(**values))
     return banned_until
 
 
-async def bans(conn: AsyncConnection, now: float) -> dict[str, float]:
-    rows = await conn.execute(select(p.c.address, p.c.banned_until).where(p.c.banned_until > now))
-    return {r[0]: r[1] for r in rows}
+def bans(conn: sqlite3.Connection, now: float) -> dict[str, float]:
+    cur = conn.execute("SELECT address, banned_until FROM peers WHERE banned_until > ?", (now,))
+    return {r[0]: r[1] for r in cur}
 
 
-async def recent_penalties(
-    conn: AsyncConnection, address: str | None, limit: int
+def recent_penalties(
+    conn: sqlite3.Connection, address: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    q = select(pp)
     if address:
-        q = q.where(pp.c.peer_address == address)
-    rows = await conn.execute(q.order_by(pp.c.at.desc()).limit(limit))
-    return [dict(r._mapping) for r in rows]
+        cur = conn.execute(
+            "SELECT * FROM peer_penalties WHERE peer_address = ? ORDER BY at DESC LIMIT ?",
+            (address, limit),
+        )
+    else:
+        cur = conn.execute("SELECT * FROM peer_penalties ORDER BY at DESC LIMIT ?", (limit,))
+    return dict_rows(cur)
 
 
-async def use_challenge(
-    conn: AsyncConnection, challenge_id: str, address: str, expires_at: float
+def use_challenge(
+    conn: sqlite3.Connection, challenge_id: str, address: str, expires_at: float
 ) -> bool:
     """Mark a challenge used; False if it was used before."""
-    stmt = (
-        sqlite_insert(uc)
-        .values(challenge_id=challenge_id, address=address, expires_at=expires_at)
-        .on_conflict_do_nothing()
+    cur = conn.execute(
+        "INSERT INTO used_challenges (challenge_id, address, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        (challenge_id, address, expires_at),
     )
-    result = await conn.execute(stmt)
-    return bool(result.rowcount)
+    return cur.rowcount == 1
 
 
-async def prune_used_challenges(conn: AsyncConnection, now: float) -> int:
-    result = await conn.execute(delete(uc).where(uc.c.expires_at < now))
-    return result.rowcount or 0
+def prune_used_challenges(conn: sqlite3.Connection, now: float) -> int:
+    return conn.execute("DELETE FROM used_challenges WHERE expires_at < ?", (now,)).rowcount

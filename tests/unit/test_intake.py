@@ -16,7 +16,7 @@ from supernode.federation.network import Member, NetworkFile
 from supernode.federation.scoring import PeerScoring
 from supernode.ledger import messages as msg_repo
 from supernode.ledger import peers as peers_repo
-from supernode.ledger.db import Database, run_migrations
+from supernode.ledger.db import Ledger, run_migrations
 
 KEYS = [Identity(bytes([i + 1]) * 32) for i in range(4)]
 OUTSIDER = Identity(bytes([99]) * 32)
@@ -36,10 +36,10 @@ NETWORK = NetworkFile(
 ME = KEYS[0]
 
 
-class Ledger:
+class Node:
     def __init__(self, path: Path) -> None:
         run_migrations(path)
-        self.db = Database(path)
+        self.db = Ledger(path)
         self.scoring = PeerScoring(
             self.db, points_invalid=10, window_s=3600, threshold=30, ban_s=3600
         )
@@ -57,10 +57,10 @@ class Ledger:
             write_batch_max=1000,
         )
 
-    async def __aenter__(self) -> Ledger:
-        async with self.db.write() as conn:
-            await peers_repo.sync_members(conn, [m.model_dump() for m in NETWORK.members])
-        await self.scoring.load()
+    async def __aenter__(self) -> Node:
+        async with self.db.write(peers_repo.PEERS) as conn:
+            peers_repo.sync_members(conn, [m.model_dump() for m in NETWORK.members])
+        self.scoring.load()
         self.intake.writer.start()
         return self
 
@@ -83,15 +83,15 @@ def message(sender: Identity, body: str, **kw: object) -> Envelope:
 async def test_duplicates_dropped_and_seen_set_survives_restart(tmp_path: Path) -> None:
     db = tmp_path / "l.sqlite"
     env = message(KEYS[1], "hello").to_wire()
-    async with Ledger(db) as led:
+    async with Node(db) as led:
         first = await led.intake.ingest([env], via=KEYS[1].address)
         again = await led.intake.ingest([env, env], via=KEYS[2].address)
     assert len(first.accepted) == 1 and again.duplicates == 2 and not again.accepted
-    async with Ledger(db) as led:  # a restart: empty memory, same file
+    async with Node(db) as led:  # a restart: empty memory, same file
         after = await led.intake.ingest([env], via=KEYS[3].address)
-        async with led.db.read() as conn:
-            rows = await msg_repo.recent_messages(conn, 0, None, 100)
-            meta = await msg_repo.metadata(conn)
+        with led.db.read() as conn:
+            rows = msg_repo.recent_messages(conn, 0, None, 100)
+            meta = msg_repo.metadata(conn)
     assert after.duplicates == 1 and not after.accepted
     assert len(rows) == 1
     assert meta["by_type"] == [{"message_type": "t", "total_messages": 1, "total_bytes": 5}]
@@ -99,12 +99,12 @@ async def test_duplicates_dropped_and_seen_set_survives_restart(tmp_path: Path) 
 
 async def test_concurrent_copies_store_once(tmp_path: Path) -> None:
     env = message(KEYS[1], "race").to_wire()
-    async with Ledger(tmp_path / "l.sqlite") as led:
+    async with Node(tmp_path / "l.sqlite") as led:
         reports = await asyncio.gather(
             *(led.intake.ingest([env], via=KEYS[i % 3 + 1].address) for i in range(20))
         )
-        async with led.db.read() as conn:
-            rows = await msg_repo.recent_messages(conn, 0, None, 100)
+        with led.db.read() as conn:
+            rows = msg_repo.recent_messages(conn, 0, None, 100)
     assert sum(len(r.accepted) for r in reports) == 1
     assert sum(r.duplicates for r in reports) == 19
     assert len(rows) == 1
@@ -123,22 +123,22 @@ async def test_forgeries_penalise_the_deliverer_until_banned_across_restart(
         }
         for i in range(3)
     ]
-    async with Ledger(db) as led:
+    async with Node(db) as led:
         rep = await led.intake.ingest([forged[0], good.to_wire()], via=relay)
         assert [r["reason"] for r in rep.rejected] == ["bad_signature"]
         assert len(rep.accepted) == 1
         assert led.scoring.banned_until(relay) is None
         await led.intake.ingest(forged[1:], via=relay)
         assert led.scoring.banned_until(relay) is not None
-    async with Ledger(db) as led:
+    async with Node(db) as led:
         assert led.scoring.banned_until(relay) is not None  # persisted
-        async with led.db.read() as conn:
-            pens = await peers_repo.recent_penalties(conn, relay, 10)
+        with led.db.read() as conn:
+            pens = peers_repo.recent_penalties(conn, relay, 10)
         assert len(pens) == 3 and {p["points"] for p in pens} == {10}
 
 
 async def test_unknown_sender_and_wrong_recipient_rejected(tmp_path: Path) -> None:
-    async with Ledger(tmp_path / "l.sqlite") as led:
+    async with Node(tmp_path / "l.sqlite") as led:
         rep = await led.intake.ingest(
             [
                 message(OUTSIDER, "who am i").to_wire(),
@@ -164,7 +164,7 @@ async def test_business_rule_rejects_bad_payload(tmp_path: Path) -> None:
     unknown = sign_envelope(
         KEYS[1], type_="mystery", network_id="unit-net", chain_id=31337, payload={}
     )
-    async with Ledger(tmp_path / "l.sqlite") as led:
+    async with Node(tmp_path / "l.sqlite") as led:
         rep = await led.intake.ingest([bad.to_wire(), unknown.to_wire()], via=None)
     assert sorted(r["reason"] for r in rep.rejected) == ["bad_payload", "unknown_type"]
 
@@ -172,7 +172,7 @@ async def test_business_rule_rejects_bad_payload(tmp_path: Path) -> None:
 @pytest.mark.parametrize("n", [1, 300])
 async def test_group_commit_batches(tmp_path: Path, n: int) -> None:
     envs = [message(KEYS[1], f"m{i}").to_wire() for i in range(n)]
-    async with Ledger(tmp_path / "l.sqlite") as led:
+    async with Node(tmp_path / "l.sqlite") as led:
         reports = await asyncio.gather(*(led.intake.ingest([e], via=None) for e in envs))
         commits = led.intake.writer.commits
     assert sum(len(r.accepted) for r in reports) == n
