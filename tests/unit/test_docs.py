@@ -1,5 +1,5 @@
-"""docs/settings.md documents every setting as config.py has it, and .env only names real
-ones."""
+"""The docs: docs/settings.md documents every setting as config.py has it, .env only names
+real ones, and the README and docs/ link only to files in the repository."""
 
 from __future__ import annotations
 
@@ -46,3 +46,34 @@ def test_env_file_names_only_real_settings() -> None:
     names = re.findall(r"^(SUPERNODE_\w+)=", (ROOT / ".env").read_text(), re.M)
     known = {f"SUPERNODE_{n.upper()}" for n in Settings.model_fields}
     assert names and set(names) <= known
+
+
+def _markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _anchors(md: Path) -> set[str]:
+    """The anchors GitHub makes of a page's headings."""
+    headings = re.findall(r"^#+ (.+)$", md.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_docs_link_only_to_files_in_the_repository() -> None:
+    broken = []
+    for md in _markdown_files():
+        for target in re.findall(r"\]\(([^)\s]+)\)", md.read_text()):
+            if re.match(r"^[a-z]+:", target):
+                continue  # a web address
+            file, _, anchor = target.partition("#")
+            path = (md.parent / file).resolve() if file else md
+            if not path.is_relative_to(ROOT) or not path.exists():
+                broken.append(f"{md.relative_to(ROOT)}: {target}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                broken.append(f"{md.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_docs_name_nothing_outside_the_repository() -> None:
+    for md in _markdown_files():
+        text = md.read_text()
+        assert "../shared" not in text and "design.md" not in text, md
