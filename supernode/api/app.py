@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from supernode import __version__
+from supernode.api.docs_page import mount_docs
 from supernode.api.guard import BodyGuard, reply
 from supernode.api.limits import RateLimiter
 from supernode.errors import SupernodeError, TooManyRequests
@@ -159,4 +160,5 @@ def create_app(node: Node) -> FastAPI:
     app.add_middleware(  # the outer one: nothing runs before the body is bounded
         BodyGuard, max_bytes=node.settings.max_body_bytes, max_depth=node.settings.max_json_depth
     )
+    mount_docs(app)  # /docs and /redoc from local assets, not a CDN
     return app
