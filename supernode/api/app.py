@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -51,13 +52,41 @@ def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# The busiest POST routes (peer traffic, spends): registered once, as FastAPI routes (so
+# the OpenAPI document describes them), and answered by FastPath without FastAPI's
+# routing, dependency and exception layers.
+FAST_PATHS = ("/p2p/envelopes", "/p2p/spend_votes", "/spend_credits")
 
 
-class HotRoutes:
-    """The busiest POST routes (peer traffic, spends) answered by their handlers directly,
-    without FastAPI's routing, dependency and exception layers: the same functions the
-    FastAPI routes call (those stay, for the OpenAPI docs), the same error bodies. It sits
-    inside BodyLimit, so the body limit holds here too."""
+def fast_handlers(app: FastAPI) -> dict[str, Handler]:
+    """The endpoints of the FAST_PATHS routes as registered. A fast route takes the
+    request alone and answers a Response: one that grew a dependency or a response model
+    would lose it on the fast path, so that is refused at start, not ignored."""
+    found: dict[str, Handler] = {}
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path in FAST_PATHS:
+            d = route.dependant
+            params = d.path_params + d.query_params + d.header_params + d.cookie_params
+            params += d.body_params
+            if route.methods != {"POST"} or d.dependencies or params:
+                raise RuntimeError(
+                    f"fast route {route.path} must be a POST taking the request only"
+                )
+            if route.response_model is not None or d.request_param_name is None:
+                raise RuntimeError(
+                    f"fast route {route.path} must take the Request, answer a Response"
+                )
+            found[route.path] = route.endpoint
+    missing = set(FAST_PATHS) - set(found)
+    if missing:
+        raise RuntimeError(f"fast routes not registered: {sorted(missing)}")
+    return found
+
+
+class FastPath:
+    """Answers the FAST_PATHS routes with their registered endpoints directly: the same
+    handlers, the same error bodies, inside BodyGuard (the body limit and JSON bounds hold
+    here too)."""
 
     def __init__(self, app: ASGIApp, routes: dict[str, Handler]) -> None:
         self.app = app
@@ -149,14 +178,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(supernodes.router)
     app.include_router(messages.router)
     app.include_router(ops.router)
-    app.add_middleware(
-        HotRoutes,
-        routes={
-            "/p2p/envelopes": p2p.receive_envelopes,
-            "/p2p/spend_votes": spends.spend_votes,
-            "/spend_credits": spends.spend_credits,
-        },
-    )
+    app.add_middleware(FastPath, routes=fast_handlers(app))
     app.add_middleware(  # the outer one: nothing runs before the body is bounded
         BodyGuard, max_bytes=node.settings.max_body_bytes, max_depth=node.settings.max_json_depth
     )
