@@ -12,13 +12,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from supernode.crypto.keys import KeystoreError, check_passphrase_strength
+from supernode.errors import ConfigError
 
 KNOWN_DEFAULT_TOKENS = {"changeme", "change-me", "secret", "token", "operator", "admin"}
 MIN_OPERATOR_TOKEN_CHARS = 32
-
-
-class ConfigError(ValueError):
-    """A setting is missing or unsafe; the message says which and why."""
 
 
 class Settings(BaseSettings):

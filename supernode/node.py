@@ -17,6 +17,7 @@ from supernode.credits.purchase import CreditService
 from supernode.credits.spend import SpendCertificateHandler, SpendService
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
+from supernode.errors import StartupError
 from supernode.federation.challenges import ChallengeBook, challenge_key
 from supernode.federation.gossip import Gossip, PushSettings
 from supernode.federation.handlers import Checked, HandlerRegistry
@@ -36,10 +37,6 @@ from supernode.petals.pool import NodeConfig, NodePool
 from supernode.serve import ConnectionLimits
 
 RESOLVE_TIMEOUT_S = 3.0  # resolving one member's host name
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start; the message says why."""
 
 
 class Node:
@@ -121,6 +118,7 @@ class Node:
             db=self.db,
             chain=self.chain,
             membership=self.membership,
+            intake=self.intake,
             gossip=self.gossip,
             publish=self.publish,
         )
@@ -130,6 +128,7 @@ class Node:
             settings=s,
             db=self.db,
             membership=self.membership,
+            intake=self.intake,
             gossip=self.gossip,
             publish=self.publish_all,
         )

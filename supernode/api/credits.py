@@ -11,9 +11,8 @@ from starlette.responses import JSONResponse
 from supernode.api.deps import ENVELOPE_BODY, get_node
 from supernode.api.guard import read_json
 from supernode.api.limits import limited
-from supernode.api.p2p import transport
 from supernode.api.validation import checksum
-from supernode.credits.purchase import AGREE_REQUEST, CERTIFY_REQUEST, pack_view
+from supernode.credits.purchase import pack_view
 from supernode.credits.terms import TX_HASH_RE, check_tx_hash
 from supernode.errors import BadRequest, NotFound
 from supernode.ledger import credits as repo
@@ -112,12 +111,10 @@ async def pack_balance(pack_id: str, node: Node = Depends(get_node)) -> dict[str
 @p2p.post("/agree_quote", openapi_extra=ENVELOPE_BODY)
 async def agree_quote(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to agree to its price quote (we recompute it)."""
-    env = transport(node, await read_json(request), AGREE_REQUEST)
-    return await node.credits.agree(env)
+    return await node.credits.rpc_agree_quote(await read_json(request))
 
 
 @p2p.post("/certify_purchase", openapi_extra=ENVELOPE_BODY)
 async def certify_purchase(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to certify a paid purchase (we check the chain ourselves)."""
-    env = transport(node, await read_json(request), CERTIFY_REQUEST)
-    return await node.credits.certify_for_peer(env)
+    return await node.credits.rpc_certify_purchase(await read_json(request))

@@ -74,7 +74,7 @@ async def prove(
     try:
         return await node.challenges.answer(address, endpoint, challenge_id, signature)
     except ChallengeError as exc:
-        raise Unauthorized(f"challenge refused: {exc}") from exc
+        raise Unauthorized(f"challenge refused: {exc.detail}") from exc
 
 
 def user_auth(endpoint: str):  # type: ignore[no-untyped-def]

@@ -78,7 +78,8 @@ class BodyGuard:
             try:
                 scope.setdefault("state", {})[STATE_KEY] = loads(body, self.max_depth)
             except JSONBoundsError as exc:
-                await _refusal(scope, 400, "bad_request", f"body: {exc}")(scope, receive, send)
+                msg = f"body: {exc.detail}"
+                await _refusal(scope, 400, "bad_request", msg)(scope, receive, send)
                 return
         await self.app(scope, _replay(body, receive), send)
 
@@ -111,4 +112,4 @@ async def read_json(request: Request) -> Any:
     try:
         return loads(await request.body())
     except JSONBoundsError as exc:
-        raise BadRequest(f"body: {exc}", reason="bad_json") from exc
+        raise BadRequest(f"body: {exc.detail}", reason="bad_json") from exc

@@ -9,8 +9,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from supernode.api.credits import HEX32
 from supernode.api.deps import ENVELOPE_BODY, get_node, json_body, ready_node
 from supernode.api.guard import read_json
-from supernode.api.p2p import transport
-from supernode.credits.spend import VOTE_BATCH
 from supernode.ledger import MAX_INTEGER
 from supernode.node import Node
 
@@ -44,9 +42,8 @@ async def spend_votes(request: Request) -> Response:
     """An executor asks for our votes: a signed `spend_vote_batch` whose payload is
     {"items": [{"order", "prior"}, ...]}; one result per item, each vote durable before
     this answers."""
-    node = ready_node(request)  # a hot route: no dependencies, no response model
-    env = transport(node, await read_json(request), VOTE_BATCH)
-    return json_body(await node.spends.votes_for_peer(env))
+    node = ready_node(request)  # a fast route: the request alone, a Response
+    return json_body(await node.spends.rpc_spend_votes(await read_json(request)))
 
 
 @p2p.get("/spend_certificates")

@@ -11,11 +11,9 @@ from loguru import logger
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound
 
+from supernode.errors import ChainError
+
 T = TypeVar("T")
-
-
-class ChainError(Exception):
-    """The chain could not be read (timeout, connection refused, RPC error)."""
 
 
 class ChainClient:

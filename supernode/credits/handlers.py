@@ -12,8 +12,7 @@ from typing import Any
 from supernode.credits.purchase import CERTIFICATE_ENVELOPE, QUOTE_ENVELOPE
 from supernode.credits.terms import verify_pack_certificate, verify_quote
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, EnvelopeError
-from supernode.errors import SupernodeError
+from supernode.crypto.envelope import Envelope
 from supernode.federation.handlers import Checked
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
@@ -32,15 +31,13 @@ class _Certified:
         self.membership = membership
 
     def validate(self, env: Envelope) -> None:
-        try:
-            self.verify(
-                env.payload,
-                self.network,
-                self.membership.eligible_members(),
-                self.membership.quorum(),
-            )
-        except SupernodeError as exc:
-            raise EnvelopeError(exc.reason or "bad_certificate", exc.detail) from exc
+        """Raises what the check found (its verdict for the peer: errors.TABLE)."""
+        self.verify(
+            env.payload,
+            self.network,
+            self.membership.eligible_members(),
+            self.membership.quorum(),
+        )
 
 
 class QuoteHandler(_Certified):

@@ -31,10 +31,11 @@ from supernode.credits.terms import (
     verify_quote,
 )
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope
+from supernode.crypto.envelope import Envelope, Payload
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Conflict, NotFound, Refused, Unavailable
 from supernode.federation.gossip import Gossip
+from supernode.federation.intake import Intake
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
 from supernode.federation.rpc import ask_peers
@@ -48,6 +49,22 @@ QUOTE_ENVELOPE = "credit_pack_quote"
 CERTIFICATE_ENVELOPE = "credit_pack_certificate"
 AGREE_REQUEST = "quote_agreement_request"
 CERTIFY_REQUEST = "purchase_certify_request"
+
+
+class AgreeRequestPayload(Payload):
+    """`quote_agreement_request`: the buyer's signed request and the terms quoted for it."""
+
+    request: dict[str, Any]
+    terms: dict[str, Any]
+
+
+class CertifyRequestPayload(Payload):
+    """`purchase_certify_request`: the payment's transaction and the signed quote."""
+
+    tx_hash: str
+    quote: dict[str, Any]
+
+
 PENDING_BATCH = 50
 
 
@@ -61,6 +78,7 @@ class CreditService:
         db: Ledger,
         chain: ChainClient,
         membership: Membership,
+        intake: Intake,
         gossip: Gossip,
         publish: Callable[[Envelope], Awaitable[Any]],
     ) -> None:
@@ -71,6 +89,7 @@ class CreditService:
         self.db = db
         self.chain = chain
         self.membership = membership
+        self.intake = intake
         self.gossip = gossip
         self.publish = publish
         # one certification attempt per purchase at a time (confirms and the job)
@@ -189,10 +208,12 @@ class CreditService:
             logger.info("forgot {} unpaid quotes past their expiry", n)
         return n
 
-    async def agree(self, env: Envelope) -> dict[str, Any]:
-        """A peer asks us to agree to its quote: recompute it and attest."""
-        request = self._check_request(env.payload.get("request"))
-        terms = env.payload.get("terms")
+    async def rpc_agree_quote(self, raw: Any) -> dict[str, Any]:
+        """A member asks us to agree to its quote (/p2p/agree_quote): recompute it and
+        attest."""
+        env, p = self.intake.open_transport(raw, AGREE_REQUEST, AgreeRequestPayload)
+        request = self._check_request(p.request)
+        terms = p.terms
         latest = await self._latest_block()
         check_quote_terms(
             terms,
@@ -335,10 +356,12 @@ class CreditService:
         assert pack is not None
         return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
 
-    async def certify_for_peer(self, env: Envelope) -> dict[str, Any]:
-        """A peer asks us to certify a paid purchase: check the chain ourselves."""
-        tx = check_tx_hash(env.payload.get("tx_hash"))
-        signed_quote = env.payload.get("quote")
+    async def rpc_certify_purchase(self, raw: Any) -> dict[str, Any]:
+        """A member asks us to certify a paid purchase (/p2p/certify_purchase): we check
+        the chain ourselves."""
+        _, p = self.intake.open_transport(raw, CERTIFY_REQUEST, CertifyRequestPayload)
+        tx = check_tx_hash(p.tx_hash)
+        signed_quote = p.quote
         eligible, q = self._eligible()
         terms = verify_quote(signed_quote, self.network, eligible, q)
         assert isinstance(signed_quote, dict)

@@ -17,9 +17,10 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from loguru import logger
+from pydantic import Field
 
 from supernode.config import Settings
 from supernode.credits.spend_terms import (
@@ -34,10 +35,11 @@ from supernode.credits.spend_terms import (
 )
 from supernode.crypto.attest import is_attestation
 from supernode.crypto.canonical import CanonicalError, canonical_json
-from supernode.crypto.envelope import Envelope
+from supernode.crypto.envelope import Envelope, Payload
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Refused, SupernodeError, Unavailable
 from supernode.federation.gossip import Gossip
+from supernode.federation.intake import Intake
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
 from supernode.federation.peer_http import PeerError
@@ -55,6 +57,12 @@ CATCH_UP_LIMIT = 500
 Prior = tuple[Envelope, dict[str, Any]]  # a checked certificate: its order, the certificate
 LAST_CERTS = 10_000  # packs whose last certificate made here is kept in memory
 VERIFIED_CERTS = 4_096  # certificates verified lately (one comes as a prior, then by gossip)
+
+
+class VoteBatchPayload(Payload):
+    """`spend_vote_batch`: vote requests, each ``{"order", "prior", "votes"?}``."""
+
+    items: Annotated[list[Any], Field(min_length=1, max_length=VOTE_BATCH_MAX)]
 
 
 def certificate_row(order: Envelope, cert: dict[str, Any], received_at: float) -> dict[str, Any]:
@@ -94,6 +102,7 @@ class SpendService:
         settings: Settings,
         db: Ledger,
         membership: Membership,
+        intake: Intake,
         gossip: Gossip,
         publish: Callable[..., Awaitable[Any]],
     ) -> None:
@@ -103,6 +112,7 @@ class SpendService:
         self.s = settings
         self.db = db
         self.membership = membership
+        self.intake = intake
         self.gossip = gossip
         self.publish = publish
         # a vote request: the order; the pack's previous certificate (checked) if the
@@ -246,14 +256,12 @@ class SpendService:
             for v in votes[: len(eligible)]
         )
 
-    async def votes_for_peer(self, env: Envelope) -> dict[str, Any]:
-        """A batch of vote requests from the executor ``env.sender``: one result per item,
+    async def rpc_spend_votes(self, raw: Any) -> dict[str, Any]:
+        """A member's batch of vote requests (/p2p/spend_votes): one result per item,
         ``{"ok": vote}`` or ``{"error": {status, reason, detail}}``. The votes of one batch
         share one durable commit."""
-        items = env.payload.get("items")
-        if not isinstance(items, list) or not 1 <= len(items) <= VOTE_BATCH_MAX:
-            raise BadRequest(f"items: a list of 1 to {VOTE_BATCH_MAX} vote requests")
-        return {"results": await asyncio.gather(*(self._answer(env.sender, i) for i in items))}
+        env, p = self.intake.open_transport(raw, VOTE_BATCH, VoteBatchPayload)
+        return {"results": await asyncio.gather(*(self._answer(env.sender, i) for i in p.items))}
 
     async def _answer(self, executor: str, item: Any) -> dict[str, Any]:
         try:
@@ -306,7 +314,7 @@ class SpendService:
         try:
             key = canonical_json(cert)
         except CanonicalError as exc:
-            raise BadRequest(f"a spend certificate must be plain JSON: {exc}") from exc
+            raise BadRequest(f"a spend certificate must be plain JSON: {exc.detail}") from exc
         hit = self._verified.get(key)
         if hit is not None and hit[2] == eligible and hit[3] == q:
             return hit[0], hit[1]
@@ -502,14 +510,10 @@ class SpendCertificateHandler:
         self.service = service
 
     def validate(self, env: Envelope) -> None:
-        from supernode.crypto.envelope import EnvelopeError
-
+        """Raises what the check found (its verdict for the peer: errors.TABLE)."""
         if env.id in self.service._built:
             return  # this daemon's own, built from votes it verified one by one
-        try:
-            self.service.verify(env.payload)
-        except SupernodeError as exc:
-            raise EnvelopeError(exc.reason or "bad_certificate", exc.detail) from exc
+        self.service.verify(env.payload)
 
     def store(self, conn: sqlite3.Connection, items: Any, received_at: float) -> None:
         # validate() verified each certificate before it was queued: parse, don't re-verify

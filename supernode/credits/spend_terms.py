@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, Field
 
 from supernode.crypto.attest import CertificateError, verify_certificate
-from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, is_checksummed
+from supernode.crypto.envelope import (
+    ChecksumAddress,
+    Envelope,
+    EnvelopeError,
+    Hex32,
+    Payload,
+    open_envelope,
+)
 from supernode.errors import BadRequest, Refused
 from supernode.federation.network import NetworkFile
 from supernode.ledger import MAX_INTEGER
@@ -25,43 +32,51 @@ from supernode.ledger import MAX_INTEGER
 SPEND_ORDER = "spend_order"
 DELEGATION = "spend_delegation"
 VOTE_KIND = "spend_vote"
-ORDER_FIELDS = {"pack_id", "sequence", "amount", "request_id", "executor"}
-DELEGATION_FIELDS = {"pack_id", "delegate", "max_credits"}
 HEX32 = re.compile(r"^0x[0-9a-f]{64}$")
 # a certified order stays valid after its own lifetime: its time window is not checked
 NO_TIME_WINDOW = 10**12
+P = TypeVar("P", bound=BaseModel)
 
 
-def _int(value: Any, name: str, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_INTEGER:
-        raise BadRequest(f"{name} must be an integer from {low} to {MAX_INTEGER}")
-    return value
+Credits = Annotated[int, Field(ge=1, le=MAX_INTEGER)]
 
 
-def _hex32(value: Any, name: str) -> None:
-    if not isinstance(value, str) or not HEX32.match(value):
-        raise BadRequest(f"{name} must be 0x followed by 64 lower-case hex digits")
+class DelegationPayload(Payload):
+    """`spend_delegation`: supernode ``delegate`` may spend up to ``max_credits`` of the
+    pack until the envelope expires (an OpenAI API key)."""
+
+    pack_id: Hex32
+    delegate: ChecksumAddress
+    max_credits: Credits
 
 
-def _envelope(raw: Any, what: str) -> Envelope:
-    try:
-        return Envelope.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise BadRequest(f"{what} malformed: {where}: {first['msg']}") from exc
+class OrderPayload(Payload):
+    """`spend_order`: spend ``amount`` credits of the pack at ``sequence`` for
+    ``request_id``, run by ``executor``; signed by the owner, or by the executor under the
+    owner's ``delegation`` (the whole signed delegation envelope)."""
+
+    pack_id: Hex32
+    sequence: Annotated[int, Field(ge=0, le=MAX_INTEGER)]
+    amount: Credits
+    request_id: Hex32
+    executor: ChecksumAddress
+    delegation: dict[str, Any] | None = None
 
 
-def _signed(
-    env: Envelope,
+def _open(
+    raw: Any,
+    type_: str,
+    payload: type[P],
     network: NetworkFile,
     clock_skew_s: int,
     max_ttl_s: int,
     expired_reason: str | None = None,
-) -> None:
+) -> tuple[Envelope, P]:
     try:
-        check_envelope(
-            env,
+        return open_envelope(
+            raw,
+            type_,
+            payload,
             network_id=network.network_id,
             chain_id=network.chain_id,
             me=None,
@@ -69,21 +84,23 @@ def _signed(
             max_ttl_s=max_ttl_s,
         )
     except EnvelopeError as exc:
-        reason = expired_reason if expired_reason and exc.reason == "expired" else exc.reason
-        raise Refused(str(exc), reason=reason) from exc
+        if expired_reason and exc.reason == "expired":  # a delegation: the API key expired
+            raise EnvelopeError(expired_reason, exc.detail, penalise=exc.penalise) from exc
+        raise
 
 
 def parse_delegation(
     raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s: int
 ) -> Envelope:
-    d = _envelope(raw, "delegation")
-    if d.type != DELEGATION or set(d.payload) != DELEGATION_FIELDS:
-        raise BadRequest(f"a delegation is a {DELEGATION} envelope {sorted(DELEGATION_FIELDS)}")
-    _hex32(d.payload["pack_id"], "delegation pack_id")
-    if not isinstance(d.payload["delegate"], str) or not is_checksummed(d.payload["delegate"]):
-        raise BadRequest("delegation delegate must be a checksummed address")
-    _int(d.payload["max_credits"], "max_credits", 1)
-    _signed(d, network, clock_skew_s, max_ttl_s, expired_reason="delegation_expired")
+    d, _ = _open(
+        raw,
+        DELEGATION,
+        DelegationPayload,
+        network,
+        clock_skew_s,
+        max_ttl_s,
+        expired_reason="delegation_expired",
+    )
     return d
 
 
@@ -91,28 +108,14 @@ def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s:
     """Schema, binding, time window and signatures (the order's and its delegation's).
     The pack rules (owner, sequence, balance, cap) need the ledger: check_against_pack.
     Pass NO_TIME_WINDOW for both windows to check a certified (possibly old) order."""
-    env = _envelope(raw, "spend order")
-    if env.type != SPEND_ORDER:
-        raise BadRequest(f"expected a {SPEND_ORDER} envelope")
-    p = env.payload
-    if set(p) - {"delegation"} != ORDER_FIELDS:
-        raise BadRequest(f"spend order payload: exactly {sorted(ORDER_FIELDS)} (+ delegation)")
-    _hex32(p["pack_id"], "pack_id")
-    _hex32(p["request_id"], "request_id")
-    _int(p["sequence"], "sequence", 0)
-    _int(p["amount"], "amount", 1)
-    if not isinstance(p["executor"], str) or not is_checksummed(p["executor"]):
-        raise BadRequest("executor must be a checksummed address")
-    if network.member(p["executor"]) is None:
-        raise Refused(f"executor {p['executor']} is not a member", reason="unknown_executor")
-    _signed(env, network, clock_skew_s, max_ttl_s)
-    if "delegation" in p:
-        d = parse_delegation(
-            p["delegation"], network, clock_skew_s=clock_skew_s, max_ttl_s=max_ttl_s
-        )
-        if d.payload["pack_id"] != p["pack_id"]:
+    env, p = _open(raw, SPEND_ORDER, OrderPayload, network, clock_skew_s, max_ttl_s)
+    if network.member(p.executor) is None:
+        raise Refused(f"executor {p.executor} is not a member", reason="unknown_executor")
+    if "delegation" in env.payload:
+        d = parse_delegation(p.delegation, network, clock_skew_s=clock_skew_s, max_ttl_s=max_ttl_s)
+        if d.payload["pack_id"] != p.pack_id:
             raise Refused("the delegation is for another pack", reason="bad_delegation")
-        if d.payload["delegate"] != env.sender or env.sender != p["executor"]:
+        if d.payload["delegate"] != env.sender or env.sender != p.executor:
             raise Refused(
                 "a delegated order is signed by its delegate, the executor", reason="bad_delegation"
             )

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints
 
 from supernode.crypto.attest import CertificateError, verify_certificate
-from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope
+from supernode.crypto.envelope import Envelope, Payload, open_envelope
 from supernode.crypto.hashing import keccak
 from supernode.errors import BadRequest, Refused
 from supernode.federation.network import NetworkFile
+from supernode.ledger import MAX_INTEGER
 
 PURCHASE_REQUEST = "credit_purchase_request"
 QUOTE_KIND = "credit_pack_quote"
@@ -62,43 +65,29 @@ def check_tx_hash(tx_hash: Any) -> str:
     return tx_hash.lower()
 
 
+class PurchaseRequestPayload(Payload):
+    """`credit_purchase_request`: the buyer asks for ``credits``; a fresh ``nonce`` makes
+    a new purchase of the same size (the same request is the same purchase)."""
+
+    credits: Annotated[int, Field(ge=1, le=MAX_INTEGER)]
+    nonce: Annotated[str, StringConstraints(max_length=66)] = ""
+
+
 def check_request(
     raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s: int, max_credits: int
 ) -> Envelope:
     """The buyer's signed request for a pack. Raises BadRequest/Refused with the reason."""
-    from pydantic import ValidationError
-
-    try:
-        env = Envelope.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise BadRequest(f"request envelope malformed: {where}: {first['msg']}") from exc
-    if env.type != PURCHASE_REQUEST:
-        raise BadRequest(f"expected a {PURCHASE_REQUEST} envelope")
-    try:
-        check_envelope(
-            env,
-            network_id=network.network_id,
-            chain_id=network.chain_id,
-            me=None,
-            clock_skew_s=clock_skew_s,
-            max_ttl_s=max_ttl_s,
-        )
-    except EnvelopeError as exc:
-        raise Refused(str(exc), reason=exc.reason) from exc
-    credits = env.payload.get("credits")
-    keys = set(env.payload)
-    if (
-        keys not in ({"credits"}, {"credits", "nonce"})
-        or not isinstance(credits, int)
-        or (isinstance(credits, bool))
-    ):
-        raise BadRequest("request payload must be {credits: integer, nonce?: string}")
-    nonce = env.payload.get("nonce", "")
-    if not isinstance(nonce, str) or len(nonce) > 66:
-        raise BadRequest("nonce must be a string of at most 66 characters")
-    if not 1 <= credits <= max_credits:
+    env, p = open_envelope(
+        raw,
+        PURCHASE_REQUEST,
+        PurchaseRequestPayload,
+        network_id=network.network_id,
+        chain_id=network.chain_id,
+        me=None,
+        clock_skew_s=clock_skew_s,
+        max_ttl_s=max_ttl_s,
+    )
+    if not 1 <= p.credits <= max_credits:
         raise Refused(f"credits must be 1..{max_credits}", reason="bad_credits")
     return env
 

@@ -17,17 +17,9 @@ from supernode.crypto.eip712 import domain_separator
 from supernode.crypto.envelope import EnvelopeError, recover_signer, remember_signer
 from supernode.crypto.hashing import keccak
 from supernode.crypto.keys import Identity
+from supernode.errors import CertificateError
 
 ATTESTATION_TYPEHASH = keccak(b"Attestation(string kind,bytes32 subject)")
-
-
-class CertificateError(ValueError):
-    """A set of attestations does not certify its subject; ``reason`` says why."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def subject_hash(terms: dict[str, Any]) -> bytes:

@@ -16,12 +16,9 @@ from typing import Any
 import orjson
 
 from supernode.crypto.hashing import keccak
+from supernode.errors import CanonicalError
 
 MAX_DEPTH = 16
-
-
-class CanonicalError(ValueError):
-    """The value has no canonical JSON form (a float, a non-string key, too deep...)."""
 
 
 def _check(value: Any, depth: int = 0) -> None:

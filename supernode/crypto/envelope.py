@@ -10,15 +10,25 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import coincurve
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from supernode.crypto.canonical import CanonicalError, payload_hash
 from supernode.crypto.eip712 import envelope_digest
 from supernode.crypto.keys import Identity, address_from_public_key
+from supernode.errors import BadRequest, EnvelopeError
 
 ENVELOPE_VERSION = 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -40,21 +50,24 @@ def _checksum(value: str) -> str:
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
+def _must_be_checksummed(value: str) -> str:
+    if _checksum(value) != value:
+        raise ValueError("address must be checksummed (EIP-55)")
+    return value
+
+
+# an address as payloads carry it: 0x and 40 hex digits, EIP-55 checksummed
+ChecksumAddress = Annotated[
+    str,
+    StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$"),
+    AfterValidator(_must_be_checksummed),
+]
+
+
 def is_checksummed(value: str) -> bool:
     """An EIP-55 checksummed address (eth_utils.is_checksum_address, remembered: the same
     few member addresses come back in every spend order)."""
     return _HEX_ADDRESS.fullmatch(value) is not None and _checksum(value) == value
-
-
-class EnvelopeError(ValueError):
-    """An envelope failed a check. ``reason`` is a stable code; ``penalise`` says whether
-    the peer that handed it over deserves a penalty (gossipsub's reject vs ignore)."""
-
-    def __init__(self, reason: str, detail: str = "", *, penalise: bool = True) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.penalise = penalise
 
 
 class Envelope(BaseModel):
@@ -88,7 +101,7 @@ class Envelope(BaseModel):
         try:
             phash = payload_hash(self.payload)
         except CanonicalError as exc:
-            raise EnvelopeError("bad_payload", str(exc)) from exc
+            raise EnvelopeError("bad_payload", exc.detail) from exc
         return envelope_digest(
             type_=self.type,
             version=self.version,
@@ -245,3 +258,64 @@ def check_envelope(
     if signer != env.sender:
         raise EnvelopeError("bad_signature", "signer is not the sender")
     return digest
+
+
+def parse_envelope(raw: Any, what: str) -> Envelope:
+    """The envelope in ``raw`` (its shape only), or BadRequest naming the first problem."""
+    try:
+        return Envelope.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise BadRequest(f"{what} malformed: {where}: {first['msg']}".replace(":  :", ":")) from exc
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class Payload(BaseModel):
+    """Base of the typed payloads: strict (no coercion: a "5" is not 5, a true not 1),
+    frozen, and no field it does not name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def open_envelope(
+    raw: Any,
+    type_: str,
+    payload: type[P],
+    *,
+    network_id: str,
+    chain_id: int,
+    me: str | None,
+    clock_skew_s: int,
+    max_ttl_s: int,
+    precheck: Callable[[Envelope], None] | None = None,
+) -> tuple[Envelope, P]:
+    """The one way an envelope from outside is opened. Cheapest first: its shape, its
+    type and its payload's shape (``payload``, a typed model) raise BadRequest; then every
+    stateless check and the signature raise EnvelopeError with the reason (its binding to
+    this network, chain and recipient, its time window, a low-s signature by its sender).
+    ``me`` None: an envelope addressed to no one. ``precheck``, the caller's own cheap
+    checks (who may send it), runs before the signature. Returns the envelope and its
+    payload, typed."""
+    env = parse_envelope(raw, f"{type_} envelope")
+    if env.type != type_:
+        raise BadRequest(f"expected a {type_} envelope, not {env.type}")
+    try:
+        typed = payload.model_validate(env.payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise BadRequest(f"{type_} payload: {where}: {first['msg']}") from exc
+    if precheck is not None:
+        precheck(env)
+    check_envelope(
+        env,
+        network_id=network_id,
+        chain_id=chain_id,
+        me=me,
+        clock_skew_s=clock_skew_s,
+        max_ttl_s=max_ttl_s,
+    )
+    return env, typed

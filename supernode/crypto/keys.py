@@ -14,6 +14,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from supernode.crypto.hashing import keccak
+from supernode.errors import KeystoreError
 
 # scrypt cost for keystores. The standard (geth) cost takes about a second to open;
 # "light" (geth's --lightkdf) is for devnets and tests that open many keystores.
@@ -22,10 +23,6 @@ SCRYPT_N_LIGHT = 1 << 12
 
 WEAK_PASSPHRASES = {"", "password", "changeme", "change-me", "supernode", "secret", "123456"}
 MIN_PASSPHRASE_CHARS = 12
-
-
-class KeystoreError(Exception):
-    """The keystore is missing, unreadable, or the passphrase is wrong."""
 
 
 @lru_cache(maxsize=65536)

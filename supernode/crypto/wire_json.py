@@ -26,13 +26,11 @@ from typing import Any
 
 import orjson
 
+from supernode.errors import JSONBoundsError
+
 MAX_DEPTH = 32  # levels of arrays and objects in one document (a setting may lower it)
 MAX_INT = 1 << 256  # no integer of ours is larger (wei amounts are below 2^256)
 MAX_INT_DIGITS = 78  # digits of 2^256
-
-
-class JSONBoundsError(ValueError):
-    """The bytes are not JSON within bounds; the message says what and where."""
 
 
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:

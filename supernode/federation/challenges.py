@@ -18,15 +18,12 @@ from dataclasses import dataclass
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from supernode.errors import ChallengeError
 from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Ledger
 
 NONCE_BYTES = 8  # random part of a challenge id
 MAC_BYTES = 16  # keyed-hash part of a challenge id
-
-
-class ChallengeError(ValueError):
-    """The challenge answer does not hold; the message says why."""
 
 
 def challenge_text(

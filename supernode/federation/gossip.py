@@ -26,14 +26,20 @@ from typing import Any
 from loguru import logger
 
 from supernode.crypto.keys import Identity
+from supernode.errors import BadRequest
 from supernode.federation.handlers import Checked
 from supernode.federation.intake import Intake
 from supernode.federation.network import Member, NetworkFile
 from supernode.federation.peer_http import PeerError, PeerHTTP, PeerUnreachable
 from supernode.federation.transport import (
     ENVELOPE_FETCH,
+    GOSSIP_BATCH,
     SYNC_REQUEST,
+    EnvelopeFetchPayload,
+    GossipBatchPayload,
+    SyncRequestPayload,
     batch_body,
+    fetch_body,
     sign_transport,
 )
 from supernode.ledger import MAX_INTEGER
@@ -50,10 +56,6 @@ class PushSettings:
     batch_max: int
     queue_max: int
     linger_s: float = 0.0
-
-
-class PeerDown(Exception):
-    """The peer did not take the push; anti-entropy will deliver it later."""
 
 
 class PeerLink:
@@ -220,6 +222,7 @@ class Gossip:
         self.page = page
         self.pull_timeout_s = pull_timeout_s
         self.round_s = round_s
+        self.batch_max = push.batch_max
         self.links: dict[str, PeerLink] = {}
         for m in network.members:
             if m.address == self.me:
@@ -288,6 +291,53 @@ class Gossip:
             return []
         done, _ = await asyncio.wait(waiters, timeout=timeout_s)
         return [w.result() if w in done else {"ok": False, "error": "timeout"} for w in waiters]
+
+    # -- the peer side: what /p2p/envelopes, /p2p/sync and /p2p/fetch answer -------------
+    async def rpc_envelopes(self, body: Any) -> dict[str, Any]:
+        """A peer pushes envelopes: ``{"batch": <gossip_batch>, "envelopes": [...]}``. The
+        batch, signed by the peer handing them over, names their ids: a peer whose batch
+        does not match what it sent is penalised; each envelope goes through the intake."""
+        if not isinstance(body, dict) or set(body) != {"batch", "envelopes"}:
+            raise BadRequest('expected {"batch": ..., "envelopes": [...]}')
+        batch, p = self.intake.open_transport(body["batch"], GOSSIP_BATCH, GossipBatchPayload)
+        envs = body["envelopes"]
+        if not isinstance(envs, list):
+            raise BadRequest("envelopes must be a list")
+        if len(envs) > self.batch_max * 4:
+            raise BadRequest(f"more than {self.batch_max * 4} envelopes in one batch")
+        claimed = [e.get("id") if isinstance(e, dict) else None for e in envs]
+        if claimed != p.ids:
+            mismatch = {"reason": "batch_mismatch", "detail": "ids differ from the signed batch"}
+            await self.intake.scoring.penalise(batch.sender, [mismatch])
+            raise BadRequest("envelope ids differ from the ids the batch signs")
+        return (await self.intake.ingest(envs, via=batch.sender)).to_dict()
+
+    def rpc_sync(self, raw: Any) -> dict[str, Any]:
+        """Anti-entropy, step 1: the ids after the caller's cursor in our log, oldest
+        first: ``{"ids": [...], "next_cursor": n, "more": bool}``."""
+        req, p = self.intake.open_transport(raw, SYNC_REQUEST, SyncRequestPayload)
+        after, limit = p.after, min(p.limit, self.page)
+        with self.db.read() as conn:
+            # The end of the log first: every row up to it is committed (one writer, rising
+            # seq), so a cursor moved to it skips nothing that commits meanwhile.
+            end = env_repo.last_seq(conn)
+            if after > end:
+                after = 0  # our log is shorter than the caller's cursor: it was reset
+            rows = env_repo.ids_after(conn, after, end, req.sender, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        # all visible rows up to `end` were listed: move past the invisible ones too
+        cursor = rows[-1][0] if more else max(after, end)
+        return {"ids": [r[1] for r in rows], "next_cursor": cursor, "more": more}
+
+    def rpc_fetch(self, raw: Any) -> bytes:
+        """Anti-entropy, step 2: the envelopes with these ids the caller may see (JSON
+        bytes, the stored envelopes spliced in; unknown ids are left out)."""
+        req, p = self.intake.open_transport(raw, ENVELOPE_FETCH, EnvelopeFetchPayload)
+        if len(p.ids) > self.page:
+            raise BadRequest(f"envelope_fetch takes at most {self.page} ids")
+        with self.db.read() as conn:
+            return fetch_body(env_repo.raws_by_id(conn, p.ids, req.sender))
 
     # -- anti-entropy ----------------------------------------------------------------
     async def _call(self, link: PeerLink, path: str, type_: str, payload: dict[str, Any]) -> Any:

@@ -22,9 +22,11 @@ from pydantic import ValidationError
 
 from supernode.crypto.canonical import CanonicalError, canonical_json
 from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, check_id
+from supernode.errors import REJECT, SupernodeError
 from supernode.federation.handlers import Checked, HandlerRegistry
 from supernode.federation.network import NetworkFile
 from supernode.federation.scoring import PeerScoring
+from supernode.federation.transport import P, verify_transport
 from supernode.ledger import envelopes as env_repo
 from supernode.ledger.db import Ledger, Record
 from supernode.ledger.group_commit import GroupCommit
@@ -48,8 +50,8 @@ class IngestReport:
         }
 
 
-def _verdict(env_id: str | None, exc: EnvelopeError) -> dict[str, Any]:
-    return {"envelope_id": env_id, "reason": exc.reason, "detail": exc.detail}
+def _verdict(env_id: str | None, exc: SupernodeError) -> dict[str, Any]:
+    return {"envelope_id": env_id, "reason": exc.reason or exc.code, "detail": exc.detail}
 
 
 class Intake:
@@ -115,7 +117,7 @@ class Intake:
         try:
             body = canonical_json(env.to_wire())
         except CanonicalError as exc:
-            raise EnvelopeError("bad_payload", str(exc)) from exc
+            raise EnvelopeError("bad_payload", exc.detail) from exc
         if len(body) > self.max_envelope_bytes:
             raise EnvelopeError("too_large", f"{len(body)} bytes > {self.max_envelope_bytes}")
         digest = check_id(env)
@@ -140,6 +142,20 @@ class Intake:
             digest=digest,
         )
         handler.validate(env)
+
+    def open_transport(self, raw: Any, type_: str, payload: type[P]) -> tuple[Envelope, P]:
+        """A member's transport envelope to this daemon (a push's batch, a pull, a vote
+        request), opened: see transport.verify_transport."""
+        return verify_transport(
+            raw,
+            type_,
+            payload,
+            network=self.network,
+            me=self.me,
+            scoring=self.scoring,
+            clock_skew_s=self.clock_skew_s,
+            max_ttl_s=self.max_ttl_s,
+        )
 
     # -- the pipeline ------------------------------------------------------------------
     async def ingest(self, raws: Sequence[Any], via: str | None) -> IngestReport:
@@ -177,8 +193,8 @@ class Intake:
         for env, body, digest in parsed:
             try:
                 self._check(env, digest, now)
-            except EnvelopeError as exc:
-                target = report.rejected if exc.penalise else report.ignored
+            except SupernodeError as exc:  # the table says reject (penalise) or ignore
+                target = report.rejected if exc.verdict == REJECT else report.ignored
                 target.append(_verdict(env.id, exc))
                 continue
             good.append(Checked(env, body, via))

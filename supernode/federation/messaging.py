@@ -105,7 +105,7 @@ class UserMessageHandler:
         try:
             signer = recover_text_signer(text, _str_field(p, "challenge_signature", 132))
         except ChallengeError as exc:
-            raise EnvelopeError("bad_user_signature", str(exc)) from exc
+            raise EnvelopeError("bad_user_signature", exc.detail) from exc
         if signer != p["from_address"]:
             raise EnvelopeError("bad_user_signature", "challenge not signed by from_address")
 

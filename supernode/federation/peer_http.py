@@ -15,16 +15,9 @@ from typing import Any
 import aiohttp
 
 from supernode.crypto.wire_json import loads
+from supernode.errors import PeerError, PeerUnreachable
 
 MAX_ANSWER_BYTES = 64 << 20  # a peer answer larger than this is refused, not read
-
-
-class PeerError(Exception):
-    """A peer did not give a usable answer."""
-
-
-class PeerUnreachable(PeerError):
-    """No HTTP answer: connection refused or dropped, or the timeout passed."""
 
 
 @dataclass(frozen=True)

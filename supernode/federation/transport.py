@@ -13,20 +13,29 @@ is stored: replaying one within its short life changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, Field
 
-from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope, sign_envelope
+from supernode.crypto.envelope import (
+    Envelope,
+    EnvelopeError,
+    Hex32,
+    Payload,
+    open_envelope,
+    sign_envelope,
+)
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Forbidden, Unauthorized
 from supernode.federation.network import NetworkFile
 from supernode.federation.scoring import PeerScoring
+from supernode.ledger import MAX_INTEGER
 
 GOSSIP_BATCH = "gossip_batch"
 SYNC_REQUEST = "sync_request"
 ENVELOPE_FETCH = "envelope_fetch"
 TRANSPORT_TTL_S = 120
+P = TypeVar("P", bound=BaseModel)
 
 
 def batch_body(
@@ -61,43 +70,62 @@ def fetch_body(raws: Sequence[bytes]) -> bytes:
     return b'{"envelopes":[' + b",".join(raws) + b"]}"
 
 
+class GossipBatchPayload(Payload):
+    """`gossip_batch`: the ids of the envelopes a push carries, in order."""
+
+    ids: list[Hex32]
+
+
+class SyncRequestPayload(Payload):
+    """`sync_request`: the ids after the caller's cursor in our log, at most ``limit``."""
+
+    after: Annotated[int, Field(ge=0, le=MAX_INTEGER)]
+    limit: Annotated[int, Field(ge=1, le=MAX_INTEGER)]
+
+
+class EnvelopeFetchPayload(Payload):
+    """`envelope_fetch`: the envelopes with these ids that the caller may see."""
+
+    ids: Annotated[list[Hex32], Field(min_length=1)]
+
+
 def verify_transport(
     raw: Any,
     type_: str,
+    payload: type[P],
     *,
     network: NetworkFile,
     me: str,
     scoring: PeerScoring,
     clock_skew_s: int,
     max_ttl_s: int,
-) -> Envelope:
-    """Check a transport envelope: a member's, not banned, bound to us, fresh, signed.
-    Raises BadRequest / Forbidden / Unauthorized with the reason."""
+) -> tuple[Envelope, P]:
+    """Open a transport envelope: a member's, not banned, bound to us, fresh, signed, its
+    payload typed. Raises BadRequest / Forbidden / Unauthorized with the reason."""
+
+    def admitted(env: Envelope) -> None:  # cheap, before the signature
+        if network.member(env.sender) is None:
+            raise Forbidden(f"{env.sender} is not a member of this network")
+        until = scoring.banned_until(env.sender)
+        if until is not None:
+            raise Forbidden(f"{env.sender} is banned until {until:.0f}")
+        if env.recipient != me:
+            raise BadRequest(f"{type_} must be addressed to {me}")
+
     try:
-        env = Envelope.model_validate(raw)
-    except ValidationError as exc:
-        raise BadRequest(f"{type_} envelope malformed: {exc.errors()[0]['msg']}") from exc
-    if env.type != type_:
-        raise BadRequest(f"expected a {type_} envelope")
-    if network.member(env.sender) is None:
-        raise Forbidden(f"{env.sender} is not a member of this network")
-    until = scoring.banned_until(env.sender)
-    if until is not None:
-        raise Forbidden(f"{env.sender} is banned until {until:.0f}")
-    if env.recipient != me:
-        raise BadRequest(f"{type_} must be addressed to {me}")
-    try:
-        check_envelope(
-            env,
+        return open_envelope(
+            raw,
+            type_,
+            payload,
             network_id=network.network_id,
             chain_id=network.chain_id,
             me=me,
             clock_skew_s=clock_skew_s,
             max_ttl_s=max_ttl_s,
+            precheck=admitted,
         )
-    except EnvelopeError as exc:
+    except EnvelopeError as exc:  # a transport envelope authenticates its peer
         raise Unauthorized(f"{type_} refused: {exc}") from exc
-    return env
 
 
 def sign_transport(

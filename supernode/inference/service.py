@@ -19,7 +19,7 @@ from loguru import logger
 from supernode.config import Settings
 from supernode.credits.spend import SpendService
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, EnvelopeError, check_envelope
+from supernode.crypto.envelope import Envelope, open_envelope
 from supernode.crypto.hashing import keccak
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Conflict, NotFound, Refused
@@ -29,8 +29,9 @@ from supernode.inference import results
 from supernode.inference.menu import Menu, ModelEntry
 from supernode.inference.streams import RequestStream
 from supernode.inference.usage import (
+    USAGE_REQUEST,
     USAGE_RESPONSE,
-    check_usage_shape,
+    UsageRequestPayload,
     parse_params,
     request_id_for,
 )
@@ -125,26 +126,6 @@ class InferenceService:
         return count if count is not None else len(text.encode("utf-8")) // 3 + 1
 
     # -- quote ---------------------------------------------------------------------------
-    def _user_envelope(self, raw: Any, what: str) -> Envelope:
-        from pydantic import ValidationError
-
-        try:
-            env = Envelope.model_validate(raw)
-        except ValidationError as exc:
-            raise BadRequest(f"{what} malformed: {exc.errors()[0]['msg']}") from exc
-        try:
-            check_envelope(
-                env,
-                network_id=self.network.network_id,
-                chain_id=self.network.chain_id,
-                me=None,
-                clock_skew_s=self.s.clock_skew_s,
-                max_ttl_s=self.s.max_envelope_ttl_s,
-            )
-        except EnvelopeError as exc:
-            raise Refused(str(exc), reason=exc.reason) from exc
-        return env
-
     async def quote(
         self,
         pack_id: str,
@@ -228,11 +209,17 @@ class InferenceService:
 
     async def validate_usage(self, raw: Any) -> dict[str, Any]:
         """/validate_inference_api_usage_request: a signed usage response with the quote."""
-        env = self._user_envelope(raw, "usage request")
-        p = check_usage_shape(env)
-        q = await self.quote(
-            p["pack_id"], env.sender, p["model"], p["input"], p["params"], p["max_cost"], env.id
+        env, p = open_envelope(
+            raw,
+            USAGE_REQUEST,
+            UsageRequestPayload,
+            network_id=self.network.network_id,
+            chain_id=self.network.chain_id,
+            me=None,
+            clock_skew_s=self.s.clock_skew_s,
+            max_ttl_s=self.s.max_envelope_ttl_s,
         )
+        q = await self.quote(p.pack_id, env.sender, p.model, p.input, p.params, p.max_cost, env.id)
         resp = self.signer.sign(
             USAGE_RESPONSE, q, recipient=env.sender, ttl_s=self.s.usage_quote_ttl_s
         )

@@ -7,10 +7,11 @@ request."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from supernode.credits.spend_terms import HEX32
-from supernode.crypto.envelope import Envelope
+from pydantic import Field, StringConstraints
+
+from supernode.crypto.envelope import Hex32, Payload
 from supernode.crypto.hashing import keccak
 from supernode.errors import BadRequest, Refused
 from supernode.inference.menu import ModelEntry
@@ -19,7 +20,6 @@ from supernode.petals.pool import GenerateParams
 
 USAGE_REQUEST = "inference_usage_request"
 USAGE_RESPONSE = "inference_usage_response"
-USAGE_FIELDS = {"pack_id", "model", "input", "params", "max_cost"}
 PARAM_FIELDS = {
     "max_new_tokens",
     "do_sample",
@@ -70,19 +70,13 @@ def parse_params(params: Any, entry: ModelEntry) -> GenerateParams:
     )
 
 
-def check_usage_shape(env: Envelope) -> dict[str, Any]:
-    if env.type != USAGE_REQUEST:
-        raise BadRequest(f"expected an {USAGE_REQUEST} envelope")
-    p = env.payload
-    if set(p) != USAGE_FIELDS:
-        raise BadRequest(f"usage request payload: exactly {sorted(USAGE_FIELDS)}")
-    if not isinstance(p["pack_id"], str) or not HEX32.match(p["pack_id"]):
-        raise BadRequest("pack_id must be 0x followed by 64 lower-case hex digits")
-    if not isinstance(p["model"], str) or not 0 < len(p["model"]) <= 128:
-        raise BadRequest("model must be a name")
-    if not isinstance(p["input"], str) or not p["input"].strip():
-        raise BadRequest("input must be a non-empty string")
-    cost = p["max_cost"]
-    if not isinstance(cost, int) or isinstance(cost, bool) or not 1 <= cost <= MAX_INTEGER:
-        raise BadRequest(f"max_cost must be an integer from 1 to {MAX_INTEGER}")
-    return p
+class UsageRequestPayload(Payload):
+    """`inference_usage_request`, signed by the pack's owner: run ``input`` on ``model``
+    with ``params`` (checked against the model's limits: parse_params), for at most
+    ``max_cost`` credits of the pack."""
+
+    pack_id: Hex32
+    model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    input: Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+    params: dict[str, Any]
+    max_cost: Annotated[int, Field(ge=1, le=MAX_INTEGER)]

@@ -16,14 +16,11 @@ from typing import Generic, TypeVar
 
 from loguru import logger
 
+from supernode.errors import WriterStopped
 from supernode.ledger.db import Ledger, Record
 
 I = TypeVar("I")  # noqa: E741 - an item to write
 R = TypeVar("R")  # what the write says about it
-
-
-class WriterStopped(RuntimeError):
-    """The daemon is stopping; the write was not made."""
 
 
 class GroupCommit(Generic[I, R]):
