@@ -48,8 +48,8 @@ from starlette.requests import ClientDisconnect
 
 from supernode.crypto.wire_json import loads
 from supernode.errors import BadRequest, NotFound, PayloadTooLarge, SupernodeError
-from supernode.petals.engine import Engine, GenerationTimeout, Job, Result, Worker, retrieve
-from supernode.petals.wire import (
+from supernode.petals.server.engine import Engine, GenerationTimeout, Job, Result, Worker, retrieve
+from supernode.petals.server.wire import (
     MAX_BODY_BYTES,
     parse_inputs,
     parse_int,
@@ -367,7 +367,7 @@ def run_petals_node(
     try:
         if tiny_random_dir is not None:
             _offline()
-            from supernode.petals.tiny_model import make_tiny_model
+            from supernode.petals.server.tiny_model import make_tiny_model
 
             model_path = str(make_tiny_model(Path(tiny_random_dir)))
         elif Path(str(model_path)).is_dir():
@@ -435,7 +435,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

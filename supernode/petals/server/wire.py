@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from supernode.crypto.wire_json import loads
 from supernode.errors import BadRequest, PayloadTooLarge, SupernodeError
-from supernode.petals.engine import Sampling
+from supernode.petals.server.engine import Sampling
 
 MAX_INPUT_CHARS = 100_000  # longest `inputs` text
 MAX_BODY_BYTES = 1_000_000  # largest v1 request body or v2 message

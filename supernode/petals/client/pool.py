@@ -34,8 +34,8 @@ from loguru import logger
 from tokenizers import Tokenizer
 
 from supernode.errors import Unavailable
-from supernode.petals.nodes import Node, NodeConfig, Timeouts
-from supernode.petals.protocol import GenerateParams, NodeFailure, NodeRejected
+from supernode.petals.client.nodes import Node, NodeConfig, Timeouts
+from supernode.petals.client.protocol import GenerateParams, NodeFailure, NodeRejected
 
 __all__ = [
     "GenerateParams",

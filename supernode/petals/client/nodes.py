@@ -31,7 +31,7 @@ from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from supernode.petals.protocol import (
+from supernode.petals.client.protocol import (
     GenerateParams,
     NodeFailure,
     NodeRejected,
