@@ -145,7 +145,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def cmd_petals_node(args: argparse.Namespace) -> int:
-    from supernode.petals.server import run_from_args
+    from supernode.petals.server.run import run_from_args
 
     return run_from_args(args)
 
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     dn.set_defaults(func=cmd_devnet)
 
     pn = sub.add_parser("petals-node", help="serve the Petals HTTP API from a local model")
-    from supernode.petals.server import add_arguments as petals_arguments
+    from supernode.petals.server.run import add_arguments as petals_arguments
 
     petals_arguments(pn)
     pn.set_defaults(func=cmd_petals_node)

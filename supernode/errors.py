@@ -6,13 +6,15 @@
     ├── RequestError ................     the caller sent something wrong (4xx)
     │   ├── BadRequest .............. 400  malformed, or breaks a rule of shape
     │   │   ├── JSONBoundsError ..... 400  not JSON within bounds (depth, size, Unicode)
-    │   │   └── CanonicalError ...... 400  no canonical JSON (a float, a surrogate, ...)
+    │   │   ├── CanonicalError ...... 400  no canonical JSON (a float, a surrogate, ...)
+    │   │   └── NodeRejected ........ 400  an inference node refused the parameters
     │   ├── Unauthorized ............ 401  no valid proof of who is calling
     │   │   └── ChallengeError ...... 401  the challenge answer does not hold
     │   ├── Forbidden ............... 403  known, but may not do this
     │   ├── NotFound ................ 404  no such record
     │   ├── Conflict ................ 409  not now: the state does not allow it yet
     │   ├── PayloadTooLarge ......... 413  the body is over the limit
+    │   ├── UnsupportedMediaType .... 415  a body in an encoding the API does not read
     │   ├── Refused ................. 422  well formed, but a rule says no (``reason``)
     │   │   ├── EnvelopeError ....... 422  a signed envelope failed a check
     │   │   └── CertificateError .... 422  attestations do not certify their subject
@@ -21,7 +23,11 @@
     │   ├── PeerError ............... 503  a peer gave no usable answer
     │   │   └── PeerUnreachable ..... 503  no answer at all (refused, dropped, timeout)
     │   ├── ChainError .............. 503  the chain could not be read
+    │   ├── NodeUnavailable ......... 503  no inference node could run it (``reason``)
+    │   ├── NodeFailure ............. 503  a node gave no usable answer (its breaker counts)
     │   └── WriterStopped ........... 503  the daemon is stopping; the write was not made
+    ├── GenerationTimeout ........... 504  a generation ran past its deadline
+    ├── GenerationCancelled ......... 499  the caller went away; the job was dropped
     └── SetupError ..................      the daemon cannot start (the CLI says why)
         ├── ConfigError                    a setting is missing or unsafe
         ├── KeystoreError                  a key file or passphrase problem
@@ -156,6 +162,21 @@ class TooManyRequests(RequestError):
         self.retry_after_s = retry_after_s
 
 
+class NodeRejected(BadRequest):
+    """An inference node refused the request's parameters (e.g. max_new_tokens over its
+    limit)."""
+
+    def __init__(self, detail: str, *, reason: str | None = None, node_url: str = "") -> None:
+        super().__init__(detail, reason=reason or "node_rejected")
+        self.node_url = node_url
+
+
+class UnsupportedMediaType(RequestError):
+    """The body is in an encoding this API does not read."""
+
+    code = "unsupported_media_type"
+
+
 class Unavailable(SupernodeError):
     """The daemon cannot serve this right now (starting, stopping, dependency down)."""
 
@@ -172,6 +193,26 @@ class PeerUnreachable(PeerError):
 
 class ChainError(Unavailable):
     """The chain could not be read (timeout, connection refused, RPC error)."""
+
+
+class NodeUnavailable(Unavailable):
+    """No healthy node serves the model, or every try failed; the message names nodes
+    and why. ``reason``: ``no_node`` (none could take it), ``all_tries_failed``,
+    ``stream_broken``."""
+
+
+class NodeFailure(Unavailable):
+    """An inference node did not give a usable answer; it counts toward its breaker."""
+
+
+class GenerationTimeout(SupernodeError):
+    """A generation (or a session's wait for its client) ran past its deadline."""
+
+    code = "timeout"
+
+
+class GenerationCancelled(SupernodeError):
+    """The caller went away; the worker dropped the job."""
 
 
 class WriterStopped(Unavailable):
@@ -204,9 +245,12 @@ TABLE: dict[type[SupernodeError], tuple[int, str]] = {
     NotFound: (404, IGNORE),  # not known here yet: it may come by gossip
     Conflict: (409, IGNORE),  # not yet: it may pass later
     PayloadTooLarge: (413, REJECT),
+    UnsupportedMediaType: (415, REJECT),
     Refused: (422, REJECT),
     TooManyRequests: (429, IGNORE),
     Unavailable: (503, IGNORE),  # it cannot be checked now
+    GenerationTimeout: (504, IGNORE),
+    GenerationCancelled: (499, IGNORE),  # nobody reads the answer
 }
 
 

@@ -33,7 +33,7 @@ from supernode.inference.service import InferenceService
 from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Ledger, run_migrations
 from supernode.logs import LogRing
-from supernode.petals.pool import NodeConfig, NodePool
+from supernode.petals.client.pool import NodeConfig, NodePool
 from supernode.serve import ConnectionLimits
 
 RESOLVE_TIMEOUT_S = 3.0  # resolving one member's host name

@@ -28,7 +28,7 @@ from supernode.inference.usage import MILLI
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
 from supernode.locks import KeyedLock
-from supernode.petals.pool import GenerateParams
+from supernode.petals.client.pool import GenerateParams
 
 KEY_PREFIX = "sn-"
 

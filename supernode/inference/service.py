@@ -38,7 +38,7 @@ from supernode.inference.usage import (
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
 from supernode.ledger.db import Ledger, Record
-from supernode.petals.pool import GenerateParams, NodePool, NodeUnavailable
+from supernode.petals.client.pool import GenerateParams, NodePool, NodeUnavailable
 
 RESULT_SUMMARY = "inference_result"
 REFUND = "spend_refund"

@@ -16,7 +16,7 @@ from supernode.crypto.hashing import keccak
 from supernode.errors import BadRequest, Refused
 from supernode.inference.menu import ModelEntry
 from supernode.ledger import MAX_INTEGER
-from supernode.petals.pool import GenerateParams
+from supernode.petals.client.pool import GenerateParams
 
 USAGE_REQUEST = "inference_usage_request"
 USAGE_RESPONSE = "inference_usage_response"

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from supernode.devnet import free_port
-from supernode.petals.tiny_model import MARKER, is_tiny_model
+from supernode.petals.server.tiny_model import MARKER, is_tiny_model
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -487,7 +487,7 @@ _MAKER = """
 import os, sys, time
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # the slow part
-from supernode.petals.tiny_model import make_tiny_model
+from supernode.petals.server.tiny_model import make_tiny_model
 sync, model = Path(sys.argv[1]), Path(sys.argv[2])
 (sync / f"ready-{os.getpid()}").touch()
 while not (sync / "go").exists():  # so the three make it at the same moment

@@ -24,14 +24,14 @@ from typing import Any
 import httpx
 import pytest
 
-from supernode.petals.pool import (
+from supernode.petals.client.pool import (
     GenerateParams,
     NodeConfig,
     NodePool,
     NodeRejected,
     NodeUnavailable,
 )
-from supernode.petals.tiny_model import is_tiny_model
+from supernode.petals.server.tiny_model import is_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -267,7 +267,7 @@ async def collect(pool: NodePool, prompt: str, params: GenerateParams = GREEDY) 
 
 
 def test_pool_module_imports_no_torch() -> None:
-    code = "import sys, supernode.petals.pool; sys.exit('torch' in sys.modules)"
+    code = "import sys, supernode.petals.client.pool; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

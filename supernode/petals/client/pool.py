@@ -18,7 +18,8 @@ model's tokenizer from it in the background (``/api/v1/tokenizer``); once its co
 with the node's on a few probe texts, later counts are made here (the ``tokenizers``
 library, microseconds for a prompt) and the node only generates.
 
-The wire (Petals HTTP/WebSocket API, OpenAI completions) lives in ``nodes.py``.
+One client per node, of the class its kind names (``NODE_CLIENTS``): ``PetalsNodeClient``
+(``petals.py``) or ``OpenAINodeClient`` (``openai.py``), both ``NodeClient`` (``base.py``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from typing import Any
 from loguru import logger
 from tokenizers import Tokenizer
 
-from supernode.errors import Unavailable
-from supernode.petals.nodes import Node, NodeConfig, Timeouts
-from supernode.petals.protocol import GenerateParams, NodeFailure, NodeRejected
+from supernode.errors import NodeUnavailable
+from supernode.petals.client.base import NodeClient, NodeConfig, Timeouts
+from supernode.petals.client.openai import OpenAINodeClient
+from supernode.petals.client.petals import PetalsNodeClient
+from supernode.petals.client.protocol import GenerateParams, NodeFailure, NodeRejected
 
 __all__ = [
     "GenerateParams",
@@ -56,11 +59,19 @@ TOKENIZER_PROBES = (  # a local tokenizer is used only if it counts these as the
     "the quick brown fox jumps over the lazy dog " * 8,
 )
 
+# NodeConfig.kind -> the class that speaks that node's API
+NODE_CLIENTS: dict[str, type[NodeClient]] = {
+    cls.kind: cls for cls in (PetalsNodeClient, OpenAINodeClient)
+}
 
-class NodeUnavailable(Unavailable):
-    """No healthy node serves the model, or every try failed; the message names nodes and why.
 
-    ``reason``: ``no_node`` (none could take it), ``all_tries_failed``, ``stream_broken``."""
+def node_client(config: NodeConfig, timeouts: Timeouts) -> NodeClient:
+    """The client for a configured node, of the class its kind names."""
+    cls = NODE_CLIENTS.get(config.kind)
+    if cls is None:
+        kinds = tuple(NODE_CLIENTS)
+        raise ValueError(f"node {config.url}: kind must be one of {kinds}, not {config.kind!r}")
+    return cls(config, timeouts)
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,7 @@ class NodePool:
         urls = [n.url for n in nodes]
         if len(set(urls)) != len(urls):
             raise ValueError(f"a node is listed twice: {urls}")
-        self._nodes = [Node(config, timeouts) for config in nodes]
+        self._nodes = [node_client(config, timeouts) for config in nodes]
         self._tokenizers: dict[str, Tokenizer] = {}  # model -> checked local tokenizer
         self._tokenizer_tried: dict[str, float] = {}  # model -> monotonic time of a fetch
         self._fetches: set[asyncio.Task[None]] = set()
@@ -214,7 +225,7 @@ class NodePool:
             for n in self._nodes
         ]
 
-    def _ready(self, model: str) -> list[Node]:
+    def _ready(self, model: str) -> list[NodeClient]:
         """The nodes that can take a request for ``model`` now."""
         now = time.monotonic()
         return [n for n in self._nodes if n.available(model, self.breaker_reset_s, now)]
@@ -230,7 +241,7 @@ class NodePool:
 
     # --- choosing a node ----------------------------------------------------------------
 
-    def _pick(self, model: str, tried: list[Node]) -> Node | None:
+    def _pick(self, model: str, tried: list[NodeClient]) -> NodeClient | None:
         """The least loaded available node, untried ones first; ties by weighted turns."""
         ready = self._ready(model)
         ready = [n for n in ready if n not in tried] or ready
@@ -244,10 +255,10 @@ class NodePool:
         chosen.current_weight -= sum(n.config.weight for n in tied)
         return chosen
 
-    def _tries(self, model: str) -> Iterator[tuple[int, Node]]:
+    def _tries(self, model: str) -> Iterator[tuple[int, NodeClient]]:
         """(try number, node) for up to max_tries tries, never the same node twice while
         an untried one is left; stops early when no node can take the model."""
-        tried: list[Node] = []
+        tried: list[NodeClient] = []
         for attempt in range(1, self.max_tries + 1):
             node = self._pick(model, tried)
             if node is None:
@@ -256,7 +267,7 @@ class NodePool:
             yield attempt, node
 
     @contextmanager
-    def _lease(self, node: Node) -> Iterator[None]:
+    def _lease(self, node: NodeClient) -> Iterator[None]:
         """Counts the request in flight; a half-open node's request is its trial."""
         node.inflight += 1
         trial = node.breaker(self.breaker_reset_s) == "half-open"
@@ -268,7 +279,7 @@ class NodePool:
             if trial:
                 node.trial = False  # no verdict (the caller left): the next request is the trial
 
-    def _failed(self, node: Node, model: str, attempt: int, exc: NodeFailure) -> str:
+    def _failed(self, node: NodeClient, model: str, attempt: int, exc: NodeFailure) -> str:
         logger.warning(
             "node {} failed (model {}, try {}/{}): {}",
             node.url,

@@ -1,80 +1,25 @@
-"""The Petals node's model: a causal LM and its tokenizer, and the one thread that runs it.
+"""The transformers engine: a causal LM and its tokenizer, run on the worker's thread.
 
-``Engine`` loads the model and generates (its methods run on the worker thread, except
-``encode``, which only reads the tokenizer and may be called from any thread); ``Worker`` runs
-every job on one thread in arrival order, with a deadline that covers the wait in the queue.
+``TransformersEngine`` loads the model (a local folder, or a hub name already cached) and
+generates: its methods run on the worker thread, except ``encode`` and ``tokenizer_json``, which
+only read the tokenizer and may be called from any thread. It is an ``Engine``
+(``engine.py``).
 
-torch and transformers are imported only when an ``Engine`` is made, after the offline switches
-are set; importing this module imports neither.
+torch and transformers are imported only when a ``TransformersEngine`` is made, after the
+offline switches are set; importing this module imports neither.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-from supernode.errors import BadRequest, SupernodeError, Unavailable
-
-HARD_TIMEOUT_GRACE_S = 10.0  # past the deadline, stop waiting even if a forward pass hangs
-ChunkSink = Callable[[str, int], None]  # (text, tokens it took); called on the worker thread
-
-
-class GenerationTimeout(SupernodeError):
-    """A generation (or a session's wait for the client) ran past its deadline."""
-
-    status, code = 504, "timeout"
-
-
-class Cancelled(Exception):
-    """The caller went away; the worker dropped the job."""
-
-
-# --- jobs ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick each token; greedy (deterministic) unless ``do_sample``."""
-
-    do_sample: bool = False
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class Job:
-    """One generation: ``history`` tokens, then ``inputs`` text, then up to a budget."""
-
-    inputs: str | None
-    sampling: Sampling
-    max_new_tokens: int | None  # None: as many as ``max_length`` and ``cap`` allow
-    max_length: int  # history + inputs + new tokens may not exceed this
-    cap: int  # never more new tokens than this
-    history: tuple[int, ...] = ()
-    stop_sequences: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Result:
-    input_ids: list[int]  # the tokens of ``inputs``
-    prompt_tokens: int  # history + inputs
-    token_ids: list[int]  # the new tokens
-    text: str
-    finish_reason: str  # "length" | "eos" | "stop_sequence"
-    seconds: float
-
-
-# --- the model (its methods run on the worker thread) ---------------------------------
+from supernode.errors import BadRequest, GenerationCancelled, GenerationTimeout
+from supernode.petals.server.engine import ChunkSink, Job, Result, Sampling
 
 
 class _Chunks:
@@ -142,10 +87,10 @@ class _Halt:
         return input_ids.new_full((input_ids.shape[0],), self.why is not None).bool()
 
 
-class Engine:
+class TransformersEngine:
     """A causal LM and its tokenizer from a local folder (or a hub name already cached)."""
 
-    engine = "transformers"
+    name = "transformers"
 
     def __init__(self, model_path: str, threads: int | None = None) -> None:
         import torch
@@ -196,7 +141,7 @@ class Engine:
         self, job: Job, cancel: threading.Event, deadline: float, sink: ChunkSink | None = None
     ) -> Result:
         if cancel.is_set():
-            raise Cancelled
+            raise GenerationCancelled
         if time.monotonic() > deadline:
             raise GenerationTimeout(
                 "the request waited in the queue past its deadline", reason="deadline"
@@ -241,7 +186,7 @@ class Engine:
                 streamer=_Chunks(self.decode, sink) if sink else None,
             )
         if halt.why == "cancelled":
-            raise Cancelled
+            raise GenerationCancelled
         if halt.why == "timeout":
             raise GenerationTimeout(
                 f"generation ran past its deadline after {halt.tokens} of {budget} tokens",
@@ -251,57 +196,3 @@ class Engine:
         finish = halt.why or ("eos" if ids and ids[-1] in self.eos_ids else "length")
         elapsed = time.monotonic() - started
         return Result(new_ids, len(prompt), ids, self.decode(ids), finish, elapsed)
-
-
-class Worker:
-    """Runs every job on one thread, in arrival order; ``busy`` counts queued and running."""
-
-    def __init__(self, engine: Engine, timeout_s: float, max_queue: int) -> None:
-        self.engine, self.timeout_s, self.max_queue = engine, timeout_s, max_queue
-        self.busy = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petals-generate")
-        self._cancels: set[threading.Event] = set()
-
-    async def run(self, job: Job, sink: ChunkSink | None = None) -> Result:
-        if self.busy >= self.max_queue:
-            raise Unavailable(f"{self.busy} requests are in line; try again soon", reason="busy")
-        loop = asyncio.get_running_loop()
-        cancel = threading.Event()
-        deadline = time.monotonic() + self.timeout_s
-        self.busy += 1
-        self._cancels.add(cancel)
-
-        def done(_: Future[Result]) -> None:
-            try:
-                loop.call_soon_threadsafe(self._release, cancel)
-            except RuntimeError:  # the loop has closed
-                pass
-
-        fut = self._pool.submit(self.engine.generate, job, cancel, deadline, sink)
-        fut.add_done_callback(done)
-        result = asyncio.wrap_future(fut)
-        result.add_done_callback(retrieve)  # a dropped job's error is not "never retrieved"
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(result), self.timeout_s + HARD_TIMEOUT_GRACE_S
-            )
-        except TimeoutError:
-            raise GenerationTimeout(f"no result in {self.timeout_s} s", reason="deadline") from None
-        finally:
-            if not fut.done():  # timed out, or our caller was cancelled (client gone)
-                cancel.set()
-                fut.cancel()
-
-    def _release(self, cancel: threading.Event) -> None:
-        self.busy -= 1
-        self._cancels.discard(cancel)
-
-    def close(self) -> None:
-        for cancel in list(self._cancels):
-            cancel.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def retrieve(fut: asyncio.Future[Result]) -> None:
-    if not fut.cancelled():
-        fut.exception()

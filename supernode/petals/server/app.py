@@ -24,15 +24,14 @@ One worker thread runs every generation in arrival order (torch gets the cores t
 each request has a deadline that covers its wait in the queue. Greedy decoding (``do_sample``
 false) is deterministic: the same prompt gives the same text, on v1 and v2 alike.
 
-The model and its worker are in ``engine``, the request fields and body reading in ``wire``.
-torch and transformers are imported only when a model loads, after the offline switches are set.
+The engine seam and its worker are in ``engine`` (the model in ``transformers_engine``), the
+request fields and body reading in ``wire``, the command that serves it all in ``run``. torch
+and transformers are imported only when a model loads, after the offline switches are set.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -47,9 +46,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from supernode.crypto.wire_json import loads
-from supernode.errors import BadRequest, NotFound, PayloadTooLarge, SupernodeError
-from supernode.petals.engine import Engine, GenerationTimeout, Job, Result, Worker, retrieve
-from supernode.petals.wire import (
+from supernode.errors import (
+    BadRequest,
+    GenerationTimeout,
+    NotFound,
+    PayloadTooLarge,
+    SupernodeError,
+)
+from supernode.petals.server.engine import Engine, Job, Result, Worker, retrieve
+from supernode.petals.server.transformers_engine import TransformersEngine
+from supernode.petals.server.wire import (
     MAX_BODY_BYTES,
     parse_inputs,
     parse_int,
@@ -59,7 +65,6 @@ from supernode.petals.wire import (
     short,
 )
 
-DEFAULT_PORT = 5000  # chat.petals.dev's port
 DEFAULT_MAX_NEW_TOKENS = 256  # most new tokens one request (or one session step) may make
 DEFAULT_TIMEOUT_S = 120.0  # one generation, its wait in the queue included
 DEFAULT_STEP_TIMEOUT_S = 300.0  # WebSocket: wait for the client's next message
@@ -70,21 +75,24 @@ DEFAULT_MAX_QUEUE = 64  # requests queued or running before new ones get 503
 
 
 @dataclass
-class _Node:
+class ServedModel:
+    """The model this node serves: its engine and worker, its limits, what it has done."""
+
     engine: Engine
     worker: Worker
-    model_name: str
-    limit: int
+    name: str  # the model name requests give
+    limit: int  # most new tokens of one request (or one session step)
     step_timeout_s: float
-    sessions: int = 0
+    sessions: int = 0  # open v2 sessions
     served: dict[str, int] = field(default_factory=lambda: {"v1": 0, "v2": 0})  # generations
     tokenized: int = 0
 
     def check_model(self, values: Mapping[str, Any]) -> None:
-        model = values.get("model")
-        if model not in (None, "", self.model_name):
+        """A request naming another model is refused (one naming none is for this one)."""
+        asked = values.get("model")
+        if asked not in (None, "", self.name):
             raise NotFound(
-                f"model {short(model)} is not served here; this node serves {self.model_name!r}",
+                f"model {short(asked)} is not served here; this node serves {self.name!r}",
                 reason="unknown_model",
             )
 
@@ -108,7 +116,7 @@ def create_petals_app(
         raise ValueError("limits and timeouts must be positive")
     path = Path(model_path)
     name = model_name or (path.resolve().name if path.is_dir() else model_path)
-    engine = Engine(model_path, threads=threads)
+    engine: Engine = TransformersEngine(model_path, threads=threads)
     logger.info(
         "petals node: model {} from {} loaded in {:.2f} s ({}, context {} tokens)",
         name,
@@ -118,17 +126,17 @@ def create_petals_app(
         engine.max_length,
     )
     limit = min(max_new_tokens_limit, engine.max_length - 1)
-    node = _Node(engine, Worker(engine, timeout_s, max_queue), name, limit, step_timeout_s)
+    model = ServedModel(engine, Worker(engine, timeout_s, max_queue), name, limit, step_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            node.worker.close()
+            model.worker.close()
 
     app = FastAPI(title="Supernode petals node", lifespan=lifespan)
-    app.state.node = node
+    app.state.model = model
 
     @app.exception_handler(SupernodeError)
     async def _known(request: Request, exc: SupernodeError) -> JSONResponse:
@@ -156,31 +164,31 @@ def create_petals_app(
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "models": [node.model_name],
-            "engine": node.engine.engine,
-            "busy": node.worker.busy,
-            "sessions": node.sessions,
-            "max_new_tokens": node.limit,
-            "max_length": node.engine.max_length,
-            "served": node.served,
-            "tokenized": node.tokenized,
+            "models": [model.name],
+            "engine": model.engine.name,
+            "busy": model.worker.busy,
+            "sessions": model.sessions,
+            "max_new_tokens": model.limit,
+            "max_length": model.engine.max_length,
+            "served": model.served,
+            "tokenized": model.tokenized,
         }
 
     @app.post("/api/v1/generate")
     async def generate_v1(request: Request) -> dict[str, Any]:
         values = await read_values(request)
-        node.check_model(values)
+        model.check_model(values)
         if values.get("session_id"):
             raise BadRequest("the HTTP API has no sessions; use the WebSocket /api/v2/generate")
         inputs = parse_inputs(values, required=True)
         sampling = parse_sampling(values)
-        max_new = parse_int(values, "max_new_tokens", 1, node.limit)
-        max_length = parse_int(values, "max_length", 1, node.engine.max_length)
+        max_new = parse_int(values, "max_new_tokens", 1, model.limit)
+        max_length = parse_int(values, "max_length", 1, model.engine.max_length)
         if max_new is None and max_length is None:
             raise BadRequest("give max_new_tokens (or max_length)", reason="missing_max_new_tokens")
-        job = Job(inputs, sampling, max_new, max_length or node.engine.max_length, node.limit)
-        result = await node.worker.run(job)
-        node.served["v1"] += 1
+        job = Job(inputs, sampling, max_new, max_length or model.engine.max_length, model.limit)
+        result = await model.worker.run(job)
+        model.served["v1"] += 1
         logger.info(
             "v1 generate: {} + {} tokens in {:.3f} s ({})",
             result.prompt_tokens,
@@ -191,7 +199,7 @@ def create_petals_app(
         return {
             "ok": True,
             "outputs": result.text,
-            "model": node.model_name,
+            "model": model.name,
             "input_tokens": result.prompt_tokens,
             "output_tokens": len(result.token_ids),
             "finish_reason": result.finish_reason,
@@ -201,8 +209,8 @@ def create_petals_app(
     async def tokenizer(request: Request) -> Response:
         """The model's fast tokenizer (its tokenizer.json), so that a supernode can count
         tokens itself instead of asking here for every request."""
-        node.check_model(dict(request.query_params))
-        raw = node.engine.tokenizer_json()
+        model.check_model(dict(request.query_params))
+        raw = model.engine.tokenizer_json()
         if raw is None:
             return JSONResponse(
                 {"ok": False, "error": "this model has no fast tokenizer to share"},
@@ -213,21 +221,21 @@ def create_petals_app(
     @app.post("/api/v1/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
         values = await read_values(request)
-        node.check_model(values)
+        model.check_model(values)
         inputs = parse_inputs(values, required=True)
         assert inputs is not None  # required
         # Not through the worker: the tokenizer is only read, so it may run beside a generation;
         # on a thread, not the event loop, as 100,000 characters take ~20 ms.
-        count = len(await asyncio.to_thread(node.engine.encode, inputs))
-        node.tokenized += 1
+        count = len(await asyncio.to_thread(model.engine.encode, inputs))
+        model.tokenized += 1
         return {"ok": True, "token_count": count}
 
     @app.websocket("/api/v2/generate")
     async def generate_v2(ws: WebSocket) -> None:
         await ws.accept()
-        node.sessions += 1
+        model.sessions += 1
         try:
-            await _session(ws, node)
+            await _session(ws, model)
         except (WebSocketDisconnect, OSError):
             logger.debug("v2 session: the client left")
         except SupernodeError as exc:
@@ -238,7 +246,7 @@ def create_petals_app(
             logger.opt(exception=exc).error("error {} in a v2 session", error_id)
             await _close(ws, {"ok": False, "traceback": f"internal error {error_id}"}, 1011)
         finally:
-            node.sessions -= 1
+            model.sessions -= 1
 
     return app
 
@@ -251,11 +259,11 @@ async def _close(ws: WebSocket, message: dict[str, Any], code: int) -> None:
         pass
 
 
-async def _receive(ws: WebSocket, node: _Node) -> dict[str, Any]:
+async def _receive(ws: WebSocket, model: ServedModel) -> dict[str, Any]:
     try:
-        message = await asyncio.wait_for(ws.receive(), node.step_timeout_s)
+        message = await asyncio.wait_for(ws.receive(), model.step_timeout_s)
     except TimeoutError:
-        detail = f"no message from the client in {node.step_timeout_s} s"
+        detail = f"no message from the client in {model.step_timeout_s} s"
         raise GenerationTimeout(detail, reason="idle") from None
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
@@ -271,37 +279,37 @@ async def _receive(ws: WebSocket, node: _Node) -> dict[str, Any]:
     return data
 
 
-async def _session(ws: WebSocket, node: _Node) -> None:
+async def _session(ws: WebSocket, model: ServedModel) -> None:
     """One inference session: open, then generate steps until the client leaves."""
-    opened = await _receive(ws, node)
+    opened = await _receive(ws, model)
     if opened.get("type") != "open_inference_session":
         raise BadRequest('the first message must be {"type": "open_inference_session", ...}')
-    node.check_model(opened)
-    max_length = parse_int(opened, "max_length", 1, node.engine.max_length)
-    max_length = max_length or node.engine.max_length
+    model.check_model(opened)
+    max_length = parse_int(opened, "max_length", 1, model.engine.max_length)
+    max_length = max_length or model.engine.max_length
     await ws.send_json({"ok": True})
     history: list[int] = []
     while True:
-        step = await _receive(ws, node)
+        step = await _receive(ws, model)
         if step.get("type") != "generate":
             raise BadRequest('a session step must be {"type": "generate", ...}')
         inputs = parse_inputs(step, required=not history)
         stops = parse_stop_sequences(step)
-        max_new = parse_int(step, "max_new_tokens", 1, node.limit)
+        max_new = parse_int(step, "max_new_tokens", 1, model.limit)
         job = Job(
             inputs,
             parse_sampling(step),
             None if stops else max_new,  # with a stop sequence, max_new_tokens is a step size
             max_length,
-            node.limit,
+            model.limit,
             tuple(history),
             stops,
         )
-        result = await _stream(ws, node, job)
+        result = await _stream(ws, model, job)
         history += result.input_ids + result.token_ids
 
 
-async def _stream(ws: WebSocket, node: _Node, job: Job) -> Result:
+async def _stream(ws: WebSocket, model: ServedModel, job: Job) -> Result:
     """Run one step, sending text as it comes; the last message says ``"stop": true``."""
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
@@ -309,7 +317,7 @@ async def _stream(ws: WebSocket, node: _Node, job: Job) -> Result:
     def sink(text: str, tokens: int) -> None:  # on the worker thread
         loop.call_soon_threadsafe(chunks.put_nowait, (text, tokens))
 
-    task = asyncio.create_task(node.worker.run(job, sink))
+    task = asyncio.create_task(model.worker.run(job, sink))
     task.add_done_callback(lambda _: chunks.put_nowait(None))  # after every chunk
     try:
         held: tuple[str, int] | None = None  # one chunk back, so the last can carry stop=true
@@ -326,7 +334,7 @@ async def _stream(ws: WebSocket, node: _Node, job: Job) -> Result:
         else:
             retrieve(task)
     text, count = held or ("", 0)
-    node.served["v2"] += 1
+    model.served["v2"] += 1
     await ws.send_json(
         {
             "ok": True,
@@ -339,103 +347,3 @@ async def _stream(ws: WebSocket, node: _Node, job: Job) -> Result:
         }
     )
     return result
-
-
-# --- running it ----------------------------------------------------------------------
-
-
-def run_petals_node(
-    host: str,
-    port: int,
-    model_path: str | None = None,
-    tiny_random_dir: Path | None = None,
-    *,
-    model_name: str | None = None,
-    max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
-    threads: int | None = None,
-    log_level: str = "INFO",
-) -> int:
-    """Serve until stopped (uvicorn with uvloop); returns a process exit status."""
-    from supernode.logs import setup_logging
-    from supernode.serve import ConnectionLimits, serve
-
-    setup_logging(log_level, 1000, None)
-    if model_path is None and tiny_random_dir is None:
-        raise ValueError("give model_path or tiny_random_dir")
-    try:
-        if tiny_random_dir is not None:
-            _offline()
-            from supernode.petals.tiny_model import make_tiny_model
-
-            model_path = str(make_tiny_model(Path(tiny_random_dir)))
-        elif Path(str(model_path)).is_dir():
-            _offline()
-        elif str(model_path).startswith(("/", ".", "~")):
-            raise FileNotFoundError(f"no model folder at {model_path}")
-        app = create_petals_app(
-            str(model_path),
-            model_name,
-            max_new_tokens_limit,
-            timeout_s=timeout_s,
-            step_timeout_s=step_timeout_s,
-            threads=threads,
-        )
-    except (OSError, ValueError) as exc:  # no such model, not a model, a bad limit
-        source = tiny_random_dir if tiny_random_dir is not None else model_path
-        logger.error("petals node not started: cannot load {}: {}", source, exc)
-        return 1
-    # its clients are the operator's daemons; on this host they are never refused
-    local = ConnectionLimits(trusted=frozenset({"127.0.0.1", "::1"}))
-    return 0 if serve(app, host, port, local) else 1
-
-
-def _offline() -> None:
-    """A local model needs no network; say so before transformers is imported."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
-        os.environ.setdefault(name, "1")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``supernode petals-node`` (and of ``python -m supernode.petals.server``)."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a local model folder or a (cached) hub model name")
-    source.add_argument(
-        "--tiny-random", metavar="DIR", help="make (or reuse) a tiny random model in DIR"
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--model-name", default=None, help="name to serve (default: folder name)")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
-    parser.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT_S)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--log-level", default="INFO")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    return run_petals_node(
-        args.host,
-        args.port,
-        args.model,
-        Path(args.tiny_random) if args.tiny_random else None,
-        model_name=args.model_name,
-        max_new_tokens_limit=args.max_new_tokens,
-        timeout_s=args.timeout,
-        step_timeout_s=args.step_timeout,
-        threads=args.threads,
-        log_level=args.log_level,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="supernode petals-node", description="Serve the Petals API from a local model."
-    )
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,17 +14,11 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from supernode.crypto.wire_json import loads
-from supernode.errors import BadRequest, PayloadTooLarge, SupernodeError
-from supernode.petals.engine import Sampling
+from supernode.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from supernode.petals.server.engine import Sampling
 
 MAX_INPUT_CHARS = 100_000  # longest `inputs` text
 MAX_BODY_BYTES = 1_000_000  # largest v1 request body or v2 message
-
-
-class UnsupportedMediaType(SupernodeError):
-    """The body is in an encoding this API does not read."""
-
-    status, code = 415, "unsupported_media_type"
 
 
 def short(raw: object) -> str:
