@@ -91,7 +91,7 @@ import httpx
 from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.client import SupernodeClient
-from supernode.credits.spend_terms import verify_spend_certificate
+from supernode.credits.orders import verify_spend_certificate
 from supernode.crypto.envelope import sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.devnet import ETH, LocalFederation

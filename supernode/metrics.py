@@ -80,7 +80,7 @@ class NodeCollector:
         committed = CounterMetricFamily(
             "supernode_group_commit_items", "Items written by group commits", labels=["writer"]
         )
-        for writer in (node.intake.writer, node.spends.votes):
+        for writer in (node.intake.writer, node.voter.votes):
             commits.add_metric([writer.name], writer.commits)
             committed.add_metric([writer.name], writer.items)
         yield from (commits, committed)
@@ -90,9 +90,9 @@ class NodeCollector:
         vote_items = CounterMetricFamily(
             "supernode_vote_requests", "Vote requests sent (in batches)", labels=["peer"]
         )
-        for addr, asker in node.spends.askers.items():
-            vote_batches.add_metric([addr], asker.batches)
-            vote_items.add_metric([addr], asker.items)
+        for addr, (batches, items) in node.executor.requests.sent().items():
+            vote_batches.add_metric([addr], batches)
+            vote_items.add_metric([addr], items)
         yield from (vote_batches, vote_items)
         yield GaugeMetricFamily(
             "supernode_eligible_members",

@@ -12,9 +12,10 @@ from loguru import logger
 
 from supernode.chain.client import ChainClient, ChainError
 from supernode.config import Settings
+from supernode.credits.executor import Executor
 from supernode.credits.handlers import CertificateHandler, QuoteHandler
 from supernode.credits.purchase import CreditService
-from supernode.credits.spend import SpendCertificateHandler, SpendService
+from supernode.credits.voter import SpendCertificateHandler, Voter
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
 from supernode.errors import StartupError
@@ -122,7 +123,7 @@ class Node:
             gossip=self.gossip,
             publish=self.publish,
         )
-        self.spends = SpendService(
+        self.voter = Voter(
             identity=identity,
             network=network,
             settings=s,
@@ -130,9 +131,17 @@ class Node:
             membership=self.membership,
             intake=self.intake,
             gossip=self.gossip,
+        )
+        self.executor = Executor(
+            identity=identity,
+            network=network,
+            settings=s,
+            membership=self.membership,
+            gossip=self.gossip,
+            voter=self.voter,
             publish=self.publish_all,
         )
-        self.registry.register(SpendCertificateHandler(self.spends))
+        self.registry.register(SpendCertificateHandler(self.voter))
         self.pool = NodePool(
             parse_nodes(s.petals_nodes),
             request_timeout_s=s.node_request_timeout_s,
@@ -149,7 +158,8 @@ class Node:
             settings=s,
             db=self.db,
             pool=self.pool,
-            spends=self.spends,
+            voter=self.voter,
+            executor=self.executor,
             publish=self.publish_all,
         )
         self.openai = OpenAIGateway(self.inference)
@@ -174,7 +184,7 @@ class Node:
         self.membership.load()
         await self.check_chain()
         self.intake.writer.start()
-        self.spends.start()
+        self.voter.start()
         await self.pool.start()
         self.gossip.start()
         from supernode.jobs import start_scheduler
@@ -208,7 +218,8 @@ class Node:
     def memory_sizes(self) -> dict[str, int]:
         """How many entries each in-memory map of the daemon holds (all bounded)."""
         return {
-            **self.spends.sizes(),
+            **self.voter.sizes(),
+            **self.executor.sizes(),
             **self.credits.sizes(),
             **self.inference.sizes(),
             **self.openai.sizes(),
@@ -275,7 +286,8 @@ class Node:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.inference.stop()  # first: what it records on the way out is still pushed
-        await self.spends.stop()  # its vote requests travel on the gossip links' sessions
+        await self.executor.stop()  # its vote requests travel on the gossip links' sessions
+        await self.voter.stop()
         await self.gossip.stop()
         await self.pool.stop()
         await self.intake.writer.stop()

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -63,20 +63,19 @@ def fast_handlers(app: FastAPI) -> dict[str, Handler]:
     request alone and answers a Response: one that grew a dependency or a response model
     would lose it on the fast path, so that is refused at start, not ignored."""
     found: dict[str, Handler] = {}
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path in FAST_PATHS:
+    for ctx in iter_route_contexts(app.routes):  # routers included, prefixes applied
+        route = ctx.original_route
+        if isinstance(route, APIRoute) and ctx.path in FAST_PATHS:
             d = route.dependant
             params = d.path_params + d.query_params + d.header_params + d.cookie_params
             params += d.body_params
             if route.methods != {"POST"} or d.dependencies or params:
-                raise RuntimeError(
-                    f"fast route {route.path} must be a POST taking the request only"
-                )
+                raise RuntimeError(f"fast route {ctx.path} must be a POST taking the request only")
             if route.response_model is not None or d.request_param_name is None:
                 raise RuntimeError(
-                    f"fast route {route.path} must take the Request, answer a Response"
+                    f"fast route {ctx.path} must take the Request, answer a Response"
                 )
-            found[route.path] = route.endpoint
+            found[ctx.path] = route.endpoint
     missing = set(FAST_PATHS) - set(found)
     if missing:
         raise RuntimeError(f"fast routes not registered: {sorted(missing)}")

@@ -22,7 +22,8 @@ async def spend_credits(request: Request) -> Response:
     request_id, executor = this supernode}. Returns the spend certificate (the order and a
     quorum of votes) once certified; the inference path certifies its spends the same way."""
     node = ready_node(request)  # a hot route: no dependencies, no response model
-    return json_body(await node.spends.certify(await read_json(request)))
+    order = node.voter.parse(await read_json(request))
+    return json_body(await node.executor.certify(order))
 
 
 @router.get("/get_credit_pack_spends/{pack_id}")
@@ -33,7 +34,7 @@ async def pack_spends(
     node: Node = Depends(get_node),
 ) -> dict[str, Any]:
     """The pack's spend certificates from ``from_sequence`` on, in sequence order."""
-    certs = node.spends.certificates(pack_id.lower(), from_sequence, limit)
+    certs = node.voter.certificates(pack_id.lower(), from_sequence, limit)
     return {"pack_id": pack_id.lower(), "count": len(certs), "certificates": certs}
 
 
@@ -43,7 +44,7 @@ async def spend_votes(request: Request) -> Response:
     {"items": [{"order", "prior"}, ...]}; one result per item, each vote durable before
     this answers."""
     node = ready_node(request)  # a fast route: the request alone, a Response
-    return json_body(await node.spends.rpc_spend_votes(await read_json(request)))
+    return json_body(await node.voter.rpc_spend_votes(await read_json(request)))
 
 
 @p2p.get("/spend_certificates")
@@ -54,4 +55,6 @@ async def spend_certificates(
     node: Node = Depends(get_node),
 ) -> dict[str, Any]:
     """Certificates a behind peer fetches to catch up (verifiable by anyone)."""
-    return {"certificates": node.spends.certificates(pack_id.lower(), from_sequence, limit)}
+    return {
+        "certificates": node.voter.rpc_spend_certificates(pack_id.lower(), from_sequence, limit)
+    }

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from supernode.credits.spend_terms import HEX32
+from supernode.credits.orders import HEX32
 from supernode.crypto.envelope import Envelope, EnvelopeError
 from supernode.federation.handlers import Checked
 from supernode.inference.service import REFUND, RESULT_SUMMARY

@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from supernode.credits.spend_terms import parse_delegation
+from supernode.credits import pack_rules
+from supernode.credits.orders import parse_delegation
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.errors import Refused, SupernodeError, Unauthorized
@@ -121,12 +122,7 @@ class OpenAIGateway:
         with self.svc.db.read() as conn:
             pack = spends_repo.pack_state(conn, pack_id)
             spent = spends_repo.delegated_spent(conn, d.id)
-        if pack is None:
-            raise Refused(f"no certified pack {pack_id} known here", reason="unknown_pack")
-        if d.sender != pack["buyer"]:
-            raise Refused(
-                "the delegation is not signed by the pack's owner", reason="bad_delegation"
-            )
+        pack_rules.signed_for(pack_rules.known_pack(pack, pack_id), self.svc.me, d)
         cap_left = d.payload["max_credits"] - spent
         usage_id = "0x" + secrets.token_hex(32)
         q = await self.svc.quote(
@@ -163,8 +159,9 @@ class OpenAIGateway:
                 },
                 ttl_s=self.svc.s.usage_quote_ttl_s,
             )
-            cert = await self.svc.spends.certify(order.to_wire(), linger_s)
-            await self.svc._certified(job.request_id, order)
+            parsed = self.svc.voter.parse(order.to_wire())
+            cert = await self.svc.executor.certify(parsed, linger_s)
+            await self.svc.mark_certified(job.request_id, parsed.sequence, parsed.id)
         return cert
 
     async def complete(self, d: Envelope, job: Job) -> tuple[str, dict[str, int]]:

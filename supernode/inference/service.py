@@ -17,9 +17,12 @@ from typing import Any
 from loguru import logger
 
 from supernode.config import Settings
-from supernode.credits.spend import SpendService
+from supernode.credits import pack_rules
+from supernode.credits.executor import Executor
+from supernode.credits.orders import Order
+from supernode.credits.voter import Voter
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, open_envelope
+from supernode.crypto.envelope import open_envelope
 from supernode.crypto.hashing import keccak
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Conflict, NotFound, Refused
@@ -66,7 +69,8 @@ class InferenceService:
         settings: Settings,
         db: Ledger,
         pool: NodePool,
-        spends: SpendService,
+        voter: Voter,
+        executor: Executor,
         publish: Any,
     ) -> None:
         self.identity = identity
@@ -75,7 +79,8 @@ class InferenceService:
         self.s = settings
         self.db = db
         self.pool = pool
-        self.spends = spends
+        self.voter = voter
+        self.executor = executor
         self.publish = publish
         self.menu = Menu(settings)
         self.streams: dict[str, RequestStream] = {}
@@ -145,10 +150,9 @@ class InferenceService:
             pack = spends_repo.pack_state(conn, pack_id)
         if known is not None:
             return self._quote_view(known)
-        if pack is None:
-            raise Refused(f"no certified pack {pack_id} known here", reason="unknown_pack")
-        if not delegated and requester != pack["buyer"]:
-            raise Refused("the request is not signed by the pack's owner", reason="not_owner")
+        pack = pack_rules.known_pack(pack, pack_id)
+        if not delegated:  # a delegate's request: its delegation was checked by the caller
+            pack_rules.signed_for(pack, requester, None)
         entry = self.entry(model)
         params = parse_params(params_raw, entry)
         prompt_tokens = await self.count_tokens(model, prompt)
@@ -160,11 +164,7 @@ class InferenceService:
         cost = entry.cost(prompt_tokens, params.max_new_tokens)
         if cost > max_cost:
             raise Refused(f"costs {cost} credits, over max_cost {max_cost}", reason="over_max_cost")
-        if cost > pack["remaining_credits"]:
-            raise Refused(
-                f"costs {cost} credits; the pack holds {pack['remaining_credits']}",
-                reason="insufficient_credits",
-            )
+        pack_rules.affordable(pack, cost)
         now = time.time()
         row = {
             "request_id": request_id,
@@ -226,49 +226,49 @@ class InferenceService:
         return resp.to_wire()
 
     # -- confirm and execute -------------------------------------------------------------
-    def _request_for_order(self, order: Envelope) -> dict[str, Any]:
-        p = order.payload
+    def _request_for_order(self, order: Order) -> dict[str, Any]:
         with self.db.read() as conn:
-            req = repo.get_request(conn, p["request_id"])
+            req = repo.get_request(conn, order.p.request_id)
         if req is None:
-            raise NotFound(f"no quoted request {p['request_id']} here: validate it first")
-        if req["pack_id"] != p["pack_id"]:
+            raise NotFound(f"no quoted request {order.p.request_id} here: validate it first")
+        if req["pack_id"] != order.pack_id:
             raise Refused("the order's pack is not the request's", reason="wrong_pack")
-        if p["amount"] != req["cost"]:
+        if order.amount != req["cost"]:
             raise Refused(
-                f"the order spends {p['amount']}; the request costs {req['cost']}",
+                f"the order spends {order.amount}; the request costs {req['cost']}",
                 reason="wrong_amount",
             )
         # an order signed while its quote held is honoured later (a retry through an outage)
-        if req["status"] == repo.QUOTED and req["quote_expires_at"] < order.created_at:
+        if req["status"] == repo.QUOTED and req["quote_expires_at"] < order.env.created_at:
             raise Refused("the quote expired; validate the request again", reason="quote_expired")
         return req
 
     async def process_confirmation(self, raw_order: Any) -> dict[str, Any]:
         """/process_inference_confirmation: certify the user's spend order, then run."""
-        order = self.spends._parse(raw_order)
-        if order.payload["executor"] != self.me:
+        order = self.voter.parse(raw_order)
+        if order.executor != self.me:
             raise Refused(
-                f"the order names executor {order.payload['executor']}, not this supernode "
+                f"the order names executor {order.executor}, not this supernode "
                 f"({self.me}): confirm it there",
                 reason="wrong_executor",
             )
         req = self._request_for_order(order)
         if req["status"] != repo.QUOTED:
             return self.status(req["request_id"])  # a retry: already certified
-        cert = await self.spends.certify(raw_order)
-        await self._certified(req["request_id"], order)
+        cert = await self.executor.certify(order)
+        await self.mark_certified(req["request_id"], order.sequence, order.id)
         self.start_run(req["request_id"])
         return {"request_id": req["request_id"], "status": repo.RUNNING, "certificate": cert}
 
-    async def _certified(self, request_id: str, order: Envelope) -> None:
+    async def mark_certified(self, request_id: str, sequence: int, order_id: str) -> None:
+        """The request's spend is certified: it may run."""
         async with self.db.write(repo.CERTIFIED_REQUESTS) as conn:
             repo.update_request(
                 conn,
                 request_id,
                 status=repo.CERTIFIED,
-                sequence=order.payload["sequence"],
-                order_id=order.id,
+                sequence=sequence,
+                order_id=order_id,
                 updated_at=time.time(),
             )
 

@@ -272,15 +272,14 @@ def vote_request(
 
 def evil_vote(fed: LocalFederation, evil: Identity, o: dict[str, Any]) -> dict[str, str]:
     """The vote of the member whose key the test holds."""
-    from supernode.credits.spend_terms import vote_terms
-    from supernode.crypto.envelope import Envelope
+    from supernode.credits.orders import parse_certified_order, vote_terms
 
     net = fed.network
     assert net is not None
     return attest(
         evil,
         "spend_vote",
-        vote_terms(Envelope.model_validate(o)),
+        vote_terms(parse_certified_order(o, net)),
         chain_id=net.chain_id,
         network_id=net.network_id,
     )

@@ -47,3 +47,17 @@ def test_a_missing_fast_route_is_refused() -> None:
     app.post(FAST_PATHS[0])(_fine)
     with pytest.raises(RuntimeError, match="not registered"):
         fast_handlers(app)
+
+
+def test_routes_in_included_routers_are_found_under_their_prefix() -> None:
+    from fastapi import APIRouter
+
+    app, p2p, plain = FastAPI(), APIRouter(prefix="/p2p"), APIRouter()
+    for path in FAST_PATHS:
+        if path.startswith("/p2p/"):
+            p2p.post(path.removeprefix("/p2p"))(_fine)
+        else:
+            plain.post(path)(_fine)
+    app.include_router(p2p)
+    app.include_router(plain)
+    assert set(fast_handlers(app)) == set(FAST_PATHS)

@@ -1,4 +1,5 @@
-"""Spend orders, delegations and spend certificates (pure checks, no I/O).
+"""Spend orders, delegations and spend certificates: their wire types, parsed once at
+the edge into an ``Order`` (pure checks, no I/O; the pack rules are pack_rules.py).
 
 A spend order is an envelope `spend_order` {pack_id, sequence, amount, request_id,
 executor}, signed by the pack's owner — or by the executor itself under the owner's
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, Field
@@ -104,13 +106,55 @@ def parse_delegation(
     return d
 
 
-def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s: int) -> Envelope:
+@dataclass(frozen=True)
+class Order:
+    """A spend order opened at the edge (shape, signatures, its delegation's): the
+    envelope, its typed payload, and the delegation it was signed under, if any."""
+
+    env: Envelope
+    p: OrderPayload
+    delegation: Envelope | None
+
+    @property
+    def id(self) -> str:
+        return self.env.id
+
+    @property
+    def sender(self) -> str:
+        return self.env.sender
+
+    @property
+    def pack_id(self) -> str:
+        return self.p.pack_id
+
+    @property
+    def sequence(self) -> int:
+        return self.p.sequence
+
+    @property
+    def amount(self) -> int:
+        return self.p.amount
+
+    @property
+    def executor(self) -> str:
+        return self.p.executor
+
+    @property
+    def delegation_id(self) -> str | None:
+        return self.delegation.id if self.delegation is not None else None
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.env.to_wire()
+
+
+def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s: int) -> Order:
     """Schema, binding, time window and signatures (the order's and its delegation's).
-    The pack rules (owner, sequence, balance, cap) need the ledger: check_against_pack.
+    The pack rules (owner, sequence, balance, cap) need the ledger: pack_rules.
     Pass NO_TIME_WINDOW for both windows to check a certified (possibly old) order."""
     env, p = _open(raw, SPEND_ORDER, OrderPayload, network, clock_skew_s, max_ttl_s)
     if network.member(p.executor) is None:
         raise Refused(f"executor {p.executor} is not a member", reason="unknown_executor")
+    d = None
     if "delegation" in env.payload:
         d = parse_delegation(p.delegation, network, clock_skew_s=clock_skew_s, max_ttl_s=max_ttl_s)
         if d.payload["pack_id"] != p.pack_id:
@@ -119,18 +163,22 @@ def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s:
             raise Refused(
                 "a delegated order is signed by its delegate, the executor", reason="bad_delegation"
             )
-    return env
+    return Order(env, p, d)
 
 
-def order_window(order: Envelope, now: float, *, clock_skew_s: int, max_ttl_s: int) -> str | None:
+def parse_certified_order(raw: Any, network: NetworkFile) -> Order:
+    """An order as a certificate carries it: checked like any, whatever its age."""
+    return parse_order(raw, network, clock_skew_s=NO_TIME_WINDOW, max_ttl_s=NO_TIME_WINDOW)
+
+
+def order_window(order: Order, now: float, *, clock_skew_s: int, max_ttl_s: int) -> str | None:
     """Why ``order`` may not get a *first* vote now ("from_future", "bad_expiry",
-    "order_expired", "delegation_expired"), or None. Its signatures are checked by
-    parse_order; a voter that voted for it already answers with that vote whatever the
-    time (see SpendService)."""
-    windows = [(order.created_at, order.expires_at, "order_expired")]
-    d = order.payload.get("delegation")
-    if d is not None:
-        windows.append((d["created_at"], d["expires_at"], "delegation_expired"))
+    "order_expired", "delegation_expired"), or None. A voter that voted for it already
+    answers with that vote whatever the time (see voter.Voter)."""
+    windows = [(order.env.created_at, order.env.expires_at, "order_expired")]
+    if order.delegation is not None:
+        d = order.delegation
+        windows.append((d.created_at, d.expires_at, "delegation_expired"))
     for created, expires, expired in windows:
         if expires - created > max_ttl_s:
             return "bad_expiry"
@@ -141,71 +189,25 @@ def order_window(order: Envelope, now: float, *, clock_skew_s: int, max_ttl_s: i
     return None
 
 
-def delegation_id(order: Envelope) -> str | None:
-    d = order.payload.get("delegation")
-    return d.get("id") if isinstance(d, dict) else None
-
-
-def vote_terms(order: Envelope) -> dict[str, Any]:
-    p = order.payload
+def vote_terms(order: Order) -> dict[str, Any]:
+    """What a member's vote for ``order`` attests (kind ``spend_vote``)."""
     return {
         "order_id": order.id,
-        "pack_id": p["pack_id"],
-        "sequence": p["sequence"],
-        "amount": p["amount"],
-        "request_id": p["request_id"],
-        "executor": p["executor"],
+        "pack_id": order.pack_id,
+        "sequence": order.sequence,
+        "amount": order.amount,
+        "request_id": order.p.request_id,
+        "executor": order.executor,
         "spender": order.sender,
-        "delegation_id": delegation_id(order),
-        "network_id": order.network_id,
-        "chain_id": order.chain_id,
+        "delegation_id": order.delegation_id,
+        "network_id": order.env.network_id,
+        "chain_id": order.env.chain_id,
     }
-
-
-def check_against_pack(
-    order: Envelope, pack: dict[str, Any] | None, delegated_spent: int = 0
-) -> None:
-    """The owner signs (or its delegate, within the cap: ``delegated_spent`` is what was
-    certified under that delegation so far); the sequence is the next; the amount fits."""
-    p = order.payload
-    if pack is None:
-        raise Refused(f"no certified pack {p['pack_id']} known here", reason="unknown_pack")
-    delegation = p.get("delegation")
-    if delegation is None:
-        if order.sender != pack["buyer"]:
-            raise Refused("the order is not signed by the pack's owner", reason="not_owner")
-    else:
-        if delegation["sender"] != pack["buyer"]:
-            raise Refused(
-                "the delegation is not signed by the pack's owner", reason="bad_delegation"
-            )
-        cap = delegation["payload"]["max_credits"]
-        if delegated_spent + p["amount"] > cap:
-            raise Refused(
-                f"the delegation allows {cap} credits: {delegated_spent} spent, "
-                f"{p['amount']} more asked",
-                reason="delegation_cap",
-            )
-    if p["sequence"] < pack["next_sequence"]:
-        raise Refused(
-            f"sequence {p['sequence']} is spent; next is {pack['next_sequence']}",
-            reason="stale_sequence",
-        )
-    if p["sequence"] > pack["next_sequence"]:
-        raise Refused(
-            f"sequence {p['sequence']}; this peer expects {pack['next_sequence']}",
-            reason="sequence_ahead",
-        )
-    if p["amount"] > pack["remaining_credits"]:
-        raise Refused(
-            f"amount {p['amount']} > remaining {pack['remaining_credits']}",
-            reason="insufficient_credits",
-        )
 
 
 def verify_spend_certificate(
     cert: Any, network: NetworkFile, eligible: Collection[str], quorum: int | None
-) -> tuple[Envelope, dict[str, Any]]:
+) -> tuple[Order, dict[str, Any]]:
     """The order is the owner's (or its delegate's) and a quorum voted for it."""
     if (
         not isinstance(cert, dict)
@@ -213,9 +215,7 @@ def verify_spend_certificate(
         or not isinstance(cert["votes"], list)
     ):
         raise BadRequest('a spend certificate is {"order": ..., "votes": [...]}')
-    order = parse_order(
-        cert["order"], network, clock_skew_s=NO_TIME_WINDOW, max_ttl_s=NO_TIME_WINDOW
-    )
+    order = parse_certified_order(cert["order"], network)
     terms = vote_terms(order)
     try:
         verify_certificate(
