@@ -33,5 +33,9 @@ class KeyedLock:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    def __contains__(self, key: str) -> bool:
+        """Whether someone holds ``key`` or waits for it now."""
+        return key in self._locks
+
     def __len__(self) -> int:
         return len(self._locks)

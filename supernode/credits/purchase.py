@@ -386,8 +386,7 @@ class CreditService:
         done = 0
         fresh = time.time() - self.s.pending_purchase_interval_s
         for row in rows:
-            busy = self._certifying.get(row["purchase_id"])
-            if (busy is not None and busy.locked()) or row["updated_at"] > fresh:
+            if row["purchase_id"] in self._certifying or row["updated_at"] > fresh:
                 continue  # a confirm is on it, or it was tried a moment ago
             try:
                 result = await self.try_certify(json.loads(row["quote"]), row["tx_hash"])

@@ -176,4 +176,6 @@ async def test_group_commit_batches(tmp_path: Path, n: int) -> None:
         reports = await asyncio.gather(*(led.intake.ingest([e], via=None) for e in envs))
         commits = led.intake.writer.commits
     assert sum(len(r.accepted) for r in reports) == n
-    assert commits <= n
+    # what queued while a commit ran went into the next one: a handful of transactions for
+    # 300 envelopes (one each would be 300), and one for one
+    assert commits == 1 if n == 1 else 1 <= commits <= n // 50, commits

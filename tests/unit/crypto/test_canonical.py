@@ -1,16 +1,13 @@
-"""Canonical encoding, settings refusals, quorum arithmetic."""
+"""Canonical JSON (what every signature covers) and keccak."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
-from supernode.config import ConfigError, Settings
 from supernode.crypto.canonical import CanonicalError, canonical_json, stdlib_canonical_json
 from supernode.crypto.hashing import eth_hash_keccak, keccak
-from supernode.federation.membership import max_faulty, quorum
 
 
 def test_canonical_is_sorted_compact_utf8_and_exact_for_big_ints() -> None:
@@ -57,49 +54,3 @@ def test_keccak_is_eth_hashs(data: bytes) -> None:
 def test_canonical_refuses(bad: dict) -> None:
     with pytest.raises(CanonicalError):
         canonical_json(bad)
-
-
-def _settings(**kw: object) -> Settings:
-    return Settings(_env_file=None, chain_id=31337, **kw)  # type: ignore[call-arg]
-
-
-def test_safe_defaults_pass() -> None:
-    _settings().check_safe()
-
-
-def test_missing_chain_id_refused() -> None:
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
-    with pytest.raises(ConfigError, match="CHAIN_ID"):
-        s.check_safe()
-
-
-@pytest.mark.parametrize("token", ["changeme", "short-token"])
-def test_default_or_short_operator_token_refused(token: str) -> None:
-    with pytest.raises(ConfigError, match="OPERATOR_TOKEN"):
-        _settings(operator_token=token).check_safe()
-
-
-def test_weak_passphrase_refused() -> None:
-    with pytest.raises(ConfigError, match="passphrase"):
-        _settings(keystore_passphrase="password", keystore_passphrase_file=None).check_safe()
-
-
-@pytest.mark.parametrize("field", ["push_timeout_s", "chain_timeout_s", "anti_entropy_timeout_s"])
-def test_zero_timeouts_refused(field: str) -> None:
-    with pytest.raises(ValidationError):
-        _settings(**{field: 0})
-
-
-@pytest.mark.parametrize(
-    "n,q,f", [(1, 1, 0), (3, 3, 0), (4, 3, 1), (5, 4, 1), (7, 5, 2), (10, 7, 3), (16, 11, 5)]
-)
-def test_quorum(n: int, q: int, f: int) -> None:
-    assert quorum(n) == q
-    assert max_faulty(n) == f
-    # two quorums always share an honest member
-    assert 2 * q - n >= f + 1
-
-
-def test_quorum_of_nobody_is_an_error() -> None:
-    with pytest.raises(ValueError):
-        quorum(0)
