@@ -1,4 +1,4 @@
-"""The credit-pack purchase flow (design.md §7).
+"""The credit-pack purchase flow (docs/protocols.md).
 
 Quote: the supernode prices the buyer's request and gets eligible peers to agree
 (each recomputes the price and attests). Confirm: every member checks the payment on

@@ -1,4 +1,4 @@
-"""Signed envelopes (design.md §4): the unit of everything that crosses a process boundary.
+"""Signed envelopes: the unit of everything that crosses a process boundary.
 
 Checks run cheapest first: schema (pydantic), id recomputed, binding (network, chain,
 recipient), time window, then the signature. Seen-before and banned-sender checks need the

@@ -1,6 +1,6 @@
 """Intake: every envelope from a peer, a pull, or this daemon goes through here.
 
-Order (cheap first, design.md §4): schema and size; id recomputed; seen before (memory,
+Order (cheap first): schema and size; id recomputed; seen before (memory,
 then the ledger); sender banned; sender a member; network/chain/recipient binding and
 time window; signature; the type's business rule. Then one group-committed write.
 

@@ -1,4 +1,4 @@
-"""The network file: a federation's genesis (design.md §5), and `network init`."""
+"""The network file: a federation's genesis, and `network init`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible path (design.md §8.8).
+"""The OpenAI-compatible path.
 
 The API key is a delegation the pack's owner signed: "supernode S may spend up to M
 credits of pack P until T" (`spend_delegation`, base64url JSON behind an `sn-` prefix).

@@ -1,4 +1,4 @@
-"""Running paid requests (design.md §8): quote → certified spend → execution on a local
+"""Running paid requests: quote → certified spend → execution on a local
 node → result, result summary and refund.
 
 The executor never releases output before the spend is certified. On the native path the

@@ -1,4 +1,4 @@
-"""Usage requests (design.md §8.1): what the user asks to run, and its checks.
+"""Usage requests: what the user asks to run, and its checks.
 
 `inference_usage_request`, signed by the pack's owner: {pack_id, model, input, params,
 max_cost}; params: max_new_tokens (required), do_sample, temperature, top_k, top_p,

@@ -45,9 +45,9 @@ def test_maps_hold_what_is_in_progress_not_what_was_done(fed: LocalFederation) -
     d = fed.daemons[0]
     keys, packs = [], []
     for _ in range(KEYS):
-        owner, pack_id = buy_pack(fed, 10**7)
+        owner, pack_id = buy_pack(fed, 10**5)
         with SupernodeClient(d.url, identity=owner) as c:
-            keys.append(c.delegate(pack_id, 10**7, 3600))
+            keys.append(c.delegate(pack_id, 10**5, 3600))
             model = c.model_menu()[0]["model"]
         packs.append((owner, pack_id))
     failures: list[str] = []
