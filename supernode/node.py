@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +26,8 @@ from supernode.federation.handlers import Checked, HandlerRegistry
 from supernode.federation.intake import Intake
 from supernode.federation.membership import Membership
 from supernode.federation.messaging import SnMessageHandler, UserMessageHandler
-from supernode.federation.network import NetworkFile
+from supernode.federation.network import Member, NetworkFile
+from supernode.federation.peer_http import PeerClient
 from supernode.federation.scoring import PeerScoring
 from supernode.federation.signer import Signer
 from supernode.inference.handlers import RefundHandler, ResultSummaryHandler
@@ -42,8 +44,14 @@ RESOLVE_TIMEOUT_S = 3.0  # resolving one member's host name
 
 class Node:
     def __init__(
-        self, settings: Settings, identity: Identity, network: NetworkFile, ring: LogRing
+        self,
+        settings: Settings,
+        identity: Identity,
+        network: NetworkFile,
+        ring: LogRing,
+        peer_client: Callable[[Member], PeerClient] | None = None,
     ) -> None:
+        """``peer_client``: how to reach each peer (default: HTTP over aiohttp)."""
         s = settings
         if s.chain_id != network.chain_id:
             raise StartupError(
@@ -105,6 +113,7 @@ class Node:
             page=s.anti_entropy_page,
             pull_timeout_s=s.anti_entropy_timeout_s,
             round_s=s.anti_entropy_round_s,
+            **({"peer_client": peer_client} if peer_client else {}),
         )
         self.membership = Membership(network, self.chain, self.db, s.membership_max_age_s)
         self.challenges = ChallengeBook(
@@ -174,7 +183,9 @@ class Node:
             body_timeout_s=s.http_body_timeout_s,
         )
 
-    async def start(self) -> None:
+    async def start(self, *, jobs: bool = True) -> None:
+        """Open the ledger, load state, start the writers and links; ``jobs``: the
+        background jobs too (an in-process test drives them itself)."""
         s = self.settings
         await asyncio.to_thread(run_migrations, Path(s.database_file))
         async with self.db.write(peers_repo.PEERS) as conn:
@@ -187,9 +198,10 @@ class Node:
         self.voter.start()
         await self.pool.start()
         self.gossip.start()
-        from supernode.jobs import start_scheduler
+        if jobs:
+            from supernode.jobs import start_scheduler
 
-        self.scheduler = start_scheduler(self)
+            self.scheduler = start_scheduler(self)
         self.ready = True
         logger.info(
             "supernode {} ready at {} (network {}, chain {}, {} members)",

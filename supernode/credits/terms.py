@@ -69,7 +69,7 @@ class PurchaseRequestPayload(Payload):
     """`credit_purchase_request`: the buyer asks for ``credits``; a fresh ``nonce`` makes
     a new purchase of the same size (the same request is the same purchase)."""
 
-    credits: Annotated[int, Field(ge=1, le=MAX_INTEGER)]
+    credits: Annotated[int, Field(le=MAX_INTEGER)]  # 1..max_credits_per_pack: bad_credits
     nonce: Annotated[str, StringConstraints(max_length=66)] = ""
 
 

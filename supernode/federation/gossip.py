@@ -20,6 +20,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from supernode.errors import BadRequest
 from supernode.federation.handlers import Checked
 from supernode.federation.intake import Intake
 from supernode.federation.network import Member, NetworkFile
-from supernode.federation.peer_http import PeerError, PeerHTTP, PeerUnreachable
+from supernode.federation.peer_http import PeerClient, PeerError, PeerHTTP, PeerUnreachable
 from supernode.federation.transport import (
     ENVELOPE_FETCH,
     GOSSIP_BATCH,
@@ -65,7 +66,7 @@ class PeerLink:
         identity: Identity,
         network: NetworkFile,
         cfg: PushSettings,
-        client: PeerHTTP,
+        client: PeerClient,
     ) -> None:
         self.member = member
         self.identity = identity
@@ -213,6 +214,7 @@ class Gossip:
         page: int,
         pull_timeout_s: float,
         round_s: float,
+        peer_client: Callable[[Member], PeerClient] = lambda _member: PeerHTTP(),
     ) -> None:
         self.identity = identity
         self.me = identity.address
@@ -227,7 +229,7 @@ class Gossip:
         for m in network.members:
             if m.address == self.me:
                 continue
-            self.links[m.address] = PeerLink(m, identity, network, push, PeerHTTP())
+            self.links[m.address] = PeerLink(m, identity, network, push, peer_client(m))
         self.pulled = 0
 
     def reachable(self, window_s: float) -> list[str]:

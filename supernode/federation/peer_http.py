@@ -10,7 +10,7 @@ exception type, ``PeerUnreachable`` (a ``PeerError``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -32,6 +32,17 @@ class PeerResponse:
     @property
     def text(self) -> str:
         return self.content.decode("utf-8", "replace")
+
+
+class PeerClient(Protocol):
+    """How a member calls one peer: the seam between the protocols and the transport
+    (PeerHTTP over aiohttp in production; an in-process one in fast tests)."""
+
+    async def post(self, url: str, body: bytes, *, timeout_s: float) -> PeerResponse: ...
+
+    async def get(self, url: str, params: dict[str, Any], *, timeout_s: float) -> PeerResponse: ...
+
+    async def close(self) -> None: ...
 
 
 class PeerHTTP:
