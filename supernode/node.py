@@ -15,8 +15,9 @@ from supernode.chain.client import ChainClient, ChainError
 from supernode.config import Settings
 from supernode.credits.executor import Executor
 from supernode.credits.handlers import CertificateHandler, QuoteHandler
-from supernode.credits.purchase import CreditService
+from supernode.credits.purchase import Seller
 from supernode.credits.voter import SpendCertificateHandler, Voter
+from supernode.credits.witness import Witness
 from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
 from supernode.errors import StartupError
@@ -121,7 +122,7 @@ class Node:
         )
         self.registry.register(QuoteHandler(network, self.membership))
         self.registry.register(CertificateHandler(network, self.membership))
-        self.credits = CreditService(
+        self.witness = Witness(
             identity=identity,
             network=network,
             settings=s,
@@ -130,6 +131,15 @@ class Node:
             membership=self.membership,
             intake=self.intake,
             gossip=self.gossip,
+        )
+        self.credits = Seller(
+            identity=identity,
+            network=network,
+            settings=s,
+            db=self.db,
+            chain=self.chain,
+            membership=self.membership,
+            witness=self.witness,
             publish=self.publish,
         )
         self.voter = Voter(

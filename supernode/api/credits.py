@@ -111,10 +111,10 @@ async def pack_balance(pack_id: str, node: Node = Depends(get_node)) -> dict[str
 @p2p.post("/agree_quote", openapi_extra=ENVELOPE_BODY)
 async def agree_quote(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to agree to its price quote (we recompute it)."""
-    return await node.credits.rpc_agree_quote(await read_json(request))
+    return await node.witness.rpc_agree_quote(await read_json(request))
 
 
 @p2p.post("/certify_purchase", openapi_extra=ENVELOPE_BODY)
 async def certify_purchase(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to certify a paid purchase (we check the chain ourselves)."""
-    return await node.credits.rpc_certify_purchase(await read_json(request))
+    return await node.witness.rpc_certify_purchase(await read_json(request))

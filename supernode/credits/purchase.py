@@ -1,10 +1,11 @@
-"""The credit-pack purchase flow (docs/protocols.md).
+"""The credit-pack purchase, the seller's side (docs/protocols.md).
 
-Quote: the supernode prices the buyer's request and gets eligible peers to agree
-(each recomputes the price and attests). Confirm: every member checks the payment on
-chain itself, binds the transaction to the purchase durably, then attests the pack; a
-quorum of those attestations is the certificate, gossiped to all. Everything is
-idempotent by purchase id and transaction hash, so the buyer may retry anywhere.
+Quote: the supernode the buyer asks prices the request and gets a quorum of witnesses
+to agree (each recomputes the price: credits/witness.py). Confirm: every witness checks
+the payment on chain itself, binds the transaction to the purchase durably, then attests
+the pack; a quorum of those attestations is the certificate, gossiped to all.
+Everything is idempotent by purchase id and transaction hash, so the buyer may retry
+anywhere; a purchase waiting for confirmations or witnesses is finished by a job.
 """
 
 from __future__ import annotations
@@ -17,58 +18,36 @@ from typing import Any
 from loguru import logger
 
 from supernode.chain.client import ChainClient, ChainError
-from supernode.chain.payments import PENDING, REFUSED, verify_payment
+from supernode.chain.payments import PENDING, REFUSED
 from supernode.config import Settings
 from supernode.credits.terms import (
-    PACK_KIND,
-    QUOTE_KIND,
-    check_quote_terms,
-    check_request,
     check_tx_hash,
     pack_terms,
     purchase_id_for,
     quote_terms,
     verify_quote,
 )
+from supernode.credits.witness import Witness
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, Payload
+from supernode.crypto.envelope import Envelope
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Conflict, NotFound, Refused, Unavailable
-from supernode.federation.gossip import Gossip
-from supernode.federation.intake import Intake
 from supernode.federation.membership import Membership
 from supernode.federation.network import NetworkFile
-from supernode.federation.rpc import ask_peers
 from supernode.federation.signer import Signer
-from supernode.federation.transport import sign_transport
 from supernode.ledger import credits as repo
 from supernode.ledger.db import Ledger
 from supernode.locks import KeyedLock
 
 QUOTE_ENVELOPE = "credit_pack_quote"
 CERTIFICATE_ENVELOPE = "credit_pack_certificate"
-AGREE_REQUEST = "quote_agreement_request"
-CERTIFY_REQUEST = "purchase_certify_request"
-
-
-class AgreeRequestPayload(Payload):
-    """`quote_agreement_request`: the buyer's signed request and the terms quoted for it."""
-
-    request: dict[str, Any]
-    terms: dict[str, Any]
-
-
-class CertifyRequestPayload(Payload):
-    """`purchase_certify_request`: the payment's transaction and the signed quote."""
-
-    tx_hash: str
-    quote: dict[str, Any]
-
-
 PENDING_BATCH = 50
 
 
-class CreditService:
+class Seller:
+    """The supernode a buyer talks to: it quotes, and once paid gathers the witnesses'
+    attestations into the pack's certificate (its own attestation among them)."""
+
     def __init__(
         self,
         *,
@@ -78,8 +57,7 @@ class CreditService:
         db: Ledger,
         chain: ChainClient,
         membership: Membership,
-        intake: Intake,
-        gossip: Gossip,
+        witness: Witness,
         publish: Callable[[Envelope], Awaitable[Any]],
     ) -> None:
         self.identity = identity
@@ -89,81 +67,26 @@ class CreditService:
         self.db = db
         self.chain = chain
         self.membership = membership
-        self.intake = intake
-        self.gossip = gossip
+        self.witness = witness
         self.publish = publish
         # one certification attempt per purchase at a time (confirms and the job)
         self._certifying = KeyedLock()
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
 
-    # -- helpers ------------------------------------------------------------------------
-    def _eligible(self) -> tuple[list[str], int | None]:
-        return self.membership.eligible_members(), self.membership.quorum()
-
-    async def _gather(
-        self,
-        kind: str,
-        terms: dict[str, Any],
-        path: str,
-        request_type: str,
-        payload: dict[str, Any],
-        pick: Callable[[Any], Any],
-    ) -> tuple[list[dict[str, str]], int, str]:
-        """Our own attestation plus peers' until a quorum; returns (sigs, quorum, why)."""
-        eligible, q = self._eligible()
-        if q is None:
-            raise Unavailable("no eligible members known yet (is the chain reachable?)")
-        sigs = [self.signer.attest(kind, terms)] if self.me in eligible else []
-        links = [self.gossip.links[a] for a in eligible if a in self.gossip.links]
-        answers = await ask_peers(
-            links,
-            path,
-            lambda link: sign_transport(
-                self.identity, self.network, request_type, link.member.address, payload
-            ),
-            need=q - len(sigs),
-            timeout_s=self.s.quorum_timeout_s,
-        )
-        sigs += answers.attestations(kind, terms, self.network, eligible, pick)
-        return sigs, q, answers.summary()
-
-    # -- quote --------------------------------------------------------------------------
-    def _check_request(self, raw: Any) -> Envelope:
-        return check_request(
-            raw,
-            self.network,
-            clock_skew_s=self.s.clock_skew_s,
-            max_ttl_s=self.s.max_envelope_ttl_s,
-            max_credits=self.s.max_credits_per_pack,
-        )
-
-    async def _latest_block(self) -> int:
-        try:
-            return await self.chain.block_number()
-        except ChainError as exc:
-            raise Unavailable(f"chain unreachable: {exc}") from exc
-
     async def quote(self, raw_request: Any) -> dict[str, Any]:
         """Price the buyer's request and get a quorum to agree; idempotent per request."""
-        request = self._check_request(raw_request)
+        request = self.witness.check_request(raw_request)
         purchase_id = purchase_id_for(request.id)
         with self.db.read() as conn:
             known = repo.get_purchase(conn, purchase_id)
         if known is not None:
             return json.loads(known["quote"])
-        latest = await self._latest_block()
+        latest = await self.witness.latest_block()
         terms = quote_terms(
             request, self.network, expiry_block=latest + self.s.quote_ttl_blocks, quoted_by=self.me
         )
         await self._check_funds(request.sender, terms["amount_wei"])
-        agreements, q, why = await self._gather(
-            QUOTE_KIND,
-            terms,
-            "/p2p/agree_quote",
-            AGREE_REQUEST,
-            {"request": request.to_wire(), "terms": terms},
-            lambda d: d.get("agreement"),
-        )
+        agreements, q, why = await self.witness.agreements(request, terms)
         if len(agreements) < q:
             raise Unavailable(f"price agreed by {len(agreements)} of the {q} members needed; {why}")
         quote = {"terms": terms, "agreements": agreements}
@@ -208,24 +131,6 @@ class CreditService:
             logger.info("forgot {} unpaid quotes past their expiry", n)
         return n
 
-    async def rpc_agree_quote(self, raw: Any) -> dict[str, Any]:
-        """A member asks us to agree to its quote (/p2p/agree_quote): recompute it and
-        attest."""
-        env, p = self.intake.open_transport(raw, AGREE_REQUEST, AgreeRequestPayload)
-        request = self._check_request(p.request)
-        terms = p.terms
-        latest = await self._latest_block()
-        check_quote_terms(
-            terms,
-            request,
-            self.network,
-            latest_block=latest,
-            ttl_blocks=self.s.quote_ttl_blocks,
-            quoted_by=env.sender,
-        )
-        assert isinstance(terms, dict)
-        return {"agreement": self.signer.attest(QUOTE_KIND, terms)}
-
     # -- confirm ------------------------------------------------------------------------
     async def confirm(self, purchase_id: str, tx_hash: Any, quote: Any | None) -> dict[str, Any]:
         """The buyer paid: check, gather a quorum, certify. Pending stays pending (a job
@@ -246,7 +151,7 @@ class CreditService:
             signed_quote = quote
         else:
             raise NotFound(f"unknown purchase {purchase_id}: send the signed quote with it")
-        eligible, q = self._eligible()
+        eligible, q = self.membership.eligible_members(), self.membership.quorum()
         terms = verify_quote(signed_quote, self.network, eligible, q)
         if terms["purchase_id"] != purchase_id:
             raise BadRequest("the quote is for another purchase")
@@ -264,29 +169,6 @@ class CreditService:
             )
         return await self.try_certify(signed_quote, tx)
 
-    async def _check_payment(self, terms: dict[str, Any], tx: str):  # type: ignore[no-untyped-def]
-        with self.db.read() as conn:
-            used_by = repo.payment_user(conn, self.network.chain_id, tx)
-        try:
-            return await verify_payment(
-                self.chain,
-                terms,
-                tx,
-                used_by=used_by,
-                chain_id=self.network.chain_id,
-                confirmations_required=self.network.confirmations_required,
-            )
-        except ChainError as exc:
-            raise Unavailable(f"chain unreachable: {exc}") from exc
-
-    async def _bind(self, terms: dict[str, Any], tx: str) -> None:
-        async with self.db.write(repo.PAYMENTS) as conn:
-            bound = repo.bind_payment(
-                conn, self.network.chain_id, tx, terms["purchase_id"], time.time()
-            )
-        if bound != terms["purchase_id"]:
-            raise Refused(f"{tx} already paid for purchase {bound}", reason="tx_already_used")
-
     async def try_certify(self, signed_quote: dict[str, Any], tx: str) -> dict[str, Any]:
         """One certification attempt per purchase at a time (a confirm and the pending job
         must not both run the quorum round for it)."""
@@ -301,7 +183,7 @@ class CreditService:
     async def _try_certify(self, signed_quote: dict[str, Any], tx: str) -> dict[str, Any]:
         terms = signed_quote["terms"]
         pid = terms["purchase_id"]
-        verdict = await self._check_payment(terms, tx)
+        verdict = await self.witness.check_payment(terms, tx)
         if verdict.status == REFUSED:
             async with self.db.write(repo.PURCHASES) as conn:
                 repo.set_status(
@@ -326,15 +208,8 @@ class CreditService:
             return {"status": repo.PENDING, "reason": verdict.reason, "detail": verdict.detail}
         assert verdict.block_number is not None
         pterms = pack_terms(terms, tx, verdict.block_number)
-        await self._bind(terms, tx)
-        sigs, q, why = await self._gather(
-            PACK_KIND,
-            pterms,
-            "/p2p/certify_purchase",
-            CERTIFY_REQUEST,
-            {"quote": signed_quote, "tx_hash": tx},
-            lambda d: d.get("signature"),
-        )
+        await self.witness.bind(terms, tx)
+        sigs, q, why = await self.witness.attestations(signed_quote, tx, pterms)
         if len(sigs) < q:
             detail = f"certified by {len(sigs)} of the {q} members needed; {why}"
             async with self.db.write(repo.PURCHASES) as conn:
@@ -355,28 +230,6 @@ class CreditService:
             pack = repo.get_pack(conn, pid)
         assert pack is not None
         return {"status": repo.CERTIFIED, "pack": pack_view(pack)}
-
-    async def rpc_certify_purchase(self, raw: Any) -> dict[str, Any]:
-        """A member asks us to certify a paid purchase (/p2p/certify_purchase): we check
-        the chain ourselves."""
-        _, p = self.intake.open_transport(raw, CERTIFY_REQUEST, CertifyRequestPayload)
-        tx = check_tx_hash(p.tx_hash)
-        signed_quote = p.quote
-        eligible, q = self._eligible()
-        terms = verify_quote(signed_quote, self.network, eligible, q)
-        assert isinstance(signed_quote, dict)
-        now = time.time()
-        async with self.db.write(repo.PURCHASES) as conn:
-            repo.add_quote(conn, terms, canonical_json(signed_quote), now)
-        verdict = await self._check_payment(terms, tx)
-        if verdict.status == REFUSED:
-            raise Refused(verdict.detail, reason=verdict.reason)
-        if verdict.status == PENDING:
-            raise Conflict(verdict.detail, reason=verdict.reason)
-        assert verdict.block_number is not None
-        pterms = pack_terms(terms, tx, verdict.block_number)
-        await self._bind(terms, tx)
-        return {"terms": pterms, "signature": self.signer.attest(PACK_KIND, pterms)}
 
     async def finish_pending(self) -> int:
         """Job: retry purchases this daemon was asked to confirm. Returns how many it
