@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from supernode.crypto.keys import KeystoreError, load_keystore, read_passphrase
     from supernode.federation.network import NetworkFile
     from supernode.logs import setup_logging
-    from supernode.node import Node, StartupError
+    from supernode.node import StartupError, Supernode
     from supernode.serve import serve
 
     s = _settings(args.env_file)
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         passphrase = read_passphrase(s.keystore_passphrase, s.keystore_passphrase_file)
         identity = load_keystore(Path(s.keystore_file), passphrase)
         network = NetworkFile.load(Path(s.network_file))
-        node = Node(s, identity, network, ring)
+        node = Supernode(s, identity, network, ring)
     except (KeystoreError, FileNotFoundError, StartupError, ValidationError, ValueError) as exc:
         return _fail(str(exc))
     app = create_app(node)

@@ -15,7 +15,7 @@ from loguru import logger
 from supernode.ledger import envelopes as env_repo
 
 if TYPE_CHECKING:
-    from supernode.node import Node
+    from supernode.node import Supernode
 
 HOUSEKEEPING_INTERVAL_S = 600.0
 
@@ -34,7 +34,7 @@ def _guarded(name: str, timeout_s: float, fn: Callable[[], Awaitable[object]]): 
     return run
 
 
-def start_scheduler(node: Node) -> AsyncIOScheduler:
+def start_scheduler(node: Supernode) -> AsyncIOScheduler:
     s = node.settings
     sched = AsyncIOScheduler(job_defaults={"max_instances": 1, "coalesce": True})
 

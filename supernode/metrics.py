@@ -10,11 +10,11 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from supernode.node import Node
+    from supernode.node import Supernode
 
 
 class NodeCollector:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Supernode) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -106,7 +106,7 @@ class NodeCollector:
         )
 
 
-def build_registry(node: Node) -> CollectorRegistry:
+def build_registry(node: Supernode) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(NodeCollector(node))  # type: ignore[arg-type]
     ProcessCollector(registry=reg)

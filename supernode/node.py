@@ -43,7 +43,7 @@ from supernode.serve import ConnectionLimits
 RESOLVE_TIMEOUT_S = 3.0  # resolving one member's host name
 
 
-class Node:
+class Supernode:
     def __init__(
         self,
         settings: Settings,

@@ -1,4 +1,4 @@
-"""A federation in one process, for fast protocol tests: real daemons (Node and its
+"""A federation in one process, for fast protocol tests: real daemons (Supernode and its
 FastAPI app, real SQLite ledgers in a temporary folder), their peer calls going straight
 to each other's app through httpx.ASGITransport instead of over sockets (the PeerClient
 seam). No chain: eligibility is set as if read from one. What only processes show
@@ -25,7 +25,7 @@ from supernode.federation.network import Member, NetworkFile
 from supernode.federation.peer_http import PeerClient, PeerResponse
 from supernode.ledger import credits as credits_repo
 from supernode.logs import LogRing
-from supernode.node import Node
+from supernode.node import Supernode
 
 NETWORK_ID, CHAIN_ID = "in-process", 31337
 
@@ -74,7 +74,7 @@ class _LocalClient:
 class Federation:
     keys: list[Identity]
     network: NetworkFile
-    nodes: list[Node]
+    nodes: list[Supernode]
     peers: LocalPeers
 
     def order(
@@ -142,7 +142,7 @@ async def federation(root: Path, n: int = 4, **settings: Any) -> AsyncIterator[F
         members=members,
     )
     peers = LocalPeers()
-    nodes: list[Node] = []
+    nodes: list[Supernode] = []
     try:
         for i, k in enumerate(keys):
             s = Settings(
@@ -157,7 +157,7 @@ async def federation(root: Path, n: int = 4, **settings: Any) -> AsyncIterator[F
                 quorum_timeout_s=2,
                 **settings,
             )
-            node = Node(s, k, network, LogRing(100), peer_client=peers.client)
+            node = Supernode(s, k, network, LogRing(100), peer_client=peers.client)
             peers.apps[members[i].url] = create_app(node)
             await node.start(jobs=False)
             node.membership.eligible = {m.address: True for m in members}  # as the chain says

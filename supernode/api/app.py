@@ -21,7 +21,7 @@ from supernode.api.docs_page import mount_docs
 from supernode.api.guard import BodyGuard, reply
 from supernode.api.limits import RateLimiter
 from supernode.errors import SupernodeError, TooManyRequests
-from supernode.node import Node
+from supernode.node import Supernode
 
 
 def _known_error(request: Request, exc: SupernodeError) -> JSONResponse:
@@ -110,7 +110,7 @@ class FastPath:
         await response(scope, receive, send)
 
 
-def create_app(node: Node) -> FastAPI:
+def create_app(node: Supernode) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()

@@ -16,7 +16,7 @@ from supernode.credits.purchase import pack_view
 from supernode.credits.terms import TX_HASH_RE, check_tx_hash
 from supernode.errors import BadRequest, NotFound
 from supernode.ledger import credits as repo
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(tags=["credit packs"])
 p2p = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
@@ -46,7 +46,7 @@ def _hex32(value: str, what: str) -> str:
     openapi_extra=ENVELOPE_BODY,
 )
 async def credit_purchase_initial_request(
-    request: Request, node: Node = Depends(get_node)
+    request: Request, node: Supernode = Depends(get_node)
 ) -> dict[str, Any]:
     """Body: the buyer's signed `credit_purchase_request` envelope ({credits}). Returns the
     quote: terms (purchase_id, payment_address, amount_wei, expiry_block...) and a quorum
@@ -57,7 +57,7 @@ async def credit_purchase_initial_request(
 
 @router.post("/confirm_credit_purchase_request", dependencies=[Depends(limited("writes"))])
 async def confirm_credit_purchase_request(
-    body: ConfirmPurchase, node: Node = Depends(get_node)
+    body: ConfirmPurchase, node: Supernode = Depends(get_node)
 ) -> JSONResponse:
     """The payment's transaction hash. 200 with the pack once a quorum certified it;
     202 while it waits for confirmations; 422 with the reason if the payment is refused."""
@@ -66,13 +66,13 @@ async def confirm_credit_purchase_request(
 
 
 @router.get("/check_status_of_credit_purchase_request/{purchase_id}")
-async def purchase_status(purchase_id: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def purchase_status(purchase_id: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """quoted → pending → certified, or refused with the reason."""
     return node.credits.status(_hex32(purchase_id, "purchase_id"))
 
 
 @router.get("/get_credit_pack_ticket_from_txid/{tx_hash}")
-async def pack_from_tx(tx_hash: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def pack_from_tx(tx_hash: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """The certified pack that transaction paid for."""
     tx = check_tx_hash(tx_hash)
     with node.db.read() as conn:
@@ -83,7 +83,7 @@ async def pack_from_tx(tx_hash: str, node: Node = Depends(get_node)) -> dict[str
 
 
 @router.get("/get_valid_credit_pack_tickets_for_address/{address}")
-async def packs_for_address(address: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def packs_for_address(address: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """Certified packs bought by the address that still hold credits."""
     buyer = checksum(address)
     with node.db.read() as conn:
@@ -93,7 +93,7 @@ async def packs_for_address(address: str, node: Node = Depends(get_node)) -> dic
 
 
 @router.get("/check_credit_pack_balance/{pack_id}")
-async def pack_balance(pack_id: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def pack_balance(pack_id: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """Credits bought and remaining in a certified pack."""
     with node.db.read() as conn:
         pack = repo.get_pack(conn, _hex32(pack_id, "pack_id"))
@@ -109,12 +109,12 @@ async def pack_balance(pack_id: str, node: Node = Depends(get_node)) -> dict[str
 
 
 @p2p.post("/agree_quote", openapi_extra=ENVELOPE_BODY)
-async def agree_quote(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def agree_quote(request: Request, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to agree to its price quote (we recompute it)."""
     return await node.witness.rpc_agree_quote(await read_json(request))
 
 
 @p2p.post("/certify_purchase", openapi_extra=ENVELOPE_BODY)
-async def certify_purchase(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def certify_purchase(request: Request, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """A member asks us to certify a paid purchase (we check the chain ourselves)."""
     return await node.witness.rpc_certify_purchase(await read_json(request))

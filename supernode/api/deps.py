@@ -13,7 +13,7 @@ from fastapi import Header, Request, Response
 from supernode.crypto.envelope import Envelope
 from supernode.errors import Forbidden, Unauthorized, Unavailable
 from supernode.federation.challenges import Challenge, ChallengeError
-from supernode.node import Node
+from supernode.node import Supernode
 
 AUTH_HEADERS = "X-Auth-Address, X-Auth-Challenge-Id and X-Auth-Signature"
 
@@ -29,8 +29,8 @@ ENVELOPE = Envelope.model_json_schema()
 ENVELOPE_BODY = body_doc(ENVELOPE)  # a signed envelope
 
 
-def ready_node(request: Request) -> Node:
-    node: Node = request.app.state.node
+def ready_node(request: Request) -> Supernode:
+    node: Supernode = request.app.state.node
     if not node.ready:
         raise Unavailable("the daemon is starting or stopping")
     return node
@@ -46,7 +46,7 @@ def json_body(data: Any, status_code: int = 200) -> Response:
     return Response(content, status_code=status_code, media_type="application/json")
 
 
-async def get_node(request: Request) -> Node:
+async def get_node(request: Request) -> Supernode:
     """The node, as a dependency. Async on purpose: FastAPI runs a plain ``def``
     dependency in its thread pool, a thread hop on every request."""
     return ready_node(request)
@@ -59,7 +59,7 @@ class Caller:
 
 
 async def prove(
-    node: Node,
+    node: Supernode,
     endpoint: str,
     address: str | None,
     challenge_id: str | None,
@@ -97,7 +97,7 @@ def user_auth(endpoint: str):  # type: ignore[no-untyped-def]
     return dep
 
 
-def _token_ok(node: Node, authorization: str | None) -> bool:
+def _token_ok(node: Supernode, authorization: str | None) -> bool:
     token = node.settings.operator_token
     if not token or not authorization or not authorization.startswith("Bearer "):
         return False

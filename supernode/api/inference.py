@@ -17,7 +17,7 @@ from supernode.api.limits import check_rate, limited
 from supernode.errors import BadRequest, Forbidden, NotFound, SupernodeError
 from supernode.inference.streams import RequestStream
 from supernode.ledger import inference as repo
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(tags=["inference"])
 HEX32 = r"^0x[0-9a-fA-F]{64}$"
@@ -31,7 +31,7 @@ class RequestRef(BaseModel):
 
 
 @router.get("/get_inference_model_menu")
-async def model_menu(node: Node = Depends(get_node)) -> dict[str, Any]:
+async def model_menu(node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """Models served by a healthy local node, with prices (credits per input and output
     token) and limits."""
     return {"supernode": node.address, "models": node.inference.model_menu()}
@@ -42,14 +42,16 @@ async def model_menu(node: Node = Depends(get_node)) -> dict[str, Any]:
     dependencies=[Depends(limited("writes"))],
     openapi_extra=ENVELOPE_BODY,
 )
-async def validate_usage(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def validate_usage(request: Request, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """Body: the owner's signed `inference_usage_request` {pack_id, model, input, params,
     max_cost}. Returns this supernode's signed usage response: request_id and cost."""
     return await node.inference.validate_usage(await read_json(request))
 
 
 @router.post("/process_inference_confirmation", openapi_extra=ENVELOPE_BODY)
-async def process_confirmation(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def process_confirmation(
+    request: Request, node: Supernode = Depends(get_node)
+) -> dict[str, Any]:
     """Body: the owner's signed `spend_order` for the quoted cost, naming this supernode as
     executor. The spend is certified by a quorum, then the request runs."""
     return await node.inference.process_confirmation(await read_json(request))
@@ -58,7 +60,7 @@ async def process_confirmation(request: Request, node: Node = Depends(get_node))
 @router.post("/execute_inference_request")
 async def execute_again(
     body: RequestRef,
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     _op: Caller = Depends(operator_auth("/execute_inference_request")),
 ) -> dict[str, Any]:
     """Operator only: run a certified request again whose run failed."""
@@ -67,7 +69,7 @@ async def execute_again(
 
 @router.post("/send_inference_output_results", openapi_extra=ENVELOPE_BODY)
 async def receive_result_summary(
-    request: Request, node: Node = Depends(get_node)
+    request: Request, node: Supernode = Depends(get_node)
 ) -> dict[str, Any]:
     """A member sends its signed result summary (`inference_result` envelope) directly."""
     report = await node.intake.ingest([await read_json(request)], via=None)
@@ -78,7 +80,7 @@ async def receive_result_summary(
 
 
 @router.get("/check_status_of_inference_request_results/{request_id}")
-async def request_status(request_id: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def request_status(request_id: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """quoted → certified → running → completed / failed, with tokens, cost and refund."""
     return node.inference.status(_hex(request_id))
 
@@ -86,7 +88,7 @@ async def request_status(request_id: str, node: Node = Depends(get_node)) -> dic
 @router.post("/retrieve_inference_output_results")
 async def retrieve_results(
     body: RequestRef,
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     caller: Caller = Depends(user_auth("/retrieve_inference_output_results")),
 ) -> dict[str, Any]:
     """The output, for the requester (challenge signed by the pack owner) or operator."""
@@ -99,7 +101,7 @@ def _hex(value: str) -> str:
     return value.lower()
 
 
-async def _stream_for(node: Node, request_id: str, address: str) -> Any:
+async def _stream_for(node: Supernode, request_id: str, address: str) -> Any:
     status = node.inference.status(request_id)
     with node.db.read() as conn:
         req = repo.get_request(conn, request_id)
@@ -120,7 +122,7 @@ async def _stream_for(node: Node, request_id: str, address: str) -> Any:
 @router.get(STREAM_ENDPOINT + "/{request_id}")
 async def stream_sse(
     request_id: str,
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     caller: Caller = Depends(user_auth(STREAM_ENDPOINT)),
 ) -> StreamingResponse:
     """Server-sent events: `data: {"text": chunk}` per chunk, then `data: {"done": true}`
@@ -146,7 +148,7 @@ async def stream_sse(
 async def stream_ws(websocket: WebSocket, request_id: str) -> None:
     """WebSocket: auth by query (address, challenge_id, signature: a challenge for
     /stream_inference_output); then {"text": chunk} messages and {"done": true}."""
-    node: Node = websocket.app.state.node
+    node: Supernode = websocket.app.state.node
     q = websocket.query_params
     try:
         check_rate(websocket, "challenges")

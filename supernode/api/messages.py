@@ -18,7 +18,7 @@ from supernode.federation.messaging import (
     USER_MESSAGE,
 )
 from supernode.ledger import messages as msg_repo
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(tags=["messages"])
 
@@ -69,12 +69,12 @@ class SendUserMessage(_Body):
     message_body: str
 
 
-def _check_body(node: Node, body: str) -> None:
+def _check_body(node: Supernode, body: str) -> None:
     if len(body) > node.settings.max_message_chars:
         raise BadRequest(f"message_body longer than {node.settings.max_message_chars} characters")
 
 
-def _member(node: Node, address: str) -> str:
+def _member(node: Supernode, address: str) -> str:
     addr = checksum(address, "to_address")
     if node.network.member(addr) is None:
         raise BadRequest(f"{addr} is not a member of this network")
@@ -83,7 +83,7 @@ def _member(node: Node, address: str) -> str:
     return addr
 
 
-def _delivery(node: Node, env_id: str, targets: list[str], deliveries: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+def _delivery(node: Supernode, env_id: str, targets: list[str], deliveries: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
     out: dict[str, Any] = {"envelope_id": env_id, "sender": node.address}
     if deliveries:
         out["delivered"] = {
@@ -96,7 +96,7 @@ def _delivery(node: Node, env_id: str, targets: list[str], deliveries: list[dict
 @router.post("/send_message")
 async def send_message(
     req: SendMessage,
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     _op: Caller = Depends(operator_auth("/send_message")),
 ) -> dict[str, Any]:
     """Send a signed message from this supernode to one supernode (operator only)."""
@@ -114,7 +114,7 @@ async def send_message(
 @router.post("/broadcast_message")
 async def broadcast_message(
     req: BroadcastMessage,
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     _op: Caller = Depends(operator_auth("/broadcast_message")),
 ) -> dict[str, Any]:
     """Send the message to each listed supernode (one envelope per recipient)."""
@@ -135,7 +135,7 @@ async def broadcast_message(
 @router.post("/broadcast_message_to_all_sns")
 async def broadcast_to_all(
     req: BroadcastToAll,
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     _op: Caller = Depends(operator_auth("/broadcast_message_to_all_sns")),
 ) -> dict[str, Any]:
     """Sign one message for every supernode and push it to all of them."""
@@ -152,7 +152,7 @@ async def get_messages(
     last_k_minutes: int = Query(default=60, ge=1, le=525_600),
     message_type: str | None = Query(default=None, max_length=64),
     limit: int = Query(default=1000, ge=1, le=100_000),
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
 ) -> dict[str, Any]:
     """Supernode messages of the last k minutes, newest first."""
     since = int(time.time()) - last_k_minutes * 60
@@ -162,7 +162,7 @@ async def get_messages(
 
 
 @router.get("/get_message_metadata")
-async def get_message_metadata(node: Node = Depends(get_node)) -> dict[str, Any]:
+async def get_message_metadata(node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """Message counts and bytes by type, sender, receiver and pair."""
     with node.db.read() as conn:
         return msg_repo.metadata(conn)
@@ -172,7 +172,7 @@ async def get_message_metadata(node: Node = Depends(get_node)) -> dict[str, Any]
 async def request_challenge(
     address: str,
     endpoint: str = Query(description="the path the answer will be used on"),
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
 ) -> dict[str, Any]:
     """A single-use challenge for ``address``, bound to ``endpoint``; sign ``text`` with
     EIP-191 (personal_sign) and send X-Auth-Address, X-Auth-Challenge-Id and
@@ -196,7 +196,7 @@ async def request_challenge(
 )
 async def send_user_message(
     req: SendUserMessage,
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     x_auth_address: str | None = Header(default=None),
     x_auth_challenge_id: str | None = Header(default=None),
     x_auth_signature: str | None = Header(default=None),
@@ -233,7 +233,7 @@ async def send_user_message(
 async def get_user_messages(
     address: str,
     limit: int = Query(default=1000, ge=1, le=10_000),
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     caller: Caller = Depends(user_auth("/get_user_messages")),
 ) -> dict[str, Any]:
     """Every user message sent or received by ``address`` (that user or the operator)."""

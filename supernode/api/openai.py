@@ -17,7 +17,7 @@ from supernode.api.deps import body_doc, json_body
 from supernode.api.guard import read_json
 from supernode.errors import SupernodeError
 from supernode.inference.openai import Job, chat_prompt
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 
@@ -77,7 +77,7 @@ class _BadBody(Exception):
     pass
 
 
-def _node(request: Request) -> Node:
+def _node(request: Request) -> Supernode:
     return request.app.state.node
 
 

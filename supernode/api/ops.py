@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from supernode import __version__
 from supernode.api.deps import Caller, get_node, operator_auth
 from supernode.metrics import build_registry
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(tags=["operations"])
 PAGE = Path(__file__).with_name("page.html")
@@ -27,7 +27,7 @@ WS_IDLE_PING_S = 20.0
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """Liveness: the process answers."""
-    node: Node = request.app.state.node
+    node: Supernode = request.app.state.node
     return {
         "status": "ok",
         "address": node.address,
@@ -41,7 +41,7 @@ async def ready(request: Request) -> JSONResponse:
     """Readiness: 200 only when a paid request could be served end to end — started, the
     ledger answering, the chain answering lately, and a quorum of eligible members
     (this one included) reachable lately; else 503 naming what fails."""
-    node: Node = request.app.state.node
+    node: Supernode = request.app.state.node
     ledger_ok = True
     try:
         with node.db.read() as conn:
@@ -65,7 +65,7 @@ async def metrics(request: Request) -> Response:
 @router.get("/show_logs/{minutes}")
 async def show_logs(
     minutes: float = PathParam(gt=0, le=7 * 24 * 60),
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
     _op: Caller = Depends(operator_auth("/show_logs")),
 ) -> dict[str, Any]:
     """This daemon's log lines of the last ``minutes`` (operator only)."""
@@ -76,7 +76,7 @@ async def show_logs(
 @router.websocket("/logs/stream")
 async def log_stream(websocket: WebSocket) -> None:
     """Live log lines (operator only): `Authorization: Bearer <token>` or `?token=`."""
-    node: Node = websocket.app.state.node
+    node: Supernode = websocket.app.state.node
     token = node.settings.operator_token
     offered = websocket.query_params.get("token") or ""
     auth = websocket.headers.get("authorization", "")

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from supernode.api.deps import ENVELOPE, ENVELOPE_BODY, body_doc, get_node, json_body, ready_node
 from supernode.api.guard import read_json
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
 
@@ -31,14 +31,14 @@ async def receive_envelopes(request: Request) -> Response:
 
 
 @router.post("/sync", openapi_extra=ENVELOPE_BODY)
-async def sync(request: Request, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def sync(request: Request, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """Anti-entropy, step 1: the ids after the caller's cursor in our log, oldest first:
     `{"ids": [...], "next_cursor": n, "more": bool}` (the caller fetches what it lacks)."""
     return node.gossip.rpc_sync(await read_json(request))
 
 
 @router.post("/fetch", openapi_extra=ENVELOPE_BODY)
-async def fetch(request: Request, node: Node = Depends(get_node)) -> Response:
+async def fetch(request: Request, node: Supernode = Depends(get_node)) -> Response:
     """Anti-entropy, step 2: the envelopes with these ids that the caller may see,
     `{"envelopes": [...]}` (unknown ids are left out)."""
     return Response(node.gossip.rpc_fetch(await read_json(request)), media_type="application/json")

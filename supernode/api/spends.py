@@ -10,7 +10,7 @@ from supernode.api.credits import HEX32
 from supernode.api.deps import ENVELOPE_BODY, get_node, json_body, ready_node
 from supernode.api.guard import read_json
 from supernode.ledger import MAX_INTEGER
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(tags=["spends"])
 p2p = APIRouter(prefix="/p2p", tags=["peer-to-peer"])
@@ -31,7 +31,7 @@ async def pack_spends(
     pack_id: str = Path(pattern=HEX32),
     from_sequence: int = Query(default=0, ge=0, le=MAX_INTEGER),
     limit: int = Query(default=100, ge=1, le=1000),
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
 ) -> dict[str, Any]:
     """The pack's spend certificates from ``from_sequence`` on, in sequence order."""
     certs = node.voter.certificates(pack_id.lower(), from_sequence, limit)
@@ -52,7 +52,7 @@ async def spend_certificates(
     pack_id: str = Query(pattern=HEX32),
     from_sequence: int = Query(default=0, ge=0, le=MAX_INTEGER),
     limit: int = Query(default=100, ge=1, le=1000),
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
 ) -> dict[str, Any]:
     """Certificates a behind peer fetches to catch up (verifiable by anyone)."""
     return {

@@ -16,7 +16,7 @@ from supernode.api.validation import checksum
 from supernode.errors import BadRequest, NotFound
 from supernode.federation.membership import max_faulty
 from supernode.ledger import peers as peers_repo
-from supernode.node import Node
+from supernode.node import Supernode
 
 router = APIRouter(tags=["supernodes"])
 
@@ -35,7 +35,7 @@ CSV_FIELDS = [
 ]
 
 
-async def _rows(node: Node) -> list[dict[str, Any]]:
+async def _rows(node: Supernode) -> list[dict[str, Any]]:
     with node.db.read() as conn:
         rows = peers_repo.all_peers(conn)
     now = time.time()
@@ -64,7 +64,7 @@ async def _rows(node: Node) -> list[dict[str, Any]]:
 
 
 @router.get("/supernode_list_json")
-async def supernode_list_json(node: Node = Depends(get_node)) -> dict[str, Any]:
+async def supernode_list_json(node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """Every member, with eligibility (collateral), liveness, penalties and bans."""
     rows = await _rows(node)
     n = sum(1 for r in rows if r["eligible"])
@@ -82,7 +82,7 @@ async def supernode_list_json(node: Node = Depends(get_node)) -> dict[str, Any]:
 
 
 @router.get("/supernode_list_csv", response_class=Response)
-async def supernode_list_csv(node: Node = Depends(get_node)) -> Response:
+async def supernode_list_csv(node: Supernode = Depends(get_node)) -> Response:
     """The same list as CSV (one row per member)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -97,7 +97,7 @@ async def supernode_list_csv(node: Node = Depends(get_node)) -> Response:
 
 
 @router.get("/get_local_machine_sn_info")
-async def local_info(node: Node = Depends(get_node)) -> dict[str, Any]:
+async def local_info(node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """This daemon: its address (its id), key, URL, network and standing."""
     return {
         "address": node.address,
@@ -113,7 +113,7 @@ async def local_info(node: Node = Depends(get_node)) -> dict[str, Any]:
     }
 
 
-async def _one(node: Node, address: str) -> dict[str, Any]:
+async def _one(node: Supernode, address: str) -> dict[str, Any]:
     for r in await _rows(node):
         if r["address"] == address:
             return r
@@ -121,13 +121,13 @@ async def _one(node: Node, address: str) -> dict[str, Any]:
 
 
 @router.get("/get_sn_data_from_pastelid/{address}")
-async def sn_by_address(address: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def sn_by_address(address: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """A member by its address (the Pastel layer's PastelID)."""
     return await _one(node, checksum(address))
 
 
 @router.get("/get_sn_data_from_sn_pubkey/{pubkey}")
-async def sn_by_pubkey(pubkey: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+async def sn_by_pubkey(pubkey: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
     """A member by its secp256k1 public key (0x04 + 128 hex, uncompressed)."""
     key = pubkey.lower()
     if not key.startswith("0x"):
@@ -144,7 +144,7 @@ async def sn_by_pubkey(pubkey: str, node: Node = Depends(get_node)) -> dict[str,
 async def peer_penalties(
     address: str | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
-    node: Node = Depends(get_node),
+    node: Supernode = Depends(get_node),
 ) -> dict[str, Any]:
     """Penalties this daemon gave its peers, newest first, with reasons."""
     addr = checksum(address) if address else None

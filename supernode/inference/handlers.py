@@ -9,7 +9,7 @@ from typing import Any
 from supernode.credits.orders import HEX32
 from supernode.crypto.envelope import Envelope, EnvelopeError
 from supernode.federation.handlers import Checked
-from supernode.inference.service import REFUND, RESULT_SUMMARY
+from supernode.inference.results import REFUND, RESULT_SUMMARY
 from supernode.ledger import MAX_INTEGER
 from supernode.ledger import inference as repo
 

@@ -1,12 +1,18 @@
-"""Reading a request's status and output."""
+"""A request's results: the signed summary and refund a finished run announces, and
+reading a request's status and output."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from supernode.crypto.envelope import Envelope
 from supernode.errors import Conflict, Forbidden, NotFound
+from supernode.federation.signer import Signer
 from supernode.ledger import inference as repo
 from supernode.ledger.db import Ledger
+
+RESULT_SUMMARY = "inference_result"  # gossip type: what an executor says it ran
+REFUND = "spend_refund"  # gossip type: credits an executor gives back
 
 
 def status(db: Ledger, me: str, request_id: str) -> dict[str, Any]:
@@ -71,3 +77,42 @@ def result(db: Ledger, request_id: str, caller: str, operator: bool) -> dict[str
         "output_tokens": req["output_tokens"],
         "cost": req["cost"] - req["refunded"],
     }
+
+
+def announcements(
+    signer: Signer,
+    req: dict[str, Any],
+    status: str,
+    digest: str | None,
+    out_tokens: int,
+    latency_s: float,
+    refund: int,
+) -> tuple[list[Envelope], int]:
+    """The signed result summary of a finished run and, when ``refund`` > 0 and the
+    request was certified, its refund; and the credits refunded."""
+    envs = [
+        signer.sign(
+            RESULT_SUMMARY,
+            {
+                "request_id": req["request_id"],
+                "model": req["model"],
+                "status": status,
+                "result_hash": digest,
+                "input_tokens": req["prompt_tokens"],
+                "output_tokens": out_tokens,
+                "latency_ms": int(latency_s * 1000),
+            },
+        )
+    ]
+    refunded = refund if refund > 0 and req.get("sequence") is not None else 0
+    if refunded:
+        reason = "failed_run" if status == repo.FAILED else "unused_tokens"
+        payload = {
+            "pack_id": req["pack_id"],
+            "sequence": req["sequence"],
+            "request_id": req["request_id"],
+            "amount": refunded,
+            "reason": reason,
+        }
+        envs.append(signer.sign(REFUND, payload))
+    return envs, refunded

@@ -43,8 +43,6 @@ from supernode.ledger import spends as spends_repo
 from supernode.ledger.db import Ledger, Record
 from supernode.petals.client.pool import GenerateParams, NodePool, NodeUnavailable
 
-RESULT_SUMMARY = "inference_result"
-REFUND = "spend_refund"
 RECORD_WAIT_S = 10.0  # at stop, how long finished runs may take to be recorded
 
 
@@ -444,35 +442,9 @@ class InferenceService:
     ) -> int:
         """Publish the signed result summary and, when ``refund`` > 0 and the request was
         certified, the refund: together, in one write. Returns the credits refunded."""
-        envs = [
-            self.signer.sign(
-                RESULT_SUMMARY,
-                {
-                    "request_id": req["request_id"],
-                    "model": req["model"],
-                    "status": status,
-                    "result_hash": digest,
-                    "input_tokens": req["prompt_tokens"],
-                    "output_tokens": out_tokens,
-                    "latency_ms": int(latency_s * 1000),
-                },
-            )
-        ]
-        refunded = refund if refund > 0 and req.get("sequence") is not None else 0
-        if refunded:
-            reason = "failed_run" if status == repo.FAILED else "unused_tokens"
-            envs.append(
-                self.signer.sign(
-                    REFUND,
-                    {
-                        "pack_id": req["pack_id"],
-                        "sequence": req["sequence"],
-                        "request_id": req["request_id"],
-                        "amount": refunded,
-                        "reason": reason,
-                    },
-                )
-            )
+        envs, refunded = results.announcements(
+            self.signer, req, status, digest, out_tokens, latency_s, refund
+        )
         await self.publish(envs, linger=True)  # not urgent: rides with the next push
         return refunded
 
