@@ -120,7 +120,7 @@ async def test_batched_call_lingers_only_as_long_as_its_callers_allow() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     member = NETWORK.members[1].model_copy(update={"url": f"http://127.0.0.1:{port}"})
     cfg = PushSettings(timeout_s=2, retries=0, backoff_s=0.05, batch_max=10, queue_max=100)
     link = PeerLink(member, KEYS[0], NETWORK, cfg, PeerHTTP())
