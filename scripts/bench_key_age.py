@@ -58,7 +58,7 @@ def main() -> int:
     with federation("bench-key-age-", out, args.keep, peers=args.peers, petals_nodes=1) as fed:
         assert fed.anvil is not None
         owner = Identity.generate()
-        fed.anvil.send_eth(owner.address, 10 * ETH)
+        fed.anvil.send_eth(owner.address, 200 * ETH)  # the pack costs 100 ETH
         d0 = fed.daemons[0]
         with SupernodeClient(d0.url, identity=owner) as c:
             pack = c.buy_credits(10**8, fed.anvil.url)
