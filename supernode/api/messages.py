@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from supernode.api.deps import Caller, get_node, operator_auth, prove, user_auth
 from supernode.api.limits import limited
@@ -16,13 +16,13 @@ from supernode.federation.messaging import (
     SEND_USER_MESSAGE_ENDPOINT,
     SN_MESSAGE,
     USER_MESSAGE,
+    MessageType,
 )
 from supernode.ledger import messages as msg_repo
 from supernode.node import Supernode
 
 router = APIRouter(tags=["messages"])
 
-MessageType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 MAX_WAIT_S = 30.0
 ENDPOINTS = {
     "/send_user_message",

@@ -30,9 +30,10 @@ class _Certified:
         self.network = network
         self.membership = membership
 
-    def validate(self, env: Envelope) -> None:
-        """Raises what the check found (its verdict for the peer: errors.TABLE)."""
-        self.verify(
+    def validate(self, env: Envelope) -> dict[str, Any]:
+        """The certified terms; raises what the check found (its verdict for the peer:
+        errors.TABLE)."""
+        return self.verify(
             env.payload,
             self.network,
             self.membership.eligible_members(),
@@ -47,7 +48,7 @@ class QuoteHandler(_Certified):
 
     def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         for c in items:
-            repo.add_quote(conn, c.env.payload["terms"], canonical_json(c.env.payload), received_at)
+            repo.add_quote(conn, c.parsed, canonical_json(c.env.payload), received_at)
 
 
 class CertificateHandler(_Certified):
@@ -57,7 +58,7 @@ class CertificateHandler(_Certified):
 
     def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         for c in items:
-            t = c.env.payload["terms"]
+            t = c.parsed
             repo.add_pack(
                 conn,
                 {

@@ -408,11 +408,11 @@ class SpendCertificateHandler:
     def __init__(self, voter: Voter) -> None:
         self.voter = voter
 
-    def validate(self, env: Envelope) -> None:
-        """Raises what the check found (its verdict for the peer: errors.TABLE)."""
-        self.voter.verify(env.payload)
+    def validate(self, env: Envelope) -> Order:
+        """The certificate's order; raises what the check found (its verdict for the
+        peer: errors.TABLE)."""
+        return self.voter.verify(env.payload)[0]
 
     def store(self, conn: sqlite3.Connection, items: list[Checked], received_at: float) -> None:
-        # validate() verified each one before it was queued: this finds it remembered
-        certs = [(self.voter.verify(c.env.payload)[0], c.env.payload) for c in items]
-        store_certificates(conn, certs, received_at)
+        # validate() verified each one before it was queued and parsed its order
+        store_certificates(conn, [(c.parsed, c.env.payload) for c in items], received_at)

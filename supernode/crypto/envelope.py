@@ -280,6 +280,17 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def payload_of(env: Envelope, payload: type[P]) -> P:
+    """``env``'s payload as the typed model ``payload``, for a gossip handler's check of
+    an envelope already opened: EnvelopeError ``bad_payload`` naming the field if not."""
+    try:
+        return payload.model_validate(env.payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise EnvelopeError("bad_payload", f"{where}: {first['msg']}") from exc
+
+
 def open_envelope(
     raw: Any,
     type_: str,

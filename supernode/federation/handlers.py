@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from supernode.crypto.envelope import Envelope
 from supernode.ledger.db import Record
@@ -17,11 +17,13 @@ from supernode.ledger.db import Record
 
 @dataclass(frozen=True)
 class Checked:
-    """An envelope that passed every check, with its canonical bytes."""
+    """An envelope that passed every check, with its canonical bytes and what its
+    handler's ``validate`` parsed on the way (so that ``store`` does not parse it again)."""
 
     env: Envelope
     raw: bytes
     via: str | None = None  # the peer that handed it over; None when made here
+    parsed: Any = None
 
 
 class EnvelopeHandler(Protocol):
@@ -29,8 +31,9 @@ class EnvelopeHandler(Protocol):
     # what store() writes: a batch is as durable as its strongest record (Ledger.write)
     record: Record
 
-    def validate(self, env: Envelope) -> None:
-        """Business rule on the payload; raises EnvelopeError."""
+    def validate(self, env: Envelope) -> Any:
+        """Business rule on the payload; raises EnvelopeError. What it returns (None, or
+        what it parsed) reaches ``store`` as ``Checked.parsed``."""
 
     def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         """Write the type's own rows for new envelopes (same transaction as the log)."""

@@ -123,7 +123,7 @@ class Intake:
         digest = check_id(env)
         return env, body, digest
 
-    def _check(self, env: Envelope, digest: bytes, now: float) -> None:
+    def _check(self, env: Envelope, digest: bytes, now: float) -> Any:
         if self.scoring.banned_until(env.sender) is not None:
             raise EnvelopeError("sender_banned", env.sender, penalise=False)
         handler = self.registry.get(env.type)
@@ -141,7 +141,7 @@ class Intake:
             now=now,
             digest=digest,
         )
-        handler.validate(env)
+        return handler.validate(env)
 
     def open_transport(self, raw: Any, type_: str, payload: type[P]) -> tuple[Envelope, P]:
         """A member's transport envelope to this daemon (a push's batch, a pull, a vote
@@ -192,12 +192,12 @@ class Intake:
         good: list[Checked] = []
         for env, body, digest in parsed:
             try:
-                self._check(env, digest, now)
+                opened = self._check(env, digest, now)
             except SupernodeError as exc:  # the table says reject (penalise) or ignore
                 target = report.rejected if exc.verdict == REJECT else report.ignored
                 target.append(_verdict(env.id, exc))
                 continue
-            good.append(Checked(env, body, via))
+            good.append(Checked(env, body, via, opened))
         if good:
             stored = await self.writer.submit(good)
             fresh = [c for c, new in zip(good, stored, strict=True) if new]
@@ -234,12 +234,12 @@ class Intake:
     async def store_own(self, *envs: Envelope) -> list[Checked]:
         """Store envelopes this daemon just signed, in one write (it skips the signature
         check); returns them checked, in order."""
+        checked = []
         for env in envs:
             handler = self.registry.get(env.type)
             if handler is None:
                 raise EnvelopeError("unknown_type", env.type)
-            handler.validate(env)
-        checked = [Checked(env, canonical_json(env.to_wire())) for env in envs]
+            checked.append(Checked(env, canonical_json(env.to_wire()), None, handler.validate(env)))
         stored = await self.writer.submit(checked)
         fresh = [c for c, new in zip(checked, stored, strict=True) if new]
         if fresh:
