@@ -252,6 +252,20 @@ class InferenceMixin:
             time.sleep(0.1)
         raise TimeoutError(f"request {quote['request_id']} still {st['status']}")
 
+    def rate(self, request_id: str, rating: int, comment: str = "") -> dict[str, Any]:
+        """Rate a request this key paid for, 1 (bad) to 5 (good); one rating per request."""
+        payload: dict[str, Any] = {"request_id": request_id, "rating": rating}
+        if comment:
+            payload["comment"] = comment
+        return self._post_envelope(
+            "/update_inference_sn_reputation_score", self.sign("request_rating", payload)
+        )
+
+    def reputation(self, epoch: int | None = None) -> dict[str, Any]:
+        """The score table of the last closed epoch (or of ``epoch``) and its hash."""
+        params = {"epoch": epoch} if epoch is not None else {}
+        return self._call("GET", "/get_inference_sn_reputation_scores", params=params)
+
     def delegate(self, pack_id: str, max_credits: int, expires_in_s: int) -> str:
         """An OpenAI API key: this supernode may spend up to ``max_credits`` of the pack
         for ``expires_in_s`` seconds (signed with the owner's key)."""
@@ -263,6 +277,29 @@ class InferenceMixin:
             ttl_s=expires_in_s,
         )
         return encode_api_key(d.to_wire())
+
+
+def rank_supernodes(listing: dict[str, Any]) -> list[dict[str, Any]]:
+    """The members of a ``/supernode_list_json`` answer a client should use, best first:
+    eligible, not banned, not marked invalid by the reputation table; by score (higher
+    first; no score yet counts as 0), then address (so every client orders them alike)."""
+    usable = [
+        r
+        for r in listing.get("supernodes", [])
+        if r.get("eligible") and not r.get("banned_until") and not r.get("reputation_invalid")
+    ]
+    return sorted(usable, key=lambda r: (-(r.get("reputation_score") or 0), r["address"]))
+
+
+def choose_supernode(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+    """The URL of the best supernode by reputation, as the one at ``url`` lists them (it
+    falls back to ``url`` itself when none qualifies)."""
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s) as http:
+        resp = http.get("/supernode_list_json")
+        if resp.status_code != 200:
+            raise SupernodeAPIError(resp.status_code, resp.text)
+        ranked = rank_supernodes(resp.json())
+    return ranked[0]["url"] if ranked else url
 
 
 class SupernodeClient(OrderMixin, PurchaseMixin, InferenceMixin):

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supernode.client import SupernodeAPIError, SupernodeClient
+import httpx
+
+from supernode.client import SupernodeAPIError, SupernodeClient, choose_supernode
 from supernode.client_orders import default_orders_file
 
 
@@ -38,8 +40,16 @@ def _progress(msg: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    url = args.supernode
+    if args.choose:
+        try:
+            url = choose_supernode(url)
+        except (SupernodeAPIError, httpx.HTTPError) as exc:
+            sys.stderr.write(f"supernode client: cannot list the supernodes at {url}: {exc}\n")
+            return 1
+        _progress(f"using {url} (the best by reputation)")
     client = SupernodeClient(
-        args.supernode,
+        url,
         identity=_identity(args),
         operator_token=os.environ.get("SUPERNODE_OPERATOR_TOKEN") or args.token,
         fallback_urls=args.fallback or [],
@@ -93,6 +103,12 @@ def _run(args: argparse.Namespace) -> int:
             if who is None:
                 raise ValueError("give --to ADDRESS or a key")
             result = client.packs(who)
+        elif args.action == "rate":
+            if not args.text or args.value is None or not args.value.isdigit():
+                raise ValueError("rate needs REQUEST_ID and a rating 1..5")
+            result = client.rate(args.text, int(args.value))
+        elif args.action == "reputation":
+            result = client.reputation()
         elif args.action == "resend-orders":
             result = client.resend_pending()
         elif args.action == "logs":
@@ -132,9 +148,17 @@ def add_client_commands(sub: Any) -> None:
             "packs",
             "logs",
             "resend-orders",
+            "rate",
+            "reputation",
         ],
     )
-    c.add_argument("text", nargs="?", default="", help="message text")
+    c.add_argument("text", nargs="?", default="", help="message text (rate: the request id)")
+    c.add_argument("value", nargs="?", default=None, help="rate: the rating, 1 (bad) to 5 (good)")
+    c.add_argument(
+        "--choose",
+        action="store_true",
+        help="use the best supernode by reputation that --supernode lists (never an invalid one)",
+    )
     c.add_argument("--supernode", default="http://127.0.0.1:7123", help="the supernode's URL")
     c.add_argument(
         "--fallback",

@@ -189,6 +189,24 @@ class Settings(BaseSettings):
     # How long a usage quote (validate_inference_api_usage_request) stays valid (s).
     usage_quote_ttl_s: int = Field(default=600, gt=0)
 
+    # --- audits and reputation (the federation-wide rules are in the network file) ------
+    # Seconds between audit rounds (read the epoch, update the score tables, commit and
+    # reveal seeds, draw and start audits).
+    audit_interval_s: float = Field(default=2.0, gt=0)
+    # Audits running at once on this daemon.
+    audit_max_in_flight: int = Field(default=2, ge=1, le=64)
+    # Audits started per minute at most (bounds the CPU audits take from the node).
+    audit_max_per_minute: int = Field(default=120, ge=1)
+    # Timeout of one request for a result to the executor (s).
+    audit_fetch_timeout_s: float = Field(default=5.0, gt=0)
+    # Requests for one result before it counts as not served (verdict "unavailable").
+    audit_fetch_tries: int = Field(default=3, ge=1, le=20)
+    # Seconds between those requests (times the try number).
+    audit_retry_s: float = Field(default=2.0, gt=0)
+    # Logit margin under which a token that is not the auditor's top choice still passes
+    # (near-ties differ between machines; measured drift on one CPU kind is under 1e-5).
+    audit_tolerance: float = Field(default=1e-3, ge=0, le=100)
+
     # --- peer scoring -----------------------------------------------------------------
     # Penalty points for an invalid envelope (bad signature, wrong binding, bad schema).
     penalty_invalid: int = Field(default=10, gt=0)

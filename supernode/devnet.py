@@ -20,6 +20,7 @@ import httpx
 
 from supernode.crypto.keys import Identity, load_keystore, write_secret_file
 from supernode.federation.network import NetworkFile, init_network
+from supernode.reputation.rules import ReputationRules
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANVIL_IN_PROJECT = (
@@ -32,6 +33,9 @@ ETH = 10**18
 READY_TIMEOUT_S = 60.0
 DEMO_BUYER_ETH = 100
 STOP_TIMEOUT_S = 10.0
+FUNDING_TIMEOUT_S = 20.0  # the members' collateral transfers mined (a few blocks)
+DEVNET_BLOCK_TIME_S = 1  # `supernode devnet`: a block a second
+DEVNET_EPOCH_BLOCKS = 10  # `supernode devnet`: an epoch every 10 blocks
 
 
 class DevnetError(RuntimeError):
@@ -203,51 +207,131 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
 
+TINY_MODEL_DIR = "tiny-llama"  # seed 0's folder; its name is the model every node serves
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a local Petals node serves: the tiny model made with ``seed`` (another seed, other
+    weights, the same tokenizer and model name), and, with ``front`` set, the command of a
+    process placed in front of it: it is started with ``--upstream URL --port N`` appended
+    and must serve the node's API on that port (the tests put a cheating proxy there)."""
+
+    seed: int = 0
+    front: tuple[str, ...] = ()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """``signum`` to the process group ``proc`` leads (it was started in a new session)."""
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):  # the group is gone (or its pid reused)
+        pass
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM to the whole group, SIGKILL after ``timeout_s``; then nothing of it is left."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGCONT)  # a stopped process would not see SIGTERM
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=timeout_s)
+    _signal_group(proc, signal.SIGKILL)  # any child the leader left behind
+
+
 @dataclass
 class PetalsNode:
-    """One `supernode petals-node` process serving a tiny random model."""
+    """One `supernode petals-node` process serving a tiny random model (made with ``seed``,
+    served as ``model_name``), or with ``front`` set that process behind the process it
+    names, at ``url``. Each process leads its own process group; stopping ends the group."""
 
     index: int
     model_dir: Path
     log_path: Path
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_port)  # the URL's port (the proxy's, if any)
+    seed: int = 0
+    model_name: str | None = None  # the name it serves (default: the folder's name)
+    front: tuple[str, ...] = ()
+    upstream_port: int = field(default_factory=free_port)  # the real node's, behind a proxy
     proc: subprocess.Popen[bytes] | None = None
+    proxy: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """What daemons call: the node, or the proxy in front of it."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def upstream_url(self) -> str:
+        """The real node (the same as ``url`` without a proxy)."""
+        return f"http://127.0.0.1:{self.upstream_port}" if self.front else self.url
+
+    @property
     def model(self) -> str:
-        return self.model_dir.name
+        return self.model_name or self.model_dir.name
+
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.proc, self.proxy) if p is not None]
+
+    def node_command(self) -> list[str]:
+        port = self.upstream_port if self.front else self.port
+        return [
+            *(sys.executable, "-m", "supernode.cli", "petals-node"),
+            *("--tiny-random", str(self.model_dir), "--tiny-seed", str(self.seed)),
+            *("--host", "127.0.0.1", "--port", str(port), "--model-name", self.model),
+        ]
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "supernode.cli",
-                    "petals-node",
-                    "--tiny-random",
-                    str(self.model_dir),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
+                self.node_command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                start_new_session=True,
             )
+        if self.front:
+            self._start_front()
+
+    @property
+    def proxy_log_path(self) -> Path:
+        return self.log_path.with_name(f"{self.log_path.stem}-proxy.log")
+
+    def _start_front(self) -> None:
+        with self.proxy_log_path.open("ab") as log:
+            self.proxy = subprocess.Popen(
+                [*self.front, "--upstream", self.upstream_url, "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def _check_alive(self) -> None:
+        for what, p, log in (
+            ("petals-node", self.proc, self.log_path),
+            ("the proxy of petals-node", self.proxy, self.proxy_log_path),
+        ):
+            if p is not None and p.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise DevnetError(f"{what} {self.index} exited ({p.returncode}):\n{tail}")
+
+    def model_made(self) -> bool:
+        """The node's model folder is complete (a node of the same seed may load it now)."""
+        from supernode.petals.server.tiny_model import is_tiny_model  # no torch import
+
+        self._check_alive()
+        return is_tiny_model(self.model_dir, self.seed)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise DevnetError(f"petals-node {self.index} exited:\n{tail}")
+            self._check_alive()
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -257,26 +341,27 @@ class PetalsNode:
         raise DevnetError(f"petals-node {self.index} not ready within {timeout_s:.0f} s")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # in case it was suspended
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        self.proc = None
+        """SIGKILL to the node (and its proxy), as a crash."""
+        for p in self.processes:
+            _signal_group(p, signal.SIGKILL)
+            p.wait(timeout=STOP_TIMEOUT_S)
+        self.proc = self.proxy = None
 
     def suspend(self) -> None:
         """SIGSTOP: the node hangs (accepts connections, never answers)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        for p in self.processes:
+            _signal_group(p, signal.SIGSTOP)
 
     def resume(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        for p in self.processes:
+            _signal_group(p, signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            _stop_process(self.proc)
-            self.proc = None
+        for p in self.processes:
+            _stop_group(p)
+        self.proc = self.proxy = None
 
 
 # CPU priority of the daemons of a federation that runs its Petals nodes on this host
@@ -287,7 +372,12 @@ DAEMON_NICE = 10
 class LocalFederation:
     """anvil + a network file + ``peers`` daemons (+ ``extra_members`` listed but not run).
 
-    ``unfunded`` lists member indexes given no collateral (they show as ineligible)."""
+    ``unfunded`` lists member indexes given no collateral (they show as ineligible).
+    ``block_time``: anvil mines a block every that many seconds (None: a block per
+    transaction, and no other block unless a test mines one). Petals nodes: ``petals_nodes``
+    honest ones, or one per ``node_specs`` entry; every daemon uses all of them, or with
+    ``node_map`` daemon i uses ``nodes[j]`` for each j in ``node_map[i]`` (none if i is not
+    a key)."""
 
     root: Path
     peers: int = 4
@@ -300,18 +390,56 @@ class LocalFederation:
     # per daemon index: fields of the network file that daemon reads differently (a
     # misconfigured operator, e.g. another credit price)
     network_patch: dict[int, dict[str, Any]] = field(default_factory=dict)
-    # local Petals nodes (tiny random model) every daemon sends its requests to
+    # local Petals nodes (tiny random model, seed 0, honest) every daemon sends its requests to
     petals_nodes: int = 0
+    # or one node per spec (another seed, a truncating proxy); petals_nodes 0 or as many
+    node_specs: list[NodeSpec] | None = None
+    # daemon index -> indexes into nodes of the nodes that daemon uses (None: all of them)
+    node_map: dict[int, list[int]] | None = None
+    # seconds between blocks on anvil (None: a block per transaction only)
+    block_time: int | None = None
+    # the network file's reputation rules (None: the defaults)
+    reputation: ReputationRules | None = None
     nodes: list[PetalsNode] = field(default_factory=list)
     anvil: Anvil | None = None
     network: NetworkFile | None = None
     daemons: list[Daemon] = field(default_factory=list)
     passphrase: str = ""
 
+    def specs(self) -> list[NodeSpec]:
+        """The Petals nodes to start, one spec each."""
+        if self.node_specs is None:
+            return [NodeSpec() for _ in range(self.petals_nodes)]
+        if self.petals_nodes not in (0, len(self.node_specs)):
+            raise ValueError(
+                f"petals_nodes={self.petals_nodes} but {len(self.node_specs)} node_specs"
+            )
+        return list(self.node_specs)
+
+    def _check_layout(self) -> None:
+        n = len(self.specs())
+        for spec in self.specs():
+            if spec.seed < 0:
+                raise ValueError(f"bad node spec {spec}: the seed must be 0 or more")
+        for daemon, picks in (self.node_map or {}).items():
+            if not 0 <= daemon < self.peers:
+                raise ValueError(f"node_map names daemon {daemon}; there are {self.peers}")
+            if any(not 0 <= j < n for j in picks):
+                raise ValueError(f"node_map[{daemon}] = {picks}: there are {n} petals nodes")
+        if self.block_time is not None and self.block_time < 1:
+            raise ValueError("block_time must be at least 1 second")
+
+    def node_urls(self, daemon: int) -> list[str]:
+        """The URLs of the Petals nodes daemon ``daemon`` sends its requests to."""
+        if self.node_map is None:
+            return [n.url for n in self.nodes]
+        return [self.nodes[j].url for j in self.node_map.get(daemon, [])]
+
     def start(self) -> None:
+        self._check_layout()
         self.root = self.root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.anvil = Anvil(self.root / "anvil.log")
+        self.anvil = Anvil(self.root / "anvil.log", block_time=self.block_time)
         self.anvil.start()
         self.passphrase = secrets.token_urlsafe(24)
         pass_file = self.root / "keys.pass"
@@ -327,12 +455,14 @@ class LocalFederation:
             confirmations_required=self.confirmations_required,
             epoch_blocks=self.epoch_blocks,
             light_kdf=True,
+            reputation=self.reputation,
         )
         self.network = net
-        for i, m in enumerate(net.members):
-            if i not in self.unfunded:
-                self.anvil.send_eth(m.address, 2 * self.min_collateral_wei)
+        funded = [m.address for i, m in enumerate(net.members) if i not in self.unfunded]
+        for address in funded:
+            self.anvil.send_eth(address, 2 * self.min_collateral_wei)
         self._start_petals_nodes()
+        self._wait_funded(funded)  # with a block time, the transfers wait for the next block
         for i in range(self.peers):
             node_dir = self.root / f"node-{i}"
             node_dir.mkdir(exist_ok=True)
@@ -353,7 +483,7 @@ class LocalFederation:
                 "SUPERNODE_CHAIN_ID": str(DEVNET_CHAIN_ID),
                 "SUPERNODE_OPERATOR_TOKEN": secrets.token_urlsafe(32),
                 "SUPERNODE_MEMBERSHIP_INTERVAL_S": "1",
-                "SUPERNODE_PETALS_NODES": ",".join(n.url for n in self.nodes),
+                "SUPERNODE_PETALS_NODES": ",".join(self.node_urls(i)),
                 # the Petals nodes share this host: the daemons yield the CPU to the model
                 "SUPERNODE_CPU_NICE": str(DAEMON_NICE if self.nodes else 0),
                 **self.settings,
@@ -373,19 +503,41 @@ class LocalFederation:
         for d in self.daemons:
             d.wait_ready()
 
+    def _wait_funded(self, addresses: list[str], timeout_s: float = FUNDING_TIMEOUT_S) -> None:
+        assert self.anvil is not None
+        deadline = time.time() + timeout_s
+        while any(self.anvil.balance(a) < 2 * self.min_collateral_wei for a in addresses):
+            if time.time() > deadline:
+                raise DevnetError(f"collateral not mined within {timeout_s:.0f} s")
+            time.sleep(0.1)
+
     def _start_petals_nodes(self) -> None:
-        model_dir = self.root / "tiny-llama"
         self.nodes = [
-            PetalsNode(i, model_dir, self.root / f"petals-{i}.log")
-            for i in range(self.petals_nodes)
+            PetalsNode(
+                i,
+                self.root / (TINY_MODEL_DIR if s.seed == 0 else f"{TINY_MODEL_DIR}-seed{s.seed}"),
+                self.root / f"petals-{i}.log",
+                seed=s.seed,
+                model_name=TINY_MODEL_DIR,  # one name for every seed: a daemon cannot tell
+                front=s.front,
+            )
+            for i, s in enumerate(self.specs())
         ]
-        if not self.nodes:
-            return
-        self.nodes[0].start()  # the first makes the model; the others load it
-        self.nodes[0].wait_ready()
-        for n in self.nodes[1:]:
+        # The first node of each seed makes that model; the others load it once it is made.
+        makers: dict[int, PetalsNode] = {}
+        for n in self.nodes:
+            makers.setdefault(n.seed, n)
+        for n in makers.values():
             n.start()
-        for n in self.nodes[1:]:
+        deadline = time.time() + READY_TIMEOUT_S
+        while not all(n.model_made() for n in makers.values()):
+            if time.time() > deadline:
+                raise DevnetError(f"tiny models not made within {READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.1)
+        for n in self.nodes:
+            if makers[n.seed] is not n:
+                n.start()
+        for n in self.nodes:
             n.wait_ready()
 
     def identity(self, index: int) -> Identity:
@@ -416,7 +568,14 @@ def run_devnet(peers: int, root: Path) -> int:
     """`supernode devnet`: start a local federation, print how to use it, wait for Ctrl-C."""
     if root.exists():
         shutil.rmtree(root)
-    fed = LocalFederation(root=root, peers=peers, petals_nodes=1)
+    # blocks on a timer, as on a real chain: an epoch passes every ~10 s
+    fed = LocalFederation(
+        root=root,
+        peers=peers,
+        petals_nodes=1,
+        block_time=DEVNET_BLOCK_TIME_S,
+        epoch_blocks=DEVNET_EPOCH_BLOCKS,
+    )
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -433,7 +592,8 @@ def run_devnet(peers: int, root: Path) -> int:
         write_secret_file(key_file, buyer.private_key.hex())
         lines = [
             f"Supernode devnet: {peers} supernodes, anvil at {fed.anvil.url} "
-            f"(chain {DEVNET_CHAIN_ID})",
+            f"(chain {DEVNET_CHAIN_ID}, a block every {DEVNET_BLOCK_TIME_S} s, "
+            f"an epoch every {DEVNET_EPOCH_BLOCKS} blocks)",
             f"state and logs: {fed.root}",
             "",
         ]

@@ -77,9 +77,14 @@ def start_scheduler(node: Supernode) -> AsyncIOScheduler:
         s.anti_entropy_round_s + s.anti_entropy_timeout_s,
         first_in_s=0.2,
     )
+
+    async def peer_probe() -> None:
+        await node.gossip.probe(s.peer_probe_timeout_s)
+        node.auditor.observe_probes(node.gossip.last_probe)
+
     add(
         "peer_probe",
-        lambda: node.gossip.probe(s.peer_probe_timeout_s),
+        peer_probe,
         s.peer_probe_interval_s,
         s.peer_probe_timeout_s + 1.0,
     )
@@ -102,6 +107,13 @@ def start_scheduler(node: Supernode) -> AsyncIOScheduler:
         s.node_health_interval_s,
         s.node_connect_timeout_s + s.node_request_timeout_s,
         first_in_s=s.node_health_interval_s,
+    )
+    add(
+        "audits",
+        node.auditor.tick,
+        s.audit_interval_s,
+        s.audit_fetch_timeout_s + s.chain_timeout_s * 8 * (s.chain_read_retries + 1),
+        first_in_s=1.0,
     )
     add("housekeeping", housekeeping, HOUSEKEEPING_INTERVAL_S, 60.0, first_in_s=30.0)
     sched.start()

@@ -101,6 +101,30 @@ class NodeCollector:
         )
         banned = [a for a in node.membership.eligible if node.scoring.banned_until(a)]
         yield GaugeMetricFamily("supernode_banned_peers", "Peers banned now", value=len(banned))
+        audits = CounterMetricFamily(
+            "supernode_audits",
+            "Audits this member drew (assigned), finished (done) and their verdicts; results it"
+            " served to auditors (served)",
+            labels=["what"],
+        )
+        for what, n in sorted(node.auditor.counts.items()):
+            audits.add_metric([what], n)
+        yield audits
+        missed = node.book.missed_audits(node.address)
+        yield CounterMetricFamily(
+            "supernode_audits_missed",
+            "Audits this member was assigned and did not do, in the last closed epoch's tally",
+            value=missed,
+        )
+        score = GaugeMetricFamily(
+            "supernode_reputation_score",
+            "Score in the last closed epoch's table",
+            labels=["member"],
+        )
+        latest = node.book.latest()
+        for row in (latest or {}).get("rows", []):
+            score.add_metric([row["address"]], row["score"])
+        yield score
         yield GaugeMetricFamily(
             "supernode_uptime_seconds", "Seconds since start", value=time.time() - node.started_at
         )

@@ -38,6 +38,11 @@ from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Ledger, run_migrations
 from supernode.logs import LogRing
 from supernode.petals.client.pool import NodeConfig, NodePool
+from supernode.reputation.auditor import Auditor
+from supernode.reputation.book import ReputationBook
+from supernode.reputation.clock import EpochClock
+from supernode.reputation.events import TYPES as REPUTATION_TYPES
+from supernode.reputation.events import ReputationHandler
 from supernode.serve import ConnectionLimits
 
 RESOLVE_TIMEOUT_S = 3.0  # resolving one member's host name
@@ -184,6 +189,33 @@ class Supernode:
         self.openai = OpenAIGateway(self.inference)
         self.registry.register(ResultSummaryHandler())
         self.registry.register(RefundHandler())
+        rep = network.reputation
+        self.clock = EpochClock(self.chain, network.epoch_blocks, rep.grace_epochs)
+        self.book = ReputationBook(self.db, self.clock, [m.address for m in network.members], rep)
+        for type_ in REPUTATION_TYPES:
+            self.registry.register(
+                ReputationHandler(
+                    type_,
+                    db=self.db,
+                    clock=self.clock,
+                    network=network,
+                    rate_for=self.book.rate_for,
+                )
+            )
+        self.intake.on_stored.append(self._reputation_changed)
+        self.auditor = Auditor(
+            identity=identity,
+            network=network,
+            settings=s,
+            db=self.db,
+            clock=self.clock,
+            book=self.book,
+            pool=self.pool,
+            intake=self.intake,
+            gossip=self.gossip,
+            publish=self.publish_all,
+            menu=self.inference.menu,
+        )
         self.scheduler: Any = None
         self.connections = ConnectionLimits(
             per_address=s.max_connections_per_address,
@@ -246,6 +278,7 @@ class Supernode:
             **self.inference.sizes(),
             **self.openai.sizes(),
             **self.intake.sizes(),
+            **self.auditor.sizes(),
             "connections_by_address": len(self.connections.by_address),
         }
 
@@ -308,6 +341,7 @@ class Supernode:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.inference.stop()  # first: what it records on the way out is still pushed
+        await self.auditor.stop()
         await self.executor.stop()  # its vote requests travel on the gossip links' sessions
         await self.voter.stop()
         await self.gossip.stop()
@@ -316,6 +350,18 @@ class Supernode:
         await self.chain.close()
         await self.db.close()
         logger.info("supernode {} stopped", self.address)
+
+    def _reputation_changed(self, stored: list[Checked], via: str | None) -> None:
+        """An event (or a summary) of an epoch whose table is computed arrived late: the
+        table is computed again, and the ones after it."""
+        for c in stored:
+            if c.env.type in REPUTATION_TYPES:
+                self.book.mark_dirty(c.env.payload["epoch"])
+            elif c.env.type == "inference_result":
+                e = self.clock.epoch_at(c.env.created_at)
+                last = self.clock.last_closed()
+                if e is not None and last is not None and e <= last:
+                    self.book.mark_dirty(e)
 
     # -- publishing --------------------------------------------------------------------
     def sign(self, type_: str, payload: dict[str, Any], recipient: str | None = None) -> Envelope:

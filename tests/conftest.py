@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +56,8 @@ def buy_pack(fed: LocalFederation, credits: int) -> tuple[Identity, str]:
     """A new funded owner buys a pack at daemon 0; returns once every daemon holds it."""
     owner = Identity.generate()
     fed.anvil.send_eth(owner.address, 10 * ETH)  # type: ignore[union-attr]
+    # mined at once, or with the next block when anvil mines on a timer
+    wait_until(lambda: fed.anvil.balance(owner.address) > 0, what="the owner's funds")  # type: ignore[union-attr]
     with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
         pack = c.buy_credits(credits, fed.anvil.url)  # type: ignore[union-attr]
     wait_until(
@@ -72,3 +75,46 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
         root=root, peers=4, extra_members=1, unfunded=(4,), settings=dict(TEST_SETTINGS)
     ) as fed:
         yield fed
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this id exists (and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Some process is still in the process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the id was reused by someone else's group
+        return True
+    return True
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Ids of this user's live processes whose command line or environment contains
+    ``text`` (a federation's root folder: what is left of it after stop())."""
+    found = []
+    needle = text.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if needle in seen and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def cheating_front(truncate: int) -> tuple[str, ...]:
+    """A NodeSpec ``front``: the proxy (tests/cheat_node.py) that cuts each answer's text to
+    ``truncate`` characters and still reports the full token count."""
+    return (sys.executable, "-m", "tests.cheat_node", "--truncate", str(truncate))

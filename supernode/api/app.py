@@ -162,6 +162,7 @@ def create_app(node: Supernode) -> FastAPI:
         openai,
         ops,
         p2p,
+        reputation,
         spends,
         supernodes,
     )
@@ -177,6 +178,7 @@ def create_app(node: Supernode) -> FastAPI:
     app.include_router(supernodes.router)
     app.include_router(messages.router)
     app.include_router(ops.router)
+    app.include_router(reputation.router)
     app.add_middleware(FastPath, routes=fast_handlers(app))
     app.add_middleware(  # the outer one: nothing runs before the body is bounded
         BodyGuard, max_bytes=node.settings.max_body_bytes, max_depth=node.settings.max_json_depth

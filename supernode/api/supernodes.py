@@ -32,6 +32,8 @@ CSV_FIELDS = [
     "penalty_points",
     "last_error",
     "is_local",
+    "reputation_score",
+    "reputation_invalid",
 ]
 
 
@@ -39,9 +41,12 @@ async def _rows(node: Supernode) -> list[dict[str, Any]]:
     with node.db.read() as conn:
         rows = peers_repo.all_peers(conn)
     now = time.time()
+    latest = node.book.latest()
+    scores = {row["address"]: row for row in (latest or {}).get("rows", [])}
     out = []
     for r in rows:
         link = node.gossip.links.get(r["address"])
+        rep = scores.get(r["address"], {})
         out.append(
             {
                 "address": r["address"],
@@ -58,6 +63,9 @@ async def _rows(node: Supernode) -> list[dict[str, Any]]:
                 "banned_until": r["banned_until"] if (r["banned_until"] or 0) > now else None,
                 "push_queue": len(link.queue) if link else 0,
                 "is_local": r["address"] == node.address,
+                "reputation_score": rep.get("score"),
+                "reputation_invalid": rep.get("invalid", False),
+                "reputation_epoch": latest["epoch"] if latest else None,
             }
         )
     return out

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import aiohttp
 from loguru import logger
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import BlockNotFound, TransactionNotFound
 
 from supernode.errors import ChainError
 
@@ -46,7 +46,7 @@ class ChainClient:
         for attempt in range(self.read_retries + 1):
             try:
                 return await asyncio.wait_for(call(), timeout=self.timeout_s)
-            except TransactionNotFound:
+            except (TransactionNotFound, BlockNotFound):
                 raise  # an answer, not a failure: never retried
             except Exception as exc:  # noqa: BLE001 - timeouts, refused, RPC errors
                 last = exc
@@ -62,6 +62,16 @@ class ChainClient:
 
     async def block_number(self) -> int:
         return await self._read("eth_blockNumber", lambda: self.w3.eth.block_number)
+
+    async def block_timestamp(self, number: int) -> int | None:
+        """The timestamp of block ``number``, or None while it is not mined."""
+        if number < 0:
+            return None
+        try:
+            block = await self._read("eth_getBlockByNumber", lambda: self.w3.eth.get_block(number))
+        except BlockNotFound:
+            return None
+        return int(block["timestamp"])
 
     async def balance(self, address: str, block: int | None = None) -> int:
         ident = block if block is not None else "latest"

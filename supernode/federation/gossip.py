@@ -226,6 +226,7 @@ class Gossip:
         self.round_s = round_s
         self.batch_max = push.batch_max
         self.links: dict[str, PeerLink] = {}
+        self.last_probe: dict[str, bool] = {}  # the last probe's answers, by peer
         for m in network.members:
             if m.address == self.me:
                 continue
@@ -252,7 +253,10 @@ class Gossip:
             link.failed_at = time.time()
             return False
 
-        return sum(await asyncio.gather(*(one(link) for link in self.links.values())))
+        links = list(self.links.values())
+        answers = await asyncio.gather(*(one(link) for link in links))
+        self.last_probe = {link.member.address: ok for link, ok in zip(links, answers, strict=True)}
+        return sum(answers)
 
     def start(self) -> None:
         for link in self.links.values():

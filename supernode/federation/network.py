@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from supernode.crypto.keys import Identity, address_from_public_key, write_keystore
+from supernode.reputation.rules import ReputationRules
 
 Address = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
 
@@ -38,6 +39,8 @@ class NetworkFile(BaseModel):
     confirmations_required: int = Field(ge=1)
     epoch_blocks: int = Field(ge=1)
     members: list[Member] = Field(min_length=1)
+    # audit rates and score constants: every member must use the same
+    reputation: ReputationRules = Field(default_factory=ReputationRules)
 
     @field_validator("members")
     @classmethod
@@ -81,6 +84,7 @@ def init_network(
     epoch_blocks: int,
     light_kdf: bool,
     network_id: str | None = None,
+    reputation: ReputationRules | None = None,
 ) -> tuple[NetworkFile, list[Path]]:
     """Make a keystore per member URL and one for the payment address, and the network
     file listing the members. Returns the file and the members' keystore paths."""
@@ -110,6 +114,7 @@ def init_network(
         confirmations_required=confirmations_required,
         epoch_blocks=epoch_blocks,
         members=listed,
+        reputation=reputation or ReputationRules(),
     )
     net.save(out_dir / "network.json")
     return net, keystores

@@ -56,6 +56,7 @@ class ResultSummaryHandler:
                     "executor": c.env.sender,
                     "node_url": None,
                     "received_at": received_at,
+                    "created_at": c.env.created_at,
                 },
             )
 

@@ -338,3 +338,66 @@ class InferenceResult(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     node_url: Mapped[str | None] = mapped_column(String(512))
     received_at: Mapped[float] = mapped_column(Float)
+    # the executor's signed time: it places the request in an epoch (against block times)
+    created_at: Mapped[float | None] = mapped_column(Float, index=True)
+
+
+class ReputationEvent(Base):
+    """A signed reputation event (seed commitment or reveal, audit verdict, user rating,
+    liveness observation), decoded into columns; the envelope itself is in the log."""
+
+    __tablename__ = "reputation_events"
+    __table_args__ = (
+        Index("ix_reputation_events_epoch_kind", "epoch", "kind"),
+        Index("ix_reputation_events_sender_epoch", "sender", "epoch"),
+    )
+
+    envelope_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    sender: Mapped[str] = mapped_column(String(42))
+    subject: Mapped[str | None] = mapped_column(String(42))  # executor, observed peer
+    request_id: Mapped[str | None] = mapped_column(String(66), index=True)
+    value: Mapped[str | None] = mapped_column(String(80))  # verdict, commitment, seed...
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # the payload, canonical JSON
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditSeed(Base):
+    """This member's own audit seed per epoch: secret until its reveal."""
+
+    __tablename__ = "audit_seeds"
+
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seed: Mapped[str] = mapped_column(String(66))
+    committed: Mapped[int] = mapped_column(Integer, default=0)
+    revealed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditTask(Base):
+    """An audit this member drew: queued until done, then its verdict."""
+
+    __tablename__ = "audit_tasks"
+    __table_args__ = (Index("ix_audit_tasks_state_due", "state", "due_at"),)
+
+    request_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    executor: Mapped[str] = mapped_column(String(42))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))  # queued | done
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ReputationTable(Base):
+    """The tally and score table of a closed epoch, as this member computed them."""
+
+    __tablename__ = "reputation_tables"
+
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tally: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
+    scores: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
+    hash: Mapped[str] = mapped_column(String(66))
+    events: Mapped[int] = mapped_column(BigInteger)
+    computed_at: Mapped[float] = mapped_column(Float)

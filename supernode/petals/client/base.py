@@ -9,7 +9,8 @@ and a stream; the timeouts, the error handling and the breaker are here, the sam
 A call returns a non-empty answer (or yields chunks), or raises ``NodeFailure`` (the node is at
 fault: timeout, connection error, HTTP 5xx, ``"ok": false``, an error event), or raises
 ``NodeRejected`` (the node refused the request's parameters: a 4xx the caller caused). Empty
-output is judged by the pool (``pool.py``), which also picks nodes and fails over.
+output is judged by the pool (``pool.py``), which also picks nodes and fails over. ``score``
+(an auditor's check of a claimed output) returns None from a node that cannot score.
 
 Every call goes over aiohttp (httpx cost about 1 ms of CPU per request here; aiohttp has the
 WebSocket client too), in two keep-alive sessions per node: ``session`` for the short calls
@@ -90,6 +91,7 @@ class NodeClient(ABC):
         self.healthy = False
         self.models: tuple[str, ...] = ()
         self.limits: dict[str, int] = {}  # max_new_tokens, max_length where health tells
+        self.can_score = False  # whether its health answer says it scores claimed outputs
         self.last_check: float | None = None  # wall-clock time of the last health check
         self.inflight = 0
         self.failures = 0  # consecutive
@@ -116,6 +118,20 @@ class NodeClient(ABC):
 
     async def tokenize(self, model: str, text: str) -> int | None:
         """The model's own token count of ``text``, or None if this node cannot tell."""
+        return None
+
+    async def _score(
+        self,
+        model: str,
+        prompt: str,
+        output: str,
+        *,
+        repetition_penalty: float | None,
+        top_k: int | None,
+        tolerance: float | None,
+    ) -> dict[str, Any] | None:
+        """The node's score answer (see ``score``); the caller bounds it by ``request_s``.
+        None: this kind of node cannot score."""
         return None
 
     async def tokenizer_json(self, model: str) -> str | None:
@@ -229,6 +245,35 @@ class NodeClient(ABC):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise NodeFailure(
                 describe(exc, self.timeouts.request_s, self.timeouts.connect_s, "answer")
+            ) from None
+
+    async def score(
+        self,
+        model: str,
+        prompt: str,
+        output: str,
+        *,
+        repetition_penalty: float | None = None,
+        top_k: int | None = None,
+        tolerance: float | None = None,
+    ) -> dict[str, Any] | None:
+        """How ``model`` scores ``output`` as the continuation of ``prompt`` (in the node's
+        low lane), within ``request_s``: the node's answer, ``{"ok": true, "prompt_tokens",
+        "tokens", "first_failure", "first_outside_top_k", "end", "positions", ...}``; None
+        when this node cannot score. ``tolerance`` None: the node's default."""
+        try:
+            async with asyncio.timeout(self.timeouts.request_s):
+                return await self._score(
+                    model,
+                    prompt,
+                    output,
+                    repetition_penalty=repetition_penalty,
+                    top_k=top_k,
+                    tolerance=tolerance,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise NodeFailure(
+                describe(exc, self.timeouts.request_s, self.timeouts.connect_s, "score answer")
             ) from None
 
     async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[str]:

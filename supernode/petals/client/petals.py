@@ -1,9 +1,10 @@
 """A node speaking the Petals HTTP API as chat.petals.dev has it (``supernode petals-node`` too).
 
 ``POST /api/v1/generate`` (form fields) for a whole answer, the WebSocket ``/api/v2/generate``
-for a stream, ``GET /health`` for the models it serves and its limits; ``POST /api/v1/tokenize``
-and ``GET /api/v1/tokenizer`` for token counts. Refusals are ``"ok": false`` answers whose
-``error`` code says whether the request or the node was at fault.
+for a stream, ``GET /health`` for the models it serves, its limits and whether it scores;
+``POST /api/v1/tokenize`` and ``GET /api/v1/tokenizer`` for token counts; ``POST
+/api/v1/score`` for an auditor's check of a claimed output. Refusals are ``"ok": false``
+answers whose ``error`` code says whether the request or the node was at fault.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def petals_fields(params: GenerateParams) -> dict[str, Any]:
         "top_k": params.top_k,
         "top_p": params.top_p,
         "repetition_penalty": params.repetition_penalty,
+        "priority": "low" if params.low_priority else None,  # the node's default is normal
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -62,6 +64,21 @@ def judge_event(event: dict[str, Any], url: str) -> None:
             error_text(event), reason=reason if isinstance(reason, str) else None, node_url=url
         )
     raise NodeFailure(f"error event: {error_text(event)}")
+
+
+def check_score(body: dict[str, Any]) -> None:
+    """A score answer has its verdicts; ``NodeFailure`` otherwise."""
+    counts = [int_or_none(body.get(k)) for k in ("prompt_tokens", "tokens")]
+    marks = [body.get(k) for k in ("first_failure", "first_outside_top_k")]
+    end, positions = body.get("end"), body.get("positions")
+    if (
+        None in counts
+        or not all(m is None or int_or_none(m) is not None for m in marks)
+        or not isinstance(end, dict)
+        or not isinstance(end.get("eos_is_top"), bool)
+        or not isinstance(positions, list)
+    ):
+        raise NodeFailure("the score answer lacks its verdicts")
 
 
 class PetalsNodeClient(NodeClient):
@@ -87,6 +104,7 @@ class PetalsNodeClient(NodeClient):
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise NodeFailure("/health has no models list")
         limits = {k: v for k in ("max_new_tokens", "max_length") if (v := int_or_none(body.get(k)))}
+        self.can_score = body.get("can_score") is True  # nodes older than /api/v1/score: no
         return tuple(models), limits
 
     async def _post_form(self, path: str, form: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +123,35 @@ class PetalsNodeClient(NodeClient):
         return Answer(
             text, int_or_none(body.get("input_tokens")), int_or_none(body.get("output_tokens"))
         )
+
+    async def _score(
+        self,
+        model: str,
+        prompt: str,
+        output: str,
+        *,
+        repetition_penalty: float | None,
+        top_k: int | None,
+        tolerance: float | None,
+    ) -> dict[str, Any] | None:
+        if not self.can_score:
+            return None
+        form = {
+            "model": model,
+            "inputs": prompt,
+            "outputs": output,
+            "repetition_penalty": repetition_penalty,
+            "top_k": top_k,
+            "tolerance": tolerance,
+            "priority": "low",
+        }
+        body = await self._post_form(
+            "/api/v1/score", {k: v for k, v in form.items() if v is not None}
+        )
+        if body.get("ok") is not True:
+            judge_event(body, self.url)
+        check_score(body)
+        return body
 
     async def tokenize(self, model: str, text: str) -> int | None:
         try:

@@ -13,6 +13,11 @@ refuse it too.
 Breaker: ``breaker_failures`` consecutive failures open it for ``breaker_reset_s``; then it is
 half-open and lets one trial request through, whose outcome closes or reopens it.
 
+Audits: ``generate(..., low_priority=True)`` runs an auditor's re-run in the node's low lane
+(after the node's normal requests); ``score`` has a node that can score (a Petals node whose
+health says so) score another node's claimed output, with the same choice, fail-over and
+breaker as ``generate``, or returns None when no node can.
+
 Token counts: the first count for a model asks a node (``/api/v1/tokenize``) and fetches the
 model's tokenizer from it in the background (``/api/v1/tokenizer``); once its counts agree
 with the node's on a few probe texts, later counts are made here (the ``tokenizers``
@@ -28,7 +33,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from loguru import logger
@@ -225,10 +230,14 @@ class NodePool:
             for n in self._nodes
         ]
 
-    def _ready(self, model: str) -> list[NodeClient]:
-        """The nodes that can take a request for ``model`` now."""
+    def _ready(self, model: str, scoring: bool = False) -> list[NodeClient]:
+        """The nodes that can take a request for ``model`` now (and score, if ``scoring``)."""
         now = time.monotonic()
-        return [n for n in self._nodes if n.available(model, self.breaker_reset_s, now)]
+        return [
+            n
+            for n in self._nodes
+            if n.available(model, self.breaker_reset_s, now) and (n.can_score or not scoring)
+        ]
 
     def expected_wait_s(self, model: str) -> float:
         """How long a request for ``model`` sent now should take, judging by the recent
@@ -241,9 +250,11 @@ class NodePool:
 
     # --- choosing a node ----------------------------------------------------------------
 
-    def _pick(self, model: str, tried: list[NodeClient]) -> NodeClient | None:
+    def _pick(
+        self, model: str, tried: list[NodeClient], scoring: bool = False
+    ) -> NodeClient | None:
         """The least loaded available node, untried ones first; ties by weighted turns."""
-        ready = self._ready(model)
+        ready = self._ready(model, scoring)
         ready = [n for n in ready if n not in tried] or ready
         if not ready:
             return None
@@ -255,12 +266,12 @@ class NodePool:
         chosen.current_weight -= sum(n.config.weight for n in tied)
         return chosen
 
-    def _tries(self, model: str) -> Iterator[tuple[int, NodeClient]]:
+    def _tries(self, model: str, scoring: bool = False) -> Iterator[tuple[int, NodeClient]]:
         """(try number, node) for up to max_tries tries, never the same node twice while
         an untried one is left; stops early when no node can take the model."""
         tried: list[NodeClient] = []
         for attempt in range(1, self.max_tries + 1):
-            node = self._pick(model, tried)
+            node = self._pick(model, tried, scoring)
             if node is None:
                 return
             tried.append(node)
@@ -324,8 +335,13 @@ class NodePool:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def generate(self, model: str, prompt: str, params: GenerateParams) -> GenerateResult:
-        """One whole answer from the first node that gives a non-empty one."""
+    async def generate(
+        self, model: str, prompt: str, params: GenerateParams, low_priority: bool = False
+    ) -> GenerateResult:
+        """One whole answer from the first node that gives a non-empty one; with
+        ``low_priority``, in the node's low lane (an auditor's re-run)."""
+        if low_priority:
+            params = replace(params, low_priority=True)
         started = time.monotonic()
         errors: list[str] = []
         for attempt, node in self._tries(model):
@@ -354,6 +370,33 @@ class NodePool:
                 latency_s=took,
                 attempts=attempt,
             )
+        raise self._give_up(model, errors)
+
+    async def score(self, model: str, prompt: str, output: str, **kw: Any) -> dict[str, Any] | None:
+        """How a node serving ``model`` scores ``output`` as the continuation of ``prompt``
+        (``kw``: ``repetition_penalty``, ``top_k``, ``tolerance``, as ``NodeClient.score``):
+        its answer, with ``node_url`` added. None when no ready node can score the model;
+        ``NodeUnavailable`` when every node tried failed, ``NodeRejected`` when one refused."""
+        if not self._ready(model, scoring=True):
+            return None
+        errors: list[str] = []
+        for attempt, node in self._tries(model, scoring=True):
+            with self._lease(node):
+                try:
+                    body = await node.score(model, prompt, output, **kw)
+                except NodeFailure as exc:
+                    errors.append(self._failed(node, model, attempt, exc))
+                    continue
+                except NodeRejected as exc:
+                    node.record_success()  # it answered, and rightly: the node is fine
+                    logger.info("node {} refused to score for {}: {}", node.url, model, exc)
+                    raise
+                if body is None:  # it cannot score after all (its health changed): no verdict
+                    continue
+                node.record_success()
+            return {**body, "node_url": node.url}
+        if not errors:
+            return None
         raise self._give_up(model, errors)
 
     async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[str]:

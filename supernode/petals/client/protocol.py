@@ -28,6 +28,7 @@ class GenerateParams:
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float | None = None
+    low_priority: bool = False  # in the node's low lane (an audit's re-run); Petals nodes only
 
 
 def short(text: object) -> str:

@@ -2,8 +2,9 @@
 
 Wire (field names as chat.petals.dev has them):
 - ``POST /api/v1/generate``, form (or query or JSON) fields ``model, inputs, max_new_tokens |
-  max_length, do_sample, temperature, top_k, top_p, repetition_penalty`` (and ``seed``) →
-  ``{"ok": true, "outputs": text, "input_tokens", "output_tokens", "finish_reason"}``.
+  max_length, do_sample, temperature, top_k, top_p, repetition_penalty`` (and ``seed``, and
+  ``priority``: ``"normal"``, the default, or ``"low"``) → ``{"ok": true, "outputs": text,
+  "input_tokens", "output_tokens", "finish_reason"}``.
 - WebSocket ``/api/v2/generate``: ``{"type": "open_inference_session", "model", "max_length"}``
   → ``{"ok": true}``; then ``{"type": "generate", "inputs", "max_new_tokens", ...,
   "stop_sequence"?, "extra_stop_sequences"?}`` → ``{"ok": true, "outputs": chunk, "stop": false,
@@ -11,18 +12,33 @@ Wire (field names as chat.petals.dev has them):
   later step continues the text. As in chat.petals.dev, without a stop sequence a step makes
   ``max_new_tokens`` tokens; with one, it goes on until the text ends with a stop sequence, an
   end-of-text token or the session's ``max_length`` (at most ``max_new_tokens_limit`` a step).
+  A step may say ``"priority": "low"`` too.
+- ``POST /api/v1/score``, the same body formats, fields ``model, inputs`` (the prompt),
+  ``outputs`` (the claimed text), ``repetition_penalty``?, ``top_k``? (1 or more),
+  ``tolerance``? (logits, at least 0, default 1e-3), ``priority``? (``"low"``, the default, or
+  ``"normal"``) → ``{"ok": true, "prompt_tokens", "tokens", "first_failure",
+  "first_outside_top_k", "end": {"top_id", "eos_gap", "eos_is_top"}, "inserted",
+  "exact_text", "positions": [{"id", "top_id", "gap", "rank"}, ...]}``: the claimed tokens
+  scored in one forward pass, each against the model's logits before it (an auditor's check
+  of another node's output). ``first_failure`` is the first position whose token is not the
+  model's first choice by more than the tolerance (greedy), ``first_outside_top_k`` the first
+  below the k-th largest logit by more than it (sampled); ``end`` says whether the model would
+  end the text where it ends; ``positions`` holds the first ``MAX_SCORE_POSITIONS``.
 - ``POST /api/v1/tokenize``, the same body formats, fields ``model, inputs`` → ``{"ok": true,
   "token_count": n}``: the model's tokenizer's count, as ``input_tokens`` of ``generate``. It
   skips the generation worker's queue (it runs in asyncio's thread pool), so never waits for it.
 - ``GET /api/v1/tokenizer?model=`` → the model's fast tokenizer (``tokenizer.json``), so that
   a supernode counts tokens itself (it checks its counts against ``tokenize`` first).
-- ``GET /health`` → models, engine, in-flight requests, limits, generations served (``served``,
-  by API) and texts tokenized (``tokenized``).
+- ``GET /health`` → models, engine, in-flight requests (``busy``; ``busy_low`` for the low
+  lane), limits, generations served (``served``, by API), texts tokenized (``tokenized``),
+  outputs scored (``scored``) and ``"can_score": true``.
 
 Refusals are ``{"ok": false, "traceback": reason}`` with a 4xx status, never a Python traceback.
-One worker thread runs every generation in arrival order (torch gets the cores to itself), and
-each request has a deadline that covers its wait in the queue. Greedy decoding (``do_sample``
-false) is deterministic: the same prompt gives the same text, on v1 and v2 alike.
+One worker thread runs every generation and scoring (torch gets the cores to itself), normal
+requests in arrival order; a low-priority one (an audit's) waits until no normal request is
+queued or running, one at a time. Each request has a deadline that covers its wait in the
+queue. Greedy decoding (``do_sample`` false) is deterministic: the same prompt gives the same
+text, on v1 and v2 alike.
 
 The engine seam and its worker are in ``engine`` (the model in ``transformers_engine``), the
 request fields and body reading in ``wire``, the command that serves it all in ``run``. torch
@@ -32,6 +48,7 @@ and transformers are imported only when a model loads, after the offline switche
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -53,12 +70,15 @@ from supernode.errors import (
     PayloadTooLarge,
     SupernodeError,
 )
-from supernode.petals.server.engine import Engine, Job, Result, Worker, retrieve
+from supernode.petals.server.engine import Engine, Job, Result, ScoreResult, Worker, retrieve
 from supernode.petals.server.transformers_engine import TransformersEngine
 from supernode.petals.server.wire import (
     MAX_BODY_BYTES,
+    parse_float,
     parse_inputs,
     parse_int,
+    parse_outputs,
+    parse_priority,
     parse_sampling,
     parse_stop_sequences,
     read_values,
@@ -68,7 +88,10 @@ from supernode.petals.server.wire import (
 DEFAULT_MAX_NEW_TOKENS = 256  # most new tokens one request (or one session step) may make
 DEFAULT_TIMEOUT_S = 120.0  # one generation, its wait in the queue included
 DEFAULT_STEP_TIMEOUT_S = 300.0  # WebSocket: wait for the client's next message
-DEFAULT_MAX_QUEUE = 64  # requests queued or running before new ones get 503
+DEFAULT_MAX_QUEUE = 64  # requests queued or running before new ones get 503 (per lane)
+DEFAULT_SCORE_TOLERANCE = 1e-3  # logits: a claimed token this close to the top one passes
+MAX_SCORE_TOLERANCE = 1000.0
+MAX_SCORE_POSITIONS = 512  # scored positions a score answer lists (the verdicts cover all)
 
 
 # --- HTTP and WebSocket --------------------------------------------------------------
@@ -86,6 +109,7 @@ class ServedModel:
     sessions: int = 0  # open v2 sessions
     served: dict[str, int] = field(default_factory=lambda: {"v1": 0, "v2": 0})  # generations
     tokenized: int = 0
+    scored: int = 0
 
     def check_model(self, values: Mapping[str, Any]) -> None:
         """A request naming another model is refused (one naming none is for this one)."""
@@ -167,11 +191,14 @@ def create_petals_app(
             "models": [model.name],
             "engine": model.engine.name,
             "busy": model.worker.busy,
+            "busy_low": model.worker.busy_low,
             "sessions": model.sessions,
             "max_new_tokens": model.limit,
             "max_length": model.engine.max_length,
             "served": model.served,
             "tokenized": model.tokenized,
+            "scored": model.scored,
+            "can_score": True,
         }
 
     @app.post("/api/v1/generate")
@@ -186,8 +213,9 @@ def create_petals_app(
         max_length = parse_int(values, "max_length", 1, model.engine.max_length)
         if max_new is None and max_length is None:
             raise BadRequest("give max_new_tokens (or max_length)", reason="missing_max_new_tokens")
+        low = parse_priority(values, default="normal")
         job = Job(inputs, sampling, max_new, max_length or model.engine.max_length, model.limit)
-        result = await model.worker.run(job)
+        result = await model.worker.run(job, low=low)
         model.served["v1"] += 1
         logger.info(
             "v1 generate: {} + {} tokens in {:.3f} s ({})",
@@ -204,6 +232,48 @@ def create_petals_app(
             "output_tokens": len(result.token_ids),
             "finish_reason": result.finish_reason,
         }
+
+    @app.post("/api/v1/score")
+    async def score(request: Request) -> dict[str, Any]:
+        """Score another node's claimed output in one forward pass (an audit's check)."""
+        values = await read_values(request)
+        model.check_model(values)
+        prompt = parse_inputs(values, required=True)
+        assert prompt is not None  # required
+        output = parse_outputs(values)
+        penalty = parse_float(values, "repetition_penalty", lo=0.0, hi=100.0)
+        top_k = parse_int(values, "top_k", 1, 1_000_000)
+        tolerance = parse_float(
+            values, "tolerance", lo=0.0, hi=MAX_SCORE_TOLERANCE, lo_included=True
+        )
+        tolerance = DEFAULT_SCORE_TOLERANCE if tolerance is None else tolerance
+        low = parse_priority(values, default="low")
+
+        def run(cancel: threading.Event, deadline: float) -> ScoreResult:
+            return model.engine.score(
+                prompt,
+                output,
+                repetition_penalty=penalty,
+                top_k=top_k,
+                tolerance=tolerance,
+                cancel=cancel,
+                deadline=deadline,
+            )
+
+        result = await model.worker.call(run, low=low)
+        model.scored += 1
+        logger.info(
+            "score: {} + {} tokens in {:.3f} s: first failure {}, outside top-k {}, "
+            "end by eos {}{}",
+            result.prompt_tokens,
+            result.tokens,
+            result.seconds,
+            result.first_failure,
+            result.first_outside_top_k,
+            result.end.eos_is_top,
+            f", {len(result.inserted)} silent tokens put back" if result.inserted else "",
+        )
+        return {"ok": True, "model": model.name, **score_body(result)}
 
     @app.get("/api/v1/tokenizer")
     async def tokenizer(request: Request) -> Response:
@@ -249,6 +319,27 @@ def create_petals_app(
             model.sessions -= 1
 
     return app
+
+
+def score_body(result: ScoreResult) -> dict[str, Any]:
+    """A score answer's fields (all but ``ok`` and ``model``)."""
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "tokens": result.tokens,
+        "first_failure": result.first_failure,
+        "first_outside_top_k": result.first_outside_top_k,
+        "end": {
+            "top_id": result.end.top_id,
+            "eos_gap": result.end.eos_gap,
+            "eos_is_top": result.end.eos_is_top,
+        },
+        "inserted": list(result.inserted),
+        "exact_text": result.exact_text,
+        "positions": [
+            {"id": p.id, "top_id": p.top_id, "gap": p.gap, "rank": p.rank}
+            for p in result.positions[:MAX_SCORE_POSITIONS]
+        ],
+    }
 
 
 async def _close(ws: WebSocket, message: dict[str, Any], code: int) -> None:
@@ -305,11 +396,11 @@ async def _session(ws: WebSocket, model: ServedModel) -> None:
             tuple(history),
             stops,
         )
-        result = await _stream(ws, model, job)
+        result = await _stream(ws, model, job, low=parse_priority(step, default="normal"))
         history += result.input_ids + result.token_ids
 
 
-async def _stream(ws: WebSocket, model: ServedModel, job: Job) -> Result:
+async def _stream(ws: WebSocket, model: ServedModel, job: Job, *, low: bool = False) -> Result:
     """Run one step, sending text as it comes; the last message says ``"stop": true``."""
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
@@ -317,7 +408,7 @@ async def _stream(ws: WebSocket, model: ServedModel, job: Job) -> Result:
     def sink(text: str, tokens: int) -> None:  # on the worker thread
         loop.call_soon_threadsafe(chunks.put_nowait, (text, tokens))
 
-    task = asyncio.create_task(model.worker.run(job, sink))
+    task = asyncio.create_task(model.worker.run(job, sink, low=low))
     task.add_done_callback(lambda _: chunks.put_nowait(None))  # after every chunk
     try:
         held: tuple[str, int] | None = None  # one chunk back, so the last can carry stop=true

@@ -1,10 +1,12 @@
 """The Petals node's engine seam and its worker: what a model must offer (``Engine``), the jobs
 it runs, and the one thread that runs them.
 
-``Engine`` is what the app and the worker need of a model: its tokenizer and its generation.
-``TransformersEngine`` (``transformers_engine.py``) is the one engine so far; a Petals swarm
-client would be another. ``Worker`` runs every job on one thread in arrival order, with a
-deadline that covers the wait in the queue.
+``Engine`` is what the app and the worker need of a model: its tokenizer, its generation and
+its scoring of a claimed output (what an auditor asks: would this model have written these
+tokens?). ``TransformersEngine`` (``transformers_engine.py``) is the one engine so far; a Petals
+swarm client would be another. ``Worker`` runs every job on one thread, with a deadline that
+covers the wait in the queue: normal jobs in arrival order, and low-priority ones (audits) only
+when no normal job is queued or running, one at a time.
 
 Importing this module imports neither torch nor transformers.
 """
@@ -14,15 +16,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from supernode.errors import GenerationTimeout, Unavailable
 
 HARD_TIMEOUT_GRACE_S = 10.0  # past the deadline, stop waiting even if a forward pass hangs
 ChunkSink = Callable[[str, int], None]  # (text, tokens it took); called on the worker thread
+T = TypeVar("T")
+# What the worker runs: called on its thread with (cancel, deadline), as ``Engine.generate`` is.
+JobCall = Callable[[threading.Event, float], T]
 
 
 # --- jobs ----------------------------------------------------------------------------
@@ -63,16 +70,59 @@ class Result:
     seconds: float
 
 
+@dataclass(frozen=True)
+class ScoredToken:
+    """One claimed token, against the model's logits at the position before it."""
+
+    id: int  # the claimed token
+    top_id: int  # the model's first choice there
+    gap: float  # top logit - claimed logit (0 when the claimed token is a first choice)
+    rank: int  # how many tokens have a higher logit than the claimed one (0: top)
+
+
+@dataclass(frozen=True)
+class ScoreEnd:
+    """The position after the last claimed token: would the model end the text there?"""
+
+    top_id: int
+    eos_gap: float | None  # top logit - the highest end-of-text logit (None: the model has none)
+    eos_is_top: bool  # an end-of-text token is the first choice, within the tolerance
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A claimed output scored in one forward pass (one more per silent token put back).
+
+    ``first_failure``: the first position whose claimed token is not the first choice by more
+    than the tolerance (the greedy rule); ``first_outside_top_k``: the first whose claimed logit
+    is below the k-th largest by more than the tolerance (the sampled rule; None when no
+    ``top_k`` was asked). ``inserted``: positions where a silent token (a special token that
+    decoding drops, such as ``<unk>`` or ``<pad>``) was put back because the rule asked for it
+    there; the text cannot show such tokens, so an honest generation may have held them.
+    ``exact_text``: the claimed tokens decode back to exactly the claimed text (False for text
+    the tokenizer changes: case it folds, words it does not know)."""
+
+    prompt_tokens: int
+    tokens: int  # claimed tokens, those put back included
+    positions: tuple[ScoredToken, ...]
+    first_failure: int | None
+    first_outside_top_k: int | None
+    end: ScoreEnd
+    inserted: tuple[int, ...]
+    exact_text: bool
+    seconds: float
+
+
 # --- the engine seam ------------------------------------------------------------------
 
 
 class Engine(Protocol):
-    """A model the node serves: its tokenizer and its generation.
+    """A model the node serves: its tokenizer, its generation and its scoring.
 
     ``TransformersEngine`` (``transformers_engine.py``) runs a local causal LM; another engine
-    (a Petals swarm client) fits beside it by having the same members. ``generate`` runs on
-    the worker's one thread; ``encode`` and ``tokenizer_json`` only read and may be called
-    from any thread."""
+    (a Petals swarm client) fits beside it by having the same members. ``generate`` and
+    ``score`` run on the worker's one thread; ``encode`` and ``tokenizer_json`` only read and
+    may be called from any thread."""
 
     name: str  # what /health says runs the model, e.g. "transformers"
     device: str  # where it runs, for the start-up log
@@ -94,42 +144,87 @@ class Engine(Protocol):
         ``deadline`` (monotonic), ``BadRequest`` for a prompt that does not fit."""
         ...
 
+    def score(
+        self,
+        prompt: str,
+        output: str,
+        *,
+        repetition_penalty: float | None,
+        top_k: int | None,
+        tolerance: float,
+        cancel: threading.Event,
+        deadline: float,
+    ) -> ScoreResult:
+        """Score ``output`` as a continuation of ``prompt`` (see ``ScoreResult``), the logits
+        penalised as generation penalises them; ``BadRequest`` (``too_long``) when both do not
+        fit in ``max_length``; cancel and deadline as ``generate``."""
+        ...
+
 
 # --- the worker -----------------------------------------------------------------------
 
 
 class Worker:
-    """Runs every job on one thread, in arrival order; ``busy`` counts queued and running."""
+    """Runs every job on one thread. Normal jobs run in arrival order. A low-priority job (an
+    audit's) waits, in the event loop, until no normal job is queued or running, and only one
+    runs at a time: a normal job never waits behind a queued low one, at most behind the one
+    low job already running. ``busy`` counts normal jobs queued and running; ``busy_low`` low
+    ones waiting and running. Each job's deadline covers its wait."""
 
     def __init__(self, engine: Engine, timeout_s: float, max_queue: int) -> None:
         self.engine, self.timeout_s, self.max_queue = engine, timeout_s, max_queue
         self.busy = 0
+        self.busy_low = 0
+        self._low_running = False
+        self._low_waiters: deque[asyncio.Future[None]] = deque()  # first come, first woken
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petals-generate")
         self._cancels: set[threading.Event] = set()
 
-    async def run(self, job: Job, sink: ChunkSink | None = None) -> Result:
-        if self.busy >= self.max_queue:
-            raise Unavailable(f"{self.busy} requests are in line; try again soon", reason="busy")
+    async def run(self, job: Job, sink: ChunkSink | None = None, *, low: bool = False) -> Result:
+        """Generate ``job`` (its text to ``sink`` as it comes), in the low lane if ``low``."""
+
+        def generate(cancel: threading.Event, deadline: float) -> Result:
+            return self.engine.generate(job, cancel, deadline, sink)
+
+        return await self.call(generate, low=low)
+
+    async def call(self, fn: JobCall[T], *, low: bool = False) -> T:
+        """Run ``fn(cancel, deadline)`` on the worker thread, in the low lane if ``low``."""
+        waiting = self.busy_low if low else self.busy
+        if waiting >= self.max_queue:
+            lane = "low-priority requests" if low else "requests"
+            raise Unavailable(f"{waiting} {lane} are in line; try again soon", reason="busy")
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         deadline = time.monotonic() + self.timeout_s
-        self.busy += 1
+        if low:
+            self.busy_low += 1
+            try:
+                await self._low_turn(deadline)
+            except BaseException:
+                self.busy_low -= 1
+                raise
+        else:
+            self.busy += 1
         self._cancels.add(cancel)
 
-        def done(_: Future[Result]) -> None:
+        def done(_: Future[T]) -> None:
             try:
-                loop.call_soon_threadsafe(self._release, cancel)
+                loop.call_soon_threadsafe(self._release, cancel, low)
             except RuntimeError:  # the loop has closed
                 pass
 
-        fut = self._pool.submit(self.engine.generate, job, cancel, deadline, sink)
+        try:
+            fut = self._pool.submit(fn, cancel, deadline)
+        except RuntimeError:  # closed: the node is stopping
+            self._release(cancel, low)
+            raise Unavailable("the node is stopping", reason="stopping") from None
         fut.add_done_callback(done)
         result = asyncio.wrap_future(fut)
         result.add_done_callback(retrieve)  # a dropped job's error is not "never retrieved"
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(result), self.timeout_s + HARD_TIMEOUT_GRACE_S
-            )
+            left = max(0.0, deadline - time.monotonic())
+            return await asyncio.wait_for(asyncio.shield(result), left + HARD_TIMEOUT_GRACE_S)
         except TimeoutError:
             raise GenerationTimeout(f"no result in {self.timeout_s} s", reason="deadline") from None
         finally:
@@ -137,9 +232,51 @@ class Worker:
                 cancel.set()
                 fut.cancel()
 
-    def _release(self, cancel: threading.Event) -> None:
-        self.busy -= 1
+    async def _low_turn(self, deadline: float) -> None:
+        """Wait until no normal job is queued or running and no low job runs, then take the
+        low lane. A job woken that finds a normal job arrived first waits again, at the front."""
+        loop = asyncio.get_running_loop()
+        front = False
+        while self.busy or self._low_running:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GenerationTimeout(
+                    f"no turn in the low-priority lane within {self.timeout_s} s", reason="deadline"
+                )
+            waiter: asyncio.Future[None] = loop.create_future()
+            (self._low_waiters.appendleft if front else self._low_waiters.append)(waiter)
+            try:
+                await asyncio.wait((waiter,), timeout=left)
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, but leaving: the turn goes to the next
+                raise
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with suppress(ValueError):
+                    self._low_waiters.remove(waiter)
+            front = True
+        self._low_running = True
+
+    def _wake(self) -> None:
+        """Wake the first low job waiting, if the lane is free."""
+        if self.busy or self._low_running:
+            return
+        while self._low_waiters:
+            waiter = self._low_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _release(self, cancel: threading.Event, low: bool) -> None:
+        if low:
+            self.busy_low -= 1
+            self._low_running = False
+        else:
+            self.busy -= 1
         self._cancels.discard(cancel)
+        self._wake()
 
     def close(self) -> None:
         for cancel in list(self._cancels):
@@ -147,6 +284,6 @@ class Worker:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def retrieve(fut: asyncio.Future[Result]) -> None:
+def retrieve(fut: asyncio.Future[T]) -> None:
     if not fut.cancelled():
         fut.exception()

@@ -28,6 +28,7 @@ def run_petals_node(
     model_path: str | None = None,
     tiny_random_dir: Path | None = None,
     *,
+    tiny_seed: int = 0,
     model_name: str | None = None,
     max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -47,7 +48,7 @@ def run_petals_node(
             _offline()
             from supernode.petals.server.tiny_model import make_tiny_model
 
-            model_path = str(make_tiny_model(Path(tiny_random_dir)))
+            model_path = str(make_tiny_model(Path(tiny_random_dir), tiny_seed))
         elif Path(str(model_path)).is_dir():
             _offline()
         elif str(model_path).startswith(("/", ".", "~")):
@@ -82,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--tiny-random", metavar="DIR", help="make (or reuse) a tiny random model in DIR"
     )
+    parser.add_argument(
+        "--tiny-seed",
+        type=int,
+        default=0,
+        help="seed of the tiny random model's weights (--tiny-random; the tokenizer is the same)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--model-name", default=None, help="name to serve (default: folder name)")
@@ -99,6 +106,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.port,
         args.model,
         Path(args.tiny_random) if args.tiny_random else None,
+        tiny_seed=args.tiny_seed,
         model_name=args.model_name,
         max_new_tokens_limit=args.max_new_tokens,
         timeout_s=args.timeout,

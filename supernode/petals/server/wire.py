@@ -19,6 +19,7 @@ from supernode.petals.server.engine import Sampling
 
 MAX_INPUT_CHARS = 100_000  # longest `inputs` text
 MAX_BODY_BYTES = 1_000_000  # largest v1 request body or v2 message
+PRIORITIES = ("normal", "low")  # the worker's lanes: low waits until no normal job is in line
 
 
 def short(raw: object) -> str:
@@ -43,8 +44,10 @@ def parse_int(values: Mapping[str, Any], name: str, lo: int, hi: int) -> int | N
     return value
 
 
-def parse_float(values: Mapping[str, Any], name: str, *, lo: float, hi: float) -> float | None:
-    """An optional finite number in ``(lo, hi]``."""
+def parse_float(
+    values: Mapping[str, Any], name: str, *, lo: float, hi: float, lo_included: bool = False
+) -> float | None:
+    """An optional finite number in ``(lo, hi]`` (``[lo, hi]`` with ``lo_included``)."""
     raw = values.get(name)
     if raw is None or raw == "":
         return None
@@ -55,9 +58,12 @@ def parse_float(values: Mapping[str, Any], name: str, *, lo: float, hi: float) -
     except (TypeError, ValueError):
         detail = f"{name} must be a number, got {short(raw)}"
         raise BadRequest(detail, reason="bad_number") from None
-    if not math.isfinite(value) or not lo < value <= hi:
+    above = lo <= value if lo_included else lo < value
+    if not math.isfinite(value) or not above or value > hi:
+        least = "at least" if lo_included else "over"
         raise BadRequest(
-            f"{name} must be over {lo} and at most {hi}, got {short(raw)}", reason="out_of_range"
+            f"{name} must be {least} {lo} and at most {hi}, got {short(raw)}",
+            reason="out_of_range",
         )
     return value
 
@@ -98,6 +104,29 @@ def parse_inputs(values: Mapping[str, Any], *, required: bool) -> str | None:
     if required and not raw.strip():
         raise BadRequest("inputs is empty", reason="empty_inputs")
     return raw
+
+
+def parse_outputs(values: Mapping[str, Any]) -> str:
+    """``outputs`` of a score request: the claimed text (empty is allowed: a model may end at
+    once)."""
+    raw = values.get("outputs")
+    if not isinstance(raw, str):
+        detail = "outputs is missing" if raw is None else "outputs must be text"
+        raise BadRequest(detail, reason="bad_outputs")
+    if len(raw) > MAX_INPUT_CHARS:
+        raise PayloadTooLarge(f"outputs is {len(raw)} characters, over {MAX_INPUT_CHARS}")
+    return raw
+
+
+def parse_priority(values: Mapping[str, Any], *, default: str) -> bool:
+    """``priority``: "normal" or "low" (``default`` when absent); True for the low lane."""
+    raw = values.get("priority")
+    if raw is None or raw == "":
+        raw = default
+    if raw not in PRIORITIES:
+        detail = f"priority must be one of {', '.join(PRIORITIES)}, got {short(raw)}"
+        raise BadRequest(detail, reason="bad_priority")
+    return raw == "low"
 
 
 def parse_stop_sequences(values: Mapping[str, Any]) -> tuple[str, ...]:
