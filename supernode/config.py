@@ -190,9 +190,15 @@ class Settings(BaseSettings):
     usage_quote_ttl_s: int = Field(default=600, gt=0)
 
     # --- audits and reputation (the federation-wide rules are in the network file) ------
+    # Whether this member audits its peers. Off, it still commits and reveals its seeds
+    # (so it is still drawn), and each audit it is drawn for and skips counts against it.
+    audits_enabled: bool = True
     # Seconds between audit rounds (read the epoch, update the score tables, commit and
     # reveal seeds, draw and start audits).
     audit_interval_s: float = Field(default=2.0, gt=0)
+    # Seconds an audit waits after the request's summary arrives (the executor records
+    # the result just after it announces it).
+    audit_delay_s: float = Field(default=2.0, ge=0, le=3600)
     # Audits running at once on this daemon.
     audit_max_in_flight: int = Field(default=2, ge=1, le=64)
     # Audits started per minute at most (bounds the CPU audits take from the node).

@@ -203,6 +203,7 @@ class Supernode:
                 )
             )
         self.intake.on_stored.append(self._reputation_changed)
+        self.inference.is_invalid = self.book.is_invalid
         self.auditor = Auditor(
             identity=identity,
             network=network,

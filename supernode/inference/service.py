@@ -86,6 +86,8 @@ class InferenceService:
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[Any]] = set()  # results answered, being recorded
+        # whether the last reputation table marks an executor invalid (set by the node)
+        self.is_invalid: Any = lambda address: False
 
     async def stop(self) -> None:
         if self._recording:  # answered already: let their records land (bounded)
@@ -467,10 +469,18 @@ class InferenceService:
         return {"request_id": request_id, "status": repo.RUNNING}
 
     def status(self, request_id: str) -> dict[str, Any]:
-        return results.status(self.db, self.me, request_id)
+        return self._flag(results.status(self.db, self.me, request_id))
 
     def result(self, request_id: str, caller: str, operator: bool) -> dict[str, Any]:
-        return results.result(self.db, request_id, caller, operator)
+        return self._flag(
+            {**results.result(self.db, request_id, caller, operator), "executor": self.me}
+        )
+
+    def _flag(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """Mark an answer whose executor the federation's reputation table holds invalid
+        (it failed its audits several times in a row): its results are suspect."""
+        invalid = self.is_invalid(answer.get("executor", ""))
+        return {**answer, "executor_invalid": invalid}
 
 
 def _progress(refunded: int) -> tuple[Record, ...]:

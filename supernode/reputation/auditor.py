@@ -16,8 +16,8 @@ For every completed request of another executor it checks whether its seed draws
    pass: it fails only at a token that is not the local model's top choice by more than
    the tolerance, or where the executor stopped but the model would not have (a text cut
    short); otherwise it passes (a near-tie between machines);
-5. sampled: the hash and count checks, and where the node can score and the request set
-   ``top_k``, every token within the top ``k``.
+5. sampled: the hash and count checks, and where the node can score, every token within
+   the top ``k`` (the request's ``top_k``, else the 50 a Petals node samples from).
 
 The verdict is a signed event (events.VERDICT) carrying the executor's summary as
 evidence. Audits are bounded: at most ``audit_max_in_flight`` at once and
@@ -64,6 +64,7 @@ AUDIT_FETCH = "audit_fetch"  # transport: an auditor asks an executor for a resu
 AUDIT_RESULT = "audit_result"  # the executor's signed answer, to that auditor
 AUDIT_RESULT_TTL_S = 600
 DRAW_PAGE = 500  # summaries looked at per tick
+SAMPLING_TOP_K = 50  # what a Petals node samples from when a request sets no top_k
 
 
 class AuditFetchPayload(Payload):
@@ -184,7 +185,7 @@ class Auditor:
             f"{link.member.url}/audit_result", body, timeout_s=self.s.audit_fetch_timeout_s
         )
         if resp.status != 200:
-            raise PeerError(f"HTTP {resp.status}: {resp.text()[:200]}")
+            raise PeerError(f"HTTP {resp.status}: {resp.text[:200]}")
         env, p = open_envelope(
             resp.json(),
             AUDIT_RESULT,
@@ -210,8 +211,9 @@ class Auditor:
             return
         await self._seeds()
         await self._liveness()
-        await self._draw()
-        await self._start_due()
+        if self.s.audits_enabled:
+            await self._draw()
+            await self._start_due()
 
     def observe_probes(self, answered: dict[str, bool]) -> None:
         """The peer probe's answers (address -> answered), counted for this epoch."""
@@ -307,7 +309,7 @@ class Auditor:
                                         "epoch": epoch,
                                         "state": "queued",
                                         "attempts": 0,
-                                        "due_at": now,
+                                        "due_at": now + self.s.audit_delay_s,
                                     },
                                 )
                             self.counts["assigned"] += 1
@@ -328,12 +330,25 @@ class Auditor:
         for task in due:
             if any(t.get_name() == task["request_id"] for t in self._tasks):
                 continue
-            t = asyncio.create_task(self._audit(task), name=task["request_id"])
+            t = asyncio.create_task(self._guarded(task), name=task["request_id"])
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
             self._started.append(now)
 
     # -- one audit ------------------------------------------------------------------------
+    async def _guarded(self, task: dict[str, Any]) -> None:
+        """An audit that fails unexpectedly is logged and tried again later, never spun on."""
+        try:
+            await self._audit(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one audit must not take the auditor down
+            logger.exception("audit {} failed; trying again later", task["request_id"][:12])
+            async with self.db.write(repo.TASKS) as conn:
+                repo.update_task(
+                    conn, task["request_id"], due_at=time.time() + 30 * self.s.audit_retry_s
+                )
+
     async def _audit(self, task: dict[str, Any]) -> None:
         request_id, executor = task["request_id"], task["executor"]
         try:
@@ -409,17 +424,20 @@ class Auditor:
             if (
                 scored["tokens"] < params.max_new_tokens
                 and not end["eos_is_top"]
+                and end["eos_gap"] is not None  # None: the model has no end-of-text token
                 and end["eos_gap"] > tol
             ):
                 pos = scored["tokens"]
                 return rules.FAIL, pos, f"the text stops at token {pos}; the model goes on"
             return rules.PASS, None, "a different text within the tolerance (near-ties)"
-        if params.top_k is not None:
-            scored = await self._score(served, params, params.top_k)
-            if scored is not None and scored["first_outside_top_k"] is not None:
-                pos = scored["first_outside_top_k"]
-                return rules.FAIL, pos, f"token {pos} is outside the top {params.top_k}"
-        return rules.PASS, None, "sampled: hash and counts match"
+        top_k = params.top_k or SAMPLING_TOP_K
+        scored = await self._score(served, params, top_k)
+        if scored is None:
+            return rules.PASS, None, "sampled: hash and counts match (no local node can score)"
+        if scored["first_outside_top_k"] is not None:
+            pos = scored["first_outside_top_k"]
+            return rules.FAIL, pos, f"token {pos} is outside the top {top_k}"
+        return rules.PASS, None, f"sampled: hash and counts match, every token in the top {top_k}"
 
     async def _score(
         self, served: AuditResultPayload, params: GenerateParams, top_k: int | None

@@ -45,6 +45,7 @@ class ReputationBook:
         self._dirty_from: int | None = None
         self._tables: dict[int, dict[str, Any]] = {}  # epoch -> scores (recent ones)
         self.computed = 0  # tables computed since start (metrics)
+        self._latest: dict[str, Any] | None = None
 
     # -- what others ask ---------------------------------------------------------------
     def mark_dirty(self, epoch: int) -> None:
@@ -64,18 +65,15 @@ class ReputationBook:
         return tbl
 
     def latest(self) -> dict[str, Any] | None:
-        """The table of the last closed epoch computed here, with its hash."""
-        with self.db.read() as conn:
-            row = repo.latest_table(conn)
-        if row is None:
-            return None
-        return {
-            "epoch": row["epoch"],
-            "hash": row["hash"],
-            "events": row["events"],
-            "computed_at": row["computed_at"],
-            **json.loads(row["scores"]),
-        }
+        """The table of the last closed epoch computed here, with its hash (kept in memory:
+        status answers and the member list read it on every call)."""
+        if self._latest is None:
+            with self.db.read() as conn:
+                row = repo.latest_table(conn)
+            if row is None:
+                return None
+            self._latest = _view(row)
+        return self._latest
 
     def rate_for(self, executor: str, epoch: int) -> int | None:
         """``executor``'s audit rate in ``epoch`` (bps), or None until its source table
@@ -87,6 +85,11 @@ class ReputationBook:
         if tbl is None:
             return None
         return rules.rates_from(tbl, self.members, self.rules).get(executor)
+
+    def is_invalid(self, address: str) -> bool:
+        """The last table marks ``address`` invalid (failed audits in a row)."""
+        row = self.row(address)
+        return bool(row and row["invalid"])
 
     def missed_audits(self, address: str) -> int:
         """Audits ``address`` was assigned and never did, in the last computed epoch."""
@@ -151,18 +154,18 @@ class ReputationBook:
         window[epoch] = tally
         tbl = rules.table(epoch, self.members, {e: t for e, t in window.items() if t}, self.rules)
         digest = rules.table_hash(tbl)
+        row = {
+            "epoch": epoch,
+            "tally": canonical_json({m: rules.tally_to_dict(t) for m, t in tally.items()}),
+            "scores": canonical_json(tbl),
+            "hash": digest,
+            "events": len(events),
+            "computed_at": time.time(),
+        }
         async with self.db.write(repo.TABLES) as conn:
-            repo.put_table(
-                conn,
-                {
-                    "epoch": epoch,
-                    "tally": canonical_json({m: rules.tally_to_dict(t) for m, t in tally.items()}),
-                    "scores": canonical_json(tbl),
-                    "hash": digest,
-                    "events": len(events),
-                    "computed_at": time.time(),
-                },
-            )
+            repo.put_table(conn, row)
+        if self._latest is None or epoch >= self._latest["epoch"]:
+            self._latest = _view(row)
         self._remember(epoch, tbl)
         self.computed += 1
         logger.info(
@@ -180,6 +183,16 @@ class ReputationBook:
         self._tables[epoch] = tbl
         while len(self._tables) > 2 * self.rules.window_epochs + 8:
             self._tables.pop(min(self._tables))
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "epoch": row["epoch"],
+        "hash": row["hash"],
+        "events": row["events"],
+        "computed_at": row["computed_at"],
+        **json.loads(row["scores"]),
+    }
 
 
 def _tallies(row: dict[str, Any] | None) -> dict[str, rules.Tally]:
