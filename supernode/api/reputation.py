@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from supernode.api.deps import ENVELOPE_BODY, get_node
 from supernode.api.guard import read_json
 from supernode.api.limits import limited
-from supernode.errors import BadRequest
+from supernode.errors import BadRequest, NotFound
 from supernode.ledger import reputation as repo
 from supernode.node import Supernode
 from supernode.reputation.submit import submit_event
@@ -66,7 +66,7 @@ async def reputation_scores(
     with node.db.read() as conn:
         row = repo.get_table(conn, epoch)
     if row is None:
-        raise BadRequest(f"no table for epoch {epoch} here (not closed, or before this ledger)")
+        raise NotFound(f"no table for epoch {epoch} here (not closed, or before this ledger)")
     return {
         "epoch": epoch,
         "hash": row["hash"],

@@ -221,4 +221,9 @@ def get_table(conn: sqlite3.Connection, epoch: int) -> dict[str, Any] | None:
 
 
 def latest_table(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    return dict_row(conn.execute("SELECT * FROM reputation_tables ORDER BY epoch DESC LIMIT 1"))
+    return dict_row(
+        conn.execute(
+            "SELECT * FROM reputation_tables"
+            " WHERE epoch = (SELECT max(epoch) FROM reputation_tables)"
+        )
+    )

@@ -12,6 +12,7 @@ from supernode.ledger import credits as credits_repo
 from supernode.ledger import envelopes as env_repo
 from supernode.ledger import inference as inf_repo
 from supernode.ledger import peers as peers_repo
+from supernode.ledger import reputation as rep_repo
 from supernode.ledger import spends as spends_repo
 from supernode.ledger.db import run_migrations
 
@@ -30,6 +31,10 @@ GROWING = {
     "refunds",
     "inference_requests",
     "inference_results",
+    "reputation_events",
+    "audit_tasks",
+    "audit_seeds",
+    "reputation_tables",
 }
 PACK, REQ, DELEGATION = "0x" + "aa" * 32, "0x" + "bb" * 32, "0x" + "dd" * 32
 ADDR = "0x" + "11" * 20
@@ -129,6 +134,23 @@ def hot_path(conn: sqlite3.Connection) -> None:
     credits_repo.get_purchase(conn, PACK)
     credits_repo.get_pack(conn, PACK)
     credits_repo.payment_user(conn, 1, "0x" + "cc" * 32)
+    # audits and reputation: the intake's checks, the auditor's round, an epoch's table
+    rep_repo.commitments(conn, ADDR, 7)
+    rep_repo.revealed_seed(conn, ADDR, 7)
+    rep_repo.has_event(conn, ADDR, 7, "liveness")
+    rep_repo.summary_of(conn, REQ)
+    rep_repo.spend_payer(conn, REQ)
+    rep_repo.summaries_since(conn, 10, 500)
+    rep_repo.summaries_between(conn, 100.0, 200.0)
+    rep_repo.events_of(conn, 7)
+    rep_repo.events_by(conn, ADDR, 7, 100)
+    rep_repo.events_about(conn, ADDR, 7, 100)
+    rep_repo.seed_for(conn, 7)
+    rep_repo.seeds_to_reveal(conn, 7)
+    rep_repo.due_tasks(conn, 100.0, 4)
+    rep_repo.update_task(conn, REQ, state="done")
+    rep_repo.get_table(conn, 7)
+    rep_repo.latest_table(conn)
 
 
 def test_no_hot_statement_scans_a_growing_table(tmp_path: Path) -> None:
