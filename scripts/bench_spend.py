@@ -66,6 +66,16 @@ Figures:
   envelopes per push (``push_batch``), intake calls per commit (``intake_commit``) and HTTP
   requests per certificate (the client's order + vote batches + pushes).
 
+Audits: ``--audits on|off`` sets every daemon's ``SUPERNODE_AUDITS_ENABLED`` (default on,
+the daemon's default); ``--audit-rate-bps N`` sets the network file's reputation rule
+``fixed_rate_bps``: every executor is audited on N / 10,000 of its requests (500 is 5%, an
+executor's rate at 5,000 requests in the score window; default: the rules' own rates).
+``--block-time S`` has anvil mine a block every S s (default: a block per transaction), so
+that epochs pass and the reputation jobs (seeds, liveness, tables, audit rounds) really run
+during the spends. The spends carry no inference, so nothing is drawn for an audit: only
+those background rounds cost. The three are in the report (``audits``, ``audit_rate_bps``,
+``block_time``).
+
 ``--timeout`` bounds the timed phase (what is unanswered by then is cancelled and counted
 as failures); every other wait is bounded too.
 """
@@ -97,6 +107,7 @@ from supernode.crypto.keys import Identity
 from supernode.devnet import ETH, LocalFederation
 from supernode.errors import SupernodeError
 from supernode.federation.membership import quorum
+from supernode.reputation.rules import ReputationRules
 
 CONFLICT_REASONS = ("conflicting_order", "no_quorum")
 PAGE = 1000  # the API's largest page of certificates
@@ -598,10 +609,17 @@ def main() -> int:
     p.add_argument("--order-ttl", type=int, default=600, help="orders' lifetime (s)")
     p.add_argument("--request-timeout", type=float, default=30.0, help="per order (s)")
     p.add_argument("--timeout", type=float, default=150.0, help="bound of the timed phase (s)")
+    p.add_argument("--audits", choices=("on", "off"), default="on", help="members audit")
+    p.add_argument("--audit-rate-bps", type=int, default=None, help="fixed audit rate (bps)")
+    p.add_argument("--block-time", type=int, default=None, help="s between blocks (anvil)")
     args = checked(p)
     args.packs = args.packs or args.concurrency
     if min(args.spends, args.concurrency, args.packs, args.amount, args.setup_concurrency) < 1:
         p.error("--spends, --concurrency, --packs, --amount, --setup-concurrency must be >= 1")
+    if args.audit_rate_bps is not None and not 0 <= args.audit_rate_bps <= 10_000:
+        p.error("--audit-rate-bps must be 0..10000")
+    if args.block_time is not None and args.block_time < 1:
+        p.error("--block-time must be >= 1")
     if args.packs < args.concurrency:
         log(f"note: {args.packs} packs allow at most {args.packs} orders in flight")
 
@@ -610,7 +628,19 @@ def main() -> int:
     out: dict[str, Any] = {"peers": args.peers, "spends": args.spends}
     out["concurrency"] = args.concurrency
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
-    with federation("bench-spend-", out, args.keep, peers=args.peers) as fed:
+    out.update(audits=args.audits, audit_rate_bps=args.audit_rate_bps, block_time=args.block_time)
+    rules = (
+        None if args.audit_rate_bps is None else ReputationRules(fixed_rate_bps=args.audit_rate_bps)
+    )
+    with federation(
+        "bench-spend-",
+        out,
+        args.keep,
+        peers=args.peers,
+        settings={"SUPERNODE_AUDITS_ENABLED": "true" if args.audits == "on" else "false"},
+        reputation=rules,
+        block_time=args.block_time,
+    ) as fed:
         bench = Bench(fed, args, out)
         out["client"] = bench.choose_client()
         bench.fund_owners()
