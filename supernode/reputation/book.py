@@ -144,6 +144,8 @@ class ReputationBook:
                 for e in range(epoch - self.rules.window_epochs + 1, epoch)
             }
         events = decode(rows)
+        with self.db.read() as conn:  # a rating counts once its request ran, by the payer
+            events.ratings = [r for r in events.ratings if _paid(conn, r)]
         events.summaries = [
             rules.Summary(
                 s["envelope_id"], s["executor"], s["request_id"], s["status"] == "completed"
@@ -193,6 +195,18 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
         "computed_at": row["computed_at"],
         **json.loads(row["scores"]),
     }
+
+
+def _paid(conn: Any, r: rules.Rating) -> bool:
+    ran = repo.summary_of(conn, r.request_id)
+    paid = repo.spend_payer(conn, r.request_id)
+    return (
+        ran is not None
+        and ran["executor"] == r.executor
+        and ran["status"] == "completed"
+        and paid is not None
+        and paid["owner"] == r.rater
+    )
 
 
 def _tallies(row: dict[str, Any] | None) -> dict[str, rules.Tally]:

@@ -227,9 +227,9 @@ class ReputationHandler:
             raise EnvelopeError("early_reveal", f"epoch {p.epoch} has not ended")
         with self.db.read() as conn:
             committed = repo.commitments(conn, env.sender, p.epoch)
-        if not committed:
-            raise EnvelopeError("no_commitment", f"no seed committed for epoch {p.epoch}")
-        if rules.commitment_of(p.seed) not in committed:
+        # no commitment here yet: it may travel in the same batch (a catch-up); the tally
+        # counts a reveal only against its commitment, so storing it is safe
+        if committed and rules.commitment_of(p.seed) not in committed:
             raise EnvelopeError("reveal_mismatch", "keccak(seed) is not the commitment")
         return self._row(env, p.epoch, value=p.seed)
 
@@ -242,15 +242,6 @@ class ReputationHandler:
         if ran < named and self.clock.start(ran + 1) is None:
             return  # perhaps the next epoch, whose start is not read here yet
         raise EnvelopeError("wrong_epoch", f"the request ran in epoch {ran}")
-
-    def _request_summary(self, request_id: str, executor: str) -> dict[str, Any]:
-        with self.db.read() as conn:
-            s = repo.summary_of(conn, request_id)
-        if s is None or s["executor"] != executor or s["status"] != "completed":
-            raise EnvelopeError(
-                "unknown_request", f"no completed request {request_id} by {executor} known"
-            )
-        return s
 
     def _audit_verdict(self, env: Envelope, p: VerdictPayload) -> dict[str, Any]:
         if p.executor == env.sender:
@@ -271,18 +262,24 @@ class ReputationHandler:
         return self._row(env, p.epoch, subject=p.executor, request_id=p.request_id, value=p.verdict)
 
     def _user_rating(self, env: Envelope, p: RatingPayload) -> dict[str, Any]:
+        """The request's summary and spend may not be here yet (they can travel in the same
+        batch during a catch-up): what is here is checked now, and the table counts a
+        rating only once both show the request ran and the rater paid (book.py)."""
         inner, r = open_user_rating(p.rating, self.network)
-        ran = self._request_summary(r.request_id, p.executor)
-        when = self.clock.epoch_at(ran["created_at"])
-        if when is not None and not p.epoch - RATING_EPOCHS <= when <= p.epoch:
-            raise EnvelopeError(
-                "wrong_epoch", f"the request ran in epoch {when}; rated in epoch {p.epoch}"
-            )
         with self.db.read() as conn:
+            ran = repo.summary_of(conn, r.request_id)
             paid = repo.spend_payer(conn, r.request_id)
-        if paid is None:
-            raise EnvelopeError("unknown_request", "no certified spend for that request")
-        if paid["owner"] != inner.sender:
+        if ran is not None:
+            if ran["executor"] != p.executor or ran["status"] != "completed":
+                raise EnvelopeError(
+                    "unknown_request", f"no completed request {r.request_id} by {p.executor}"
+                )
+            when = self.clock.epoch_at(ran["created_at"])
+            if when is not None and not p.epoch - RATING_EPOCHS <= when <= p.epoch:
+                raise EnvelopeError(
+                    "wrong_epoch", f"the request ran in epoch {when}; rated in epoch {p.epoch}"
+                )
+        if paid is not None and paid["owner"] != inner.sender:
             raise EnvelopeError("not_payer", f"{inner.sender} did not pay for that request")
         return self._row(env, p.epoch, subject=p.executor, request_id=r.request_id, value=inner.id)
 

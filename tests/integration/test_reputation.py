@@ -7,6 +7,9 @@ invalid, and clients stop choosing them. Forged and unauthorised events are refu
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,6 +145,18 @@ def traffic(fed: LocalFederation) -> dict[str, Any]:
     return {"owner": owner, "pack": pack, "ids": ids, "first": first, "last": last, "table": table}
 
 
+def cli(*args: str) -> Any:
+    """`supernode client ARGS`, as a user runs it; its JSON output."""
+    out = subprocess.run(
+        [sys.executable, "-m", "supernode.cli", "client", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
 def rows(table: dict[str, Any], fed: LocalFederation) -> list[dict[str, Any]]:
     by = {r["address"]: r for r in table["rows"]}
     return [by[d.address] for d in fed.daemons]
@@ -180,6 +195,11 @@ def test_clients_stop_choosing_an_invalid_supernode(
         assert by[fed.daemons[i].address]["reputation_invalid"] is True
     chosen = [r["address"] for r in rank_supernodes(listing)]
     assert chosen and not set(chosen) & {fed.daemons[i].address for i in CHEATS}
+    # the CLI: the table, and --choose never lands on a cheat
+    shown = cli("reputation", "--supernode", fed.daemons[2].url)
+    assert shown["hash"] == get(fed, 2, "/get_inference_sn_reputation_scores")["hash"]
+    chosen_info = cli("info", "--choose", "--supernode", fed.daemons[1].url)
+    assert chosen_info["address"] not in {fed.daemons[i].address for i in CHEATS}
     metrics = httpx.get(f"{fed.daemons[0].url}/metrics", timeout=10).text
     assert 'supernode_audits_total{what="failed"}' in metrics
 

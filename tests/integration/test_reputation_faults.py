@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from supernode.client import SupernodeClient
@@ -154,6 +155,21 @@ def test_honest_audits_never_fail_and_every_member_shows_one_table(
     wait_until(lambda: chain_epoch(fed) >= 2, timeout_s=30, what="the seeds' first epoch")
     first = chain_epoch(fed)
     run(fed, payer, 72, (0, 1, 2, 3))
+    # and the OpenAI path (its own pack: a delegate spends from it alone), greedy and sampled
+    owner, pack = buy_pack(fed, 20_000)
+    for i in range(4):
+        with SupernodeClient(fed.daemons[i].url, identity=owner) as c:
+            key = c.delegate(pack, max_credits=4_000, expires_in_s=3600)
+        with openai.OpenAI(
+            base_url=f"{fed.daemons[i].url}/v1", api_key=key, max_retries=0, timeout=60
+        ) as client:
+            for t in (0.0, 0.8, 0.0):
+                client.chat.completions.create(
+                    model=MODEL,
+                    max_tokens=10,
+                    temperature=t,
+                    messages=[{"role": "user", "content": f"{WORDS[i]} and the {WORDS[-i - 1]}"}],
+                )
     last = chain_epoch(fed)
     for e in range(first, last + 1):
         wait_closed(fed, e)
