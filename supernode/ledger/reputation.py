@@ -144,6 +144,17 @@ def summaries_since(conn: sqlite3.Connection, after_id: int, limit: int) -> list
     return dict_rows(cur)
 
 
+def summaries_before(conn: sqlite3.Connection, t: float) -> int:
+    """The row number below which every summary was signed before ``t`` (where the
+    auditor's cursor starts: requests of closed epochs are too late to audit)."""
+    row = conn.execute(
+        "SELECT min(id) FROM inference_results WHERE created_at >= ?", (t,)
+    ).fetchone()
+    if row[0] is not None:
+        return int(row[0]) - 1
+    return conn.execute("SELECT coalesce(max(id), 0) FROM inference_results").fetchone()[0]
+
+
 def spend_payer(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
     """The certified spend of a request: its pack's owner (who paid) and its executor."""
     cur = conn.execute(

@@ -117,7 +117,7 @@ class Auditor:
         self.publish = publish
         self.menu = menu
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
-        self._cursor = 0  # inference_results rows looked at
+        self._cursor: int | None = None  # inference_results rows looked at
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: deque[float] = deque()  # audit start times in the last minute
         self._probes: dict[int, dict[str, list[int]]] = {}  # epoch -> peer -> [probes, fails]
@@ -280,6 +280,13 @@ class Auditor:
 
     async def _draw(self) -> None:
         """Look at the summaries stored since the last tick; queue the audits drawn."""
+        if self._cursor is None:  # at start: from the oldest epoch still open
+            last = self.clock.last_closed()
+            since = self.clock.start(last + 1) if last is not None else 0
+            if since is None:
+                return
+            with self.db.read() as conn:
+                self._cursor = repo.summaries_before(conn, since)
         with self.db.read() as conn:
             rows = repo.summaries_since(conn, self._cursor, DRAW_PAGE)
         now = time.time()

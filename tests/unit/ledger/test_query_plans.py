@@ -142,6 +142,7 @@ def hot_path(conn: sqlite3.Connection) -> None:
     rep_repo.spend_payer(conn, REQ)
     rep_repo.summaries_since(conn, 10, 500)
     rep_repo.summaries_between(conn, 100.0, 200.0)
+    rep_repo.summaries_before(conn, 100.0)
     rep_repo.events_of(conn, 7)
     rep_repo.events_by(conn, ADDR, 7, 100)
     rep_repo.events_about(conn, ADDR, 7, 100)
