@@ -308,8 +308,8 @@ def run_devnet(peers: int, root: Path) -> int:
             "  #    closed (about 20 s here), every peer shows the same table and hash",
             f"  for u in {urls}; do curl -s $u/get_inference_sn_reputation_scores \\",
             "       | python3 -c 'import json,sys; t=json.load(sys.stdin); "
-            'print(t[\"epoch\"], t[\"hash\"][:18], '
-            '[(r[\"score\"], r[\"audits_passed\"]) for r in t[\"rows\"]])\'; done',
+            'print(t["epoch"], t["hash"][:18], '
+            '[(r["score"], r["audits_passed"]) for r in t["rows"]])\'; done',
             "  .venv/bin/supernode client reputation --supernode $SN",
             "",
             f"  open {d0.url}/ in a browser; API docs at {d0.url}/docs",

@@ -40,7 +40,7 @@ from loguru import logger
 from supernode.config import Settings
 from supernode.crypto.envelope import Envelope, Hex32, Payload, open_envelope
 from supernode.crypto.keys import Identity
-from supernode.errors import Conflict, Forbidden, NotFound, SupernodeError
+from supernode.errors import REJECT, Conflict, Forbidden, NotFound, SupernodeError
 from supernode.federation.gossip import Gossip
 from supernode.federation.intake import Intake
 from supernode.federation.network import NetworkFile
@@ -245,13 +245,22 @@ class Auditor:
                 repo.mark_seed(conn, nxt, "committed")
             logger.info("audit: committed a seed for epoch {}", nxt)
         for row in to_reveal:
-            if self.clock.start(row["epoch"] + 1) is None:
+            e = row["epoch"]
+            if self.clock.start(e + 1) is None:
                 continue  # its end is not readable yet
-            env = self.signer.sign(SEED_REVEAL, {"epoch": row["epoch"], "seed": row["seed"]})
-            if await self._publish(env):
-                async with self.db.write(repo.SEEDS) as conn:
-                    repo.mark_seed(conn, row["epoch"], "revealed")
-                logger.info("audit: revealed the seed of epoch {}", row["epoch"])
+            closed = self.clock.close_time(e)
+            if closed is not None and time.time() > closed:
+                # too late to count (this daemon was down): given up, not retried
+                logger.warning("audit: the seed of epoch {} was never revealed in time", e)
+            else:
+                env = self.signer.sign(SEED_REVEAL, {"epoch": e, "seed": row["seed"]})
+                refused = await self._publish(env)
+                if refused is not None and refused.verdict != REJECT:
+                    continue  # refused for now (e.g. not ready here): again next round
+                if refused is None:
+                    logger.info("audit: revealed the seed of epoch {}", e)
+            async with self.db.write(repo.SEEDS) as conn:
+                repo.mark_seed(conn, e, "revealed")
 
     async def _liveness(self) -> None:
         head = self.clock.epoch
@@ -270,13 +279,15 @@ class Auditor:
             if obs:
                 await self._publish(self.signer.sign(LIVENESS, {"epoch": e, "observations": obs}))
 
-    async def _publish(self, env: Envelope) -> bool:
+    async def _publish(self, env: Envelope) -> SupernodeError | None:
+        """Store and push one of our events; the refusal, if this daemon's own intake
+        refused it (a reject never passes later: the caller gives it up)."""
         try:
             await self.publish([env])
-            return True
+            return None
         except SupernodeError as exc:
             logger.warning("audit: {} {} refused here: {}", env.type, env.id[:12], exc)
-            return False
+            return exc
 
     async def _draw(self) -> None:
         """Look at the summaries stored since the last tick; queue the audits drawn."""
@@ -294,9 +305,10 @@ class Auditor:
             if s["executor"] != self.me and s["status"] == inference_repo.COMPLETED:
                 epoch = self.clock.epoch_at(s["created_at"]) if s["created_at"] else None
                 if epoch is None:
-                    if self.clock.start(self.clock.epoch or 0) is None:
-                        return  # the boundaries are not read yet: look again next tick
-                    self._cursor = s["id"]
+                    head_start = self.clock.start(self.clock.epoch or 0)
+                    if head_start is None or (s["created_at"] or 0) >= head_start:
+                        return  # not settled yet (a block to come may start its epoch)
+                    self._cursor = s["id"]  # older than the epochs read: too late
                     continue
                 closed = self.clock.close_time(epoch)
                 if closed is None:  # too late to audit a closed epoch's request

@@ -24,16 +24,19 @@ class EpochClock:
         self.blocks = epoch_blocks
         self.grace = grace_epochs
         self.head: int | None = None  # the last block number read
+        self.head_time: int | None = None  # and its timestamp
         self._starts: dict[int, int] = {}  # epoch -> timestamp of its first block
 
     # -- reading the chain -------------------------------------------------------------
     async def refresh(self, back: int = 3) -> int | None:
         """Read the head, and the start times of the last ``back`` + 1 epochs."""
         try:
-            self.head = await self.chain.block_number()
+            head = await self.chain.block_number()
+            head_time = await self.chain.block_timestamp(head)
         except ChainError as exc:
             logger.warning("epoch clock: no head block: {}", exc.detail)
             return self.head
+        self.head, self.head_time = head, head_time
         top = self.head // self.blocks
         for e in range(max(0, top - back), top + 1):
             await self.boundary(e)
@@ -81,7 +84,10 @@ class EpochClock:
         return e if e >= 0 else None
 
     def epoch_at(self, t: float) -> int | None:
-        """The epoch whose span holds time ``t`` (None when the cache cannot tell)."""
+        """The epoch whose span holds time ``t``, or None while the cache cannot be sure:
+        ``t`` past the head block's time may belong to an epoch whose first block is not
+        mined (or not read) yet. Block times only grow, so ``t`` at or before the head's
+        time is settled."""
         top = self.epoch
         if top is None:
             return None
@@ -91,7 +97,8 @@ class EpochClock:
                 continue
             if s <= t:
                 nxt = self._starts.get(e + 1)
-                if nxt is not None and t >= nxt:
-                    return None  # between boundaries this cache lacks
-                return e
+                if nxt is not None:
+                    return e if t < nxt else None  # (between boundaries this cache lacks)
+                settled = e == top and self.head_time is not None and t <= self.head_time
+                return e if settled else None
         return None

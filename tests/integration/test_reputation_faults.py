@@ -170,6 +170,14 @@ def test_honest_audits_never_fail_and_every_member_shows_one_table(
                     temperature=t,
                     messages=[{"role": "user", "content": f"{WORDS[i]} and the {WORDS[-i - 1]}"}],
                 )
+        # the next delegate spends from the pack's next sequence once every member has it
+        seq = (pack_state(fed, i, pack) or {}).get("next_sequence")
+        wait_until(
+            lambda seq=seq: all(
+                (pack_state(fed, j, pack) or {}).get("next_sequence") == seq for j in range(4)
+            ),
+            what="the delegate's spends applied everywhere",
+        )
     last = chain_epoch(fed)
     for e in range(first, last + 1):
         wait_closed(fed, e)
