@@ -48,44 +48,25 @@ from supernode.federation.peer_http import PeerError
 from supernode.federation.signer import Signer
 from supernode.federation.transport import sign_transport
 from supernode.inference.menu import Menu
-from supernode.inference.service import result_hash
-from supernode.inference.usage import parse_params
 from supernode.ledger import envelopes as env_repo
 from supernode.ledger import inference as inference_repo
 from supernode.ledger import reputation as repo
 from supernode.ledger.db import Ledger
-from supernode.petals.client.pool import GenerateParams, NodePool
+from supernode.petals.client.pool import NodePool
 from supernode.reputation import rules
 from supernode.reputation.book import ReputationBook
 from supernode.reputation.clock import EpochClock
 from supernode.reputation.events import LIVENESS, SEED_COMMIT, SEED_REVEAL, VERDICT
+from supernode.reputation.judge import AuditResultPayload, judge
 
 AUDIT_FETCH = "audit_fetch"  # transport: an auditor asks an executor for a result
 AUDIT_RESULT = "audit_result"  # the executor's signed answer, to that auditor
 AUDIT_RESULT_TTL_S = 600
 DRAW_PAGE = 500  # summaries looked at per tick
-SAMPLING_TOP_K = 50  # what a Petals node samples from when a request sets no top_k
 
 
 class AuditFetchPayload(Payload):
     request_id: Hex32
-
-
-class AuditResultPayload(Payload):
-    request_id: Hex32
-    model: str
-    prompt: str
-    params: dict[str, Any]
-    output: str
-    result_hash: Hex32
-    input_tokens: int
-    output_tokens: int
-
-
-def count_slack(n: int) -> int:
-    """How far two honest token counts of one text may differ (a tokenizer round trip,
-    a start token): 2 tokens and 5%."""
-    return 2 + n // 20
 
 
 class Auditor:
@@ -392,83 +373,17 @@ class Auditor:
             await self._verdict(task, rules.UNAVAILABLE, None, f"not served: {exc}"[:500])
             return
         try:
-            verdict, position, detail = await self.judge(request_id, served)
+            with self.db.read() as conn:
+                summary = repo.summary_of(conn, request_id)
+            verdict, position, detail = await judge(
+                served, summary, self.pool, self.menu, self.s.audit_tolerance
+            )
         except SupernodeError as exc:  # the local node failed: try again later
             async with self.db.write(repo.TASKS) as conn:
                 repo.update_task(conn, request_id, due_at=time.time() + self.s.audit_retry_s)
             logger.info("audit {}: cannot check now ({}); later", request_id[:12], exc)
             return
         await self._verdict(task, verdict, position, detail)
-
-    async def judge(
-        self, request_id: str, served: AuditResultPayload
-    ) -> tuple[str, int | None, str]:
-        """The verdict on a served result: (verdict, first failing position, detail)."""
-        with self.db.read() as conn:
-            summary = repo.summary_of(conn, request_id)
-        if summary is None:
-            return rules.SKIPPED, None, "no summary here"
-        digest = result_hash(served.output)
-        if digest != served.result_hash or digest != summary["result_hash"]:
-            return rules.FAIL, 0, "the served output is not the one its signed summary names"
-        if summary["output_tokens"] != served.output_tokens:
-            return rules.FAIL, 0, "the served token count is not its signed summary's"
-        if not self.pool.models().get(served.model):
-            return rules.SKIPPED, None, f"no local node serves {served.model}"
-        try:
-            params = parse_params(served.params, self.menu.entry(served.model))
-        except SupernodeError as exc:
-            return rules.SKIPPED, None, f"params not runnable here: {exc}"
-        counted = await self.pool.tokenize(served.model, served.output) if served.output else 0
-        if counted is not None:
-            expect = min(counted, params.max_new_tokens)
-            if abs(expect - served.output_tokens) > count_slack(expect):
-                return (
-                    rules.FAIL,
-                    min(expect, served.output_tokens),
-                    f"the output is {expect} tokens; the executor signed {served.output_tokens}",
-                )
-        tol = self.s.audit_tolerance
-        if not params.do_sample:
-            again = await self.pool.generate(served.model, served.prompt, params, low_priority=True)
-            if again.text == served.output:
-                return rules.PASS, None, "the same text"
-            scored = await self._score(served, params, None)
-            if scored is None:
-                return rules.SKIPPED, None, "a different text, and no local node can score it"
-            if scored["first_failure"] is not None:
-                pos = scored["first_failure"]
-                return rules.FAIL, pos, f"token {pos} is not the model's choice beyond {tol}"
-            end = scored["end"]
-            if (
-                scored["tokens"] < params.max_new_tokens
-                and not end["eos_is_top"]
-                and end["eos_gap"] is not None  # None: the model has no end-of-text token
-                and end["eos_gap"] > tol
-            ):
-                pos = scored["tokens"]
-                return rules.FAIL, pos, f"the text stops at token {pos}; the model goes on"
-            return rules.PASS, None, "a different text within the tolerance (near-ties)"
-        top_k = params.top_k or SAMPLING_TOP_K
-        scored = await self._score(served, params, top_k)
-        if scored is None:
-            return rules.PASS, None, "sampled: hash and counts match (no local node can score)"
-        if scored["first_outside_top_k"] is not None:
-            pos = scored["first_outside_top_k"]
-            return rules.FAIL, pos, f"token {pos} is outside the top {top_k}"
-        return rules.PASS, None, f"sampled: hash and counts match, every token in the top {top_k}"
-
-    async def _score(
-        self, served: AuditResultPayload, params: GenerateParams, top_k: int | None
-    ) -> dict[str, Any] | None:
-        return await self.pool.score(
-            served.model,
-            served.prompt,
-            served.output,
-            repetition_penalty=params.repetition_penalty,
-            top_k=top_k,
-            tolerance=self.s.audit_tolerance,
-        )
 
     async def _verdict(
         self, task: dict[str, Any], verdict: str, position: int | None, detail: str
