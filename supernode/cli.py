@@ -1,4 +1,5 @@
-"""`supernode run | keygen | migrate | network init | devnet | client ...`"""
+"""`supernode run | keygen | migrate | network init | devnet | petals-node | petals-server |
+client ...`"""
 
 from __future__ import annotations
 
@@ -150,6 +151,12 @@ def cmd_petals_node(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_petals_server(args: argparse.Namespace) -> int:
+    from supernode.petals.swarm.server import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="supernode", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     petals_arguments(pn)
     pn.set_defaults(func=cmd_petals_node)
+
+    ps = sub.add_parser(
+        "petals-server", help="one Petals server holding some of a model's blocks (a swarm)"
+    )
+    from supernode.petals.swarm.server import add_arguments as server_arguments
+
+    server_arguments(ps)
+    ps.set_defaults(func=cmd_petals_server)
 
     from supernode.client_cli import add_client_commands
 

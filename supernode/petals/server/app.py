@@ -1,4 +1,5 @@
-"""The Petals node: chat.petals.dev's HTTP and WebSocket API over a local transformers model.
+"""The Petals node: chat.petals.dev's HTTP and WebSocket API over an engine: a local
+transformers model, or the same model over a Petals swarm.
 
 Wire (field names as chat.petals.dev has them):
 - ``POST /api/v1/generate``, form (or query or JSON) fields ``model, inputs, max_new_tokens |
@@ -31,7 +32,10 @@ Wire (field names as chat.petals.dev has them):
   a supernode counts tokens itself (it checks its counts against ``tokenize`` first).
 - ``GET /health`` → models, engine, in-flight requests (``busy``; ``busy_low`` for the low
   lane), limits, generations served (``served``, by API), texts tokenized (``tokenized``),
-  outputs scored (``scored``) and ``"can_score": true``.
+  outputs scored (``scored``) and ``"can_score": true``. On the Petals engine also ``swarm``:
+  every block and the servers that hold it (state, throughput, ping). While the engine cannot
+  run a request (a block served by nobody) it answers 503 with ``"status": "unhealthy"`` and a
+  ``reason``, and every generation or scoring request is refused with 503 at once.
 
 Refusals are ``{"ok": false, "traceback": reason}`` with a 4xx status, never a Python traceback.
 One worker thread runs every generation and scoring (torch gets the cores to itself), normal
@@ -134,18 +138,22 @@ def create_petals_app(
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
     max_queue: int = DEFAULT_MAX_QUEUE,
     threads: int | None = None,
+    engine: Engine | None = None,
 ) -> FastAPI:
-    """Load the model (blocking, a few seconds) and return the app that serves it."""
+    """Load the model (blocking, a few seconds) and return the app that serves it; with
+    ``engine`` (loaded from ``model_path``), serve that engine instead."""
     if max_new_tokens_limit < 1 or timeout_s <= 0 or step_timeout_s <= 0 or max_queue < 1:
         raise ValueError("limits and timeouts must be positive")
     path = Path(model_path)
     name = model_name or (path.resolve().name if path.is_dir() else model_path)
-    engine: Engine = TransformersEngine(model_path, threads=threads)
+    if engine is None:
+        engine = TransformersEngine(model_path, threads=threads)
     logger.info(
-        "petals node: model {} from {} loaded in {:.2f} s ({}, context {} tokens)",
+        "petals node: model {} from {} loaded in {:.2f} s ({} engine, {}, context {} tokens)",
         name,
         model_path,
         engine.load_seconds,
+        engine.name,
         engine.device,
         engine.max_length,
     )
@@ -158,6 +166,7 @@ def create_petals_app(
             yield
         finally:
             model.worker.close()
+            model.engine.close()
 
     app = FastAPI(title="Supernode petals node", lifespan=lifespan)
     app.state.model = model
@@ -185,9 +194,13 @@ def create_petals_app(
         return JSONResponse(body, status_code=500)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
+    async def health() -> JSONResponse:
+        """200 while a request can run; 503 (``status``: ``unhealthy``, and ``reason``) while
+        the engine cannot run one (a Petals swarm missing a block)."""
+        state = model.engine.health()
+        body = {
+            "status": "ok" if state.ok else "unhealthy",
+            "reason": state.reason,
             "models": [model.name],
             "engine": model.engine.name,
             "busy": model.worker.busy,
@@ -199,7 +212,9 @@ def create_petals_app(
             "tokenized": model.tokenized,
             "scored": model.scored,
             "can_score": True,
+            **state.detail,
         }
+        return JSONResponse(body, status_code=200 if state.ok else 503)
 
     @app.post("/api/v1/generate")
     async def generate_v1(request: Request) -> dict[str, Any]:

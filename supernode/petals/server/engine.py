@@ -3,10 +3,11 @@ it runs, and the one thread that runs them.
 
 ``Engine`` is what the app and the worker need of a model: its tokenizer, its generation and
 its scoring of a claimed output (what an auditor asks: would this model have written these
-tokens?). ``TransformersEngine`` (``transformers_engine.py``) is the one engine so far; a Petals
-swarm client would be another. ``Worker`` runs every job on one thread, with a deadline that
-covers the wait in the queue: normal jobs in arrival order, and low-priority ones (audits) only
-when no normal job is queued or running, one at a time.
+tokens?). ``TransformersEngine`` (``transformers_engine.py``) runs a local model;
+``PetalsEngine`` (``supernode.petals.swarm.engine``) the same over a Petals swarm. ``Worker``
+runs every job on one thread, with a deadline that covers the wait in the queue: normal jobs
+in arrival order, and low-priority ones (audits) only when no normal job is queued or running,
+one at a time. A job is refused at once while the engine is unhealthy.
 
 Importing this module imports neither torch nor transformers.
 """
@@ -20,8 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from supernode.errors import GenerationTimeout, Unavailable
 
@@ -113,16 +114,27 @@ class ScoreResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class EngineHealth:
+    """Whether the engine can run a request now: a local model can once loaded; a swarm
+    client can while every block of the model is served (``reason`` says what is missing,
+    ``detail`` is what ``/health`` shows of it)."""
+
+    ok: bool
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 # --- the engine seam ------------------------------------------------------------------
 
 
 class Engine(Protocol):
     """A model the node serves: its tokenizer, its generation and its scoring.
 
-    ``TransformersEngine`` (``transformers_engine.py``) runs a local causal LM; another engine
-    (a Petals swarm client) fits beside it by having the same members. ``generate`` and
-    ``score`` run on the worker's one thread; ``encode`` and ``tokenizer_json`` only read and
-    may be called from any thread."""
+    ``TransformersEngine`` (``transformers_engine.py``) runs a local causal LM;
+    ``PetalsEngine`` (``supernode.petals.swarm.engine``) runs it over a Petals swarm.
+    ``generate`` and ``score`` run on the worker's one thread; ``encode``, ``tokenizer_json``
+    and ``health`` only read and may be called from any thread."""
 
     name: str  # what /health says runs the model, e.g. "transformers"
     device: str  # where it runs, for the start-up log
@@ -160,6 +172,14 @@ class Engine(Protocol):
         fit in ``max_length``; cancel and deadline as ``generate``."""
         ...
 
+    def health(self) -> EngineHealth:
+        """Whether a request can run now (cheap: called on every request and ``/health``)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the engine holds (a swarm client's connections)."""
+        ...
+
 
 # --- the worker -----------------------------------------------------------------------
 
@@ -190,6 +210,9 @@ class Worker:
 
     async def call(self, fn: JobCall[T], *, low: bool = False) -> T:
         """Run ``fn(cancel, deadline)`` on the worker thread, in the low lane if ``low``."""
+        health = self.engine.health()
+        if not health.ok:
+            raise Unavailable(f"the model cannot run now: {health.reason}", reason="unhealthy")
         waiting = self.busy_low if low else self.busy
         if waiting >= self.max_queue:
             lane = "low-priority requests" if low else "requests"

@@ -26,6 +26,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from loguru import logger
 from supernode.errors import BadRequest, GenerationCancelled, GenerationTimeout
 from supernode.petals.server.engine import (
     ChunkSink,
+    EngineHealth,
     Job,
     Result,
     Sampling,
@@ -112,14 +114,20 @@ class _Halt:
 
 
 class TransformersEngine:
-    """A causal LM and its tokenizer from a local folder (or a hub name already cached)."""
+    """A causal LM and its tokenizer from a local folder (or a hub name already cached).
+
+    The Petals engine (``supernode.petals.swarm.engine``) is this class with the model's
+    blocks elsewhere: it overrides where the model comes from (``_load_model``), the context a
+    generation runs in (``_generation``, a Petals inference session) and the options of a
+    forward pass (``forward_options``); generation and scoring are this class's, the same
+    code on both engines."""
 
     name = "transformers"
+    forward_options: dict[str, Any] = {"use_cache": False}  # a scoring pass keeps no cache
 
     def __init__(self, model_path: str, threads: int | None = None) -> None:
         import torch
         import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
@@ -130,11 +138,9 @@ class TransformersEngine:
         self._generation_config = transformers.GenerationConfig
         self._criteria_list = transformers.StoppingCriteriaList
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = _load_tokenizer(model_path)
         self._tokenizer_json: str | None = None
-        dtype = torch.float32 if self.device == "cpu" else "auto"
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        self.model = model.to(self.device).eval()
+        self.model = self._load_model(model_path).to(self.device).eval()
         config = self.model.config
         self.max_length = int(
             getattr(config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
@@ -148,8 +154,29 @@ class TransformersEngine:
         # special tokens other than end-of-text: decoding drops them, so a text cannot show them
         self.silent_ids = sorted(set(self.tokenizer.all_special_ids) - self.eos_ids)
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        self.generate(Job("warm up", Sampling(), 1, self.max_length, 1), threading.Event(), 1e18)
+        self._warm_up()
         self.load_seconds = time.monotonic() - started
+
+    def _warm_up(self) -> None:
+        """One token, so that the first request does not pay for what runs only once."""
+        self.generate(Job("warm up", Sampling(), 1, self.max_length, 1), threading.Event(), 1e18)
+
+    def _load_model(self, model_path: str) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        dtype = self._torch.float32 if self.device == "cpu" else "auto"
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+
+    def _generation(self, length: int) -> AbstractContextManager[Any]:
+        """The context one generation of up to ``length`` tokens (prompt included) runs in."""
+        return nullcontext()
+
+    def health(self) -> EngineHealth:
+        """A local model is there once loaded."""
+        return EngineHealth(True)
+
+    def close(self) -> None:
+        """Nothing to let go of but memory."""
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -199,7 +226,7 @@ class TransformersEngine:
         if s.seed is not None:
             torch.manual_seed(s.seed)  # only this thread generates: one seed, one text
         input_ids = torch.tensor([prompt], device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._generation(len(prompt) + budget):
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -300,7 +327,7 @@ class TransformersEngine:
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                use_cache=False,
+                **self.forward_options,
                 **extra,
             )
             logits = out.logits[0, -keep:].float()
@@ -323,6 +350,20 @@ class TransformersEngine:
             seen = seen_in_prompt[None, :] | (first[None, :] <= row)
             penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
             return torch.where(seen, penalised, logits)
+
+
+def _load_tokenizer(model_path: str) -> Any:
+    """The model's tokenizer. A folder saved by transformers 5 names its class
+    ``TokenizersBackend``, which transformers 4 (the Petals environment's) does not know; its
+    ``tokenizer.json`` loads there as a ``PreTrainedTokenizerFast``, the same tokenizer."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except ValueError:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(model_path)
 
 
 def _check_turn(cancel: threading.Event, deadline: float) -> None:
