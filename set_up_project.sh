@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command to make this checkout runnable and testable: Python venv and pinned
-# packages, anvil (npm @foundry-rs/anvil, project-local), the operator keystore, and the
-# ledger migrations. Idempotent and non-interactive; a second run changes nothing.
+# packages, the Petals environment (.petals-venv: petals needs transformers 4.34), anvil
+# (npm @foundry-rs/anvil, project-local), the operator keystore, and the ledger migrations.
+# Idempotent and non-interactive; a second run changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,6 +44,43 @@ fi
 import coincurve  # noqa: F401  (eth-keys uses libsecp256k1 when this imports)
 from eth_keys.backends import get_backend
 assert type(get_backend()).__name__ == "CoinCurveECCBackend", "coincurve backend not active"
+PY
+
+# --- the Petals environment: its own venv (petals 2.2.0.post1 needs transformers 4.34) ----
+PETALS_VERSION="2.2.0.post1"
+if [ ! -x .petals-venv/bin/python ]; then
+  say "creating .petals-venv"
+  "$PYTHON" -m venv .petals-venv
+fi
+pstamp=".petals-venv/.requirements.sha256"
+pwant="$(sha256sum requirements-petals.txt | cut -d' ' -f1) petals==$PETALS_VERSION"
+if [ ! -f "$pstamp" ] || [ "$(cat "$pstamp")" != "$pwant" ]; then
+  plog=".petals-venv/install.log"
+  say "installing the Petals environment's packages (torch CPU, hivemind, transformers 4.34;"
+  say "  about 1.6 GB, a few minutes the first time; log in $plog)"
+  if ! .petals-venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+    -r requirements-petals.txt >"$plog" 2>&1; then
+    tail -40 "$plog"; exit 1
+  fi
+  say "installing petals $PETALS_VERSION (without its pins: the shim makes it run on these)"
+  .petals-venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    "petals==$PETALS_VERSION"
+  echo "$pwant" > "$pstamp"
+else
+  say "Petals environment up to date"
+fi
+say "checking that petals imports (with the shim) and that hivemind's p2pd is there"
+PYTHONPATH="$PWD" HF_HUB_OFFLINE=1 .petals-venv/bin/python - <<'PY'
+import warnings
+warnings.filterwarnings("ignore")
+from pathlib import Path
+from supernode.petals.swarm import shim
+shim.apply()
+import hivemind, petals
+from petals import AutoDistributedModelForCausalLM  # noqa: F401
+p2pd = Path(hivemind.__file__).parent / "hivemind_cli" / "p2pd"
+assert p2pd.is_file(), f"no p2pd at {p2pd}"
+print(f"petals {petals.__version__}, hivemind {hivemind.__version__}: ok")
 PY
 
 # --- anvil (the binary ships inside the npm package; nothing is fetched at run time) -----

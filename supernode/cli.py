@@ -142,7 +142,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
     if args.peers < 1:
         return _fail("--peers must be at least 1")
-    return run_devnet(args.peers, Path(args.dir))
+    return run_devnet(args.peers, Path(args.dir), args.engine)
 
 
 def cmd_petals_node(args: argparse.Namespace) -> int:
@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("devnet", help="anvil + N local supernodes until Ctrl-C")
     dn.add_argument("--peers", type=int, default=4)
     dn.add_argument("--dir", default=".devnet", help="state and logs (wiped at start)")
+    dn.add_argument(
+        "--engine",
+        choices=("petals", "transformers"),
+        default="petals",
+        help="petals: a private swarm of two servers behind the node; transformers: one process",
+    )
     dn.set_defaults(func=cmd_devnet)
 
     pn = sub.add_parser("petals-node", help="serve the Petals HTTP API from a local model")

@@ -29,7 +29,9 @@ from supernode.local_processes import (  # noqa: F401 - re-exported: tests impor
     DevnetError,
     NodeSpec,
     PetalsNode,
+    PetalsServer,
     free_port,
+    make_tiny_model,
 )
 from supernode.reputation.rules import ReputationRules
 
@@ -52,7 +54,9 @@ class LocalFederation:
     transaction, and no other block unless a test mines one). Petals nodes: ``petals_nodes``
     honest ones, or one per ``node_specs`` entry; every daemon uses all of them, or with
     ``node_map`` daemon i uses ``nodes[j]`` for each j in ``node_map[i]`` (none if i is not
-    a key)."""
+    a key). With ``swarm`` (one START:END block range per server), the nodes run the tiny
+    model over a private Petals swarm of ``supernode petals-server`` processes holding those
+    blocks (``--engine petals``) instead of each on its own."""
 
     root: Path
     peers: int = 4
@@ -75,6 +79,9 @@ class LocalFederation:
     block_time: int | None = None
     # the network file's reputation rules (None: the defaults)
     reputation: ReputationRules | None = None
+    # a private Petals swarm: the blocks each server holds (empty: each node runs the model)
+    swarm: tuple[str, ...] = ()
+    servers: list[PetalsServer] = field(default_factory=list)
     nodes: list[PetalsNode] = field(default_factory=list)
     anvil: Anvil | None = None
     network: NetworkFile | None = None
@@ -101,6 +108,8 @@ class LocalFederation:
                 raise ValueError(f"node_map names daemon {daemon}; there are {self.peers}")
             if any(not 0 <= j < n for j in picks):
                 raise ValueError(f"node_map[{daemon}] = {picks}: there are {n} petals nodes")
+        if self.swarm and any(spec.seed for spec in self.specs()):
+            raise ValueError("the nodes of a swarm serve its one model: seed 0")
         if self.block_time is not None and self.block_time < 1:
             raise ValueError("block_time must be at least 1 second")
 
@@ -186,7 +195,25 @@ class LocalFederation:
                 raise DevnetError(f"collateral not mined within {timeout_s:.0f} s")
             time.sleep(0.1)
 
+    def _start_swarm(self) -> tuple[str, ...]:
+        """The swarm's servers, the first starting it; returns its initial peers."""
+        model_dir = self.root / TINY_MODEL_DIR
+        make_tiny_model(model_dir)
+        peers: tuple[str, ...] = ()
+        for i, blocks in enumerate(self.swarm):
+            server = PetalsServer(
+                i, model_dir, blocks, self.root / f"petals-server-{i}.log", initial_peers=peers
+            )
+            self.servers.append(server)
+            server.start()
+            if not peers:  # the others join through the first
+                peers = (server.wait_started(),)
+        for server in self.servers:
+            server.wait_started()
+        return peers
+
     def _start_petals_nodes(self) -> None:
+        peers = self._start_swarm() if self.swarm and self.specs() else ()
         self.nodes = [
             PetalsNode(
                 i,
@@ -195,6 +222,7 @@ class LocalFederation:
                 seed=s.seed,
                 model_name=TINY_MODEL_DIR,  # one name for every seed: a daemon cannot tell
                 front=s.front,
+                initial_peers=peers,
             )
             for i, s in enumerate(self.specs())
         ]
@@ -224,6 +252,8 @@ class LocalFederation:
             d.stop()
         for n in self.nodes:
             n.stop()
+        for server in self.servers:
+            server.stop()
         if self.anvil is not None:
             self.anvil.stop()
 
@@ -239,8 +269,13 @@ class LocalFederation:
         self.stop()
 
 
-def run_devnet(peers: int, root: Path) -> int:
-    """`supernode devnet`: start a local federation, print how to use it, wait for Ctrl-C."""
+DEVNET_SWARM = ("0:1", "1:2")  # two servers, one of the tiny model's two blocks each
+
+
+def run_devnet(peers: int, root: Path, engine: str = "petals") -> int:
+    """`supernode devnet`: start a local federation, print how to use it, wait for Ctrl-C.
+    ``engine`` petals: the Petals node runs the model over a private swarm of two servers
+    that split its blocks; transformers: the node runs it alone (lighter)."""
     if root.exists():
         shutil.rmtree(root)
     # blocks on a timer, as on a real chain: an epoch passes every ~10 s
@@ -250,6 +285,7 @@ def run_devnet(peers: int, root: Path) -> int:
         petals_nodes=1,
         block_time=DEVNET_BLOCK_TIME_S,
         epoch_blocks=DEVNET_EPOCH_BLOCKS,
+        swarm=DEVNET_SWARM if engine == "petals" else (),
     )
     stop = {"now": False}
 
@@ -287,6 +323,11 @@ def run_devnet(peers: int, root: Path) -> int:
             f"  curl -s '{fed.daemons[-1].url}/get_messages?last_k_minutes=10'",
             "",
             f"Petals node {fed.nodes[0].url} serves model {fed.nodes[0].model!r} (tiny, random)",
+            *(
+                f"  over Petals server {s.index} (blocks {s.blocks})  {s.maddr}"
+                for s in fed.servers
+            ),
+            f"  swarm state: curl -s {fed.nodes[0].url}/health" if fed.servers else "",
             "",
             "  # 1. buy 1000 credits (quote, pay on anvil, certify); note the pack_id it prints",
             f"  SN={d0.url}; KEY={key_file}",

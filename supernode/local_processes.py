@@ -1,6 +1,7 @@
-"""The local processes a federation is made of: anvil, `supernode run` daemons and
-`supernode petals-node` processes (each node in its own process group, stopped whole).
-LocalFederation (devnet.py) puts them together; tests and benchmarks use both."""
+"""The local processes a federation is made of: anvil, `supernode run` daemons,
+`supernode petals-server` processes (a private Petals swarm) and `supernode petals-node`
+processes (each server and node in its own process group, stopped whole). LocalFederation
+(devnet.py) puts them together; tests and benchmarks use both."""
 
 from __future__ import annotations
 
@@ -233,11 +234,96 @@ def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S
     _signal_group(proc, signal.SIGKILL)  # any child the leader left behind
 
 
+def make_tiny_model(model_dir: Path, seed: int = 0, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """The tiny random model in ``model_dir`` (made in a child process: no torch here)."""
+    subprocess.run(
+        [sys.executable, "-m", "supernode.petals.server.tiny_model", str(model_dir)]
+        + ["--seed", str(seed)],
+        check=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+
+
+@dataclass
+class PetalsServer:
+    """One `supernode petals-server` process holding blocks ``blocks`` (START:END) of the
+    model in ``model_dir``: the first of a swarm (no ``initial_peers``) or joining one. It
+    leads its own process group; petals' server runs in another, which ends with it."""
+
+    index: int
+    model_dir: Path
+    blocks: str
+    log_path: Path
+    initial_peers: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    maddr: str | None = None
+
+    @property
+    def maddr_file(self) -> Path:
+        return self.log_path.with_suffix(".maddr")
+
+    def command(self) -> list[str]:
+        swarm = ("--initial-peers", *self.initial_peers) if self.initial_peers else ("--new-swarm",)
+        return [
+            *(sys.executable, "-m", "supernode.cli", "petals-server"),
+            *("--model", str(self.model_dir), "--blocks", self.blocks, *swarm),
+            *("--port", str(self.port), "--maddr-file", str(self.maddr_file)),
+            *("--identity-file", str(self.log_path.with_suffix(".id")), "--max-restarts", "0"),
+            *("--update-period", "5"),
+        ]
+
+    def start(self) -> None:
+        self.maddr_file.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def wait_started(self, timeout_s: float = READY_TIMEOUT_S) -> str:
+        """Its multiaddr, once petals says it has started."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise DevnetError(f"petals-server {self.index} exited:\n{tail}")
+            if self.maddr_file.is_file() and (text := self.maddr_file.read_text().strip()):
+                self.maddr = text
+                return text
+            time.sleep(0.1)
+        raise DevnetError(f"petals-server {self.index} not started within {timeout_s:.0f} s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (petals' processes end with it)."""
+        if self.proc is not None:
+            _signal_group(self.proc, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 @dataclass
 class PetalsNode:
     """One `supernode petals-node` process serving a tiny random model (made with ``seed``,
     served as ``model_name``), or with ``front`` set that process behind the process it
-    names, at ``url``. Each process leads its own process group; stopping ends the group."""
+    names, at ``url``. With ``initial_peers`` the node runs the model (already made in
+    ``model_dir``) over that Petals swarm (``--engine petals``). Each process leads its own
+    process group; stopping ends the group."""
 
     index: int
     model_dir: Path
@@ -247,6 +333,7 @@ class PetalsNode:
     model_name: str | None = None  # the name it serves (default: the folder's name)
     front: tuple[str, ...] = ()
     upstream_port: int = field(default_factory=free_port)  # the real node's, behind a proxy
+    initial_peers: tuple[str, ...] = ()  # a swarm's servers: the petals engine
     proc: subprocess.Popen[bytes] | None = None
     proxy: subprocess.Popen[bytes] | None = None
 
@@ -270,9 +357,13 @@ class PetalsNode:
 
     def node_command(self) -> list[str]:
         port = self.upstream_port if self.front else self.port
+        if self.initial_peers:
+            source = ("--model", str(self.model_dir), "--engine", "petals")
+            source += ("--initial-peers", *self.initial_peers, "--swarm-health-period", "1")
+        else:
+            source = ("--tiny-random", str(self.model_dir), "--tiny-seed", str(self.seed))
         return [
-            *(sys.executable, "-m", "supernode.cli", "petals-node"),
-            *("--tiny-random", str(self.model_dir), "--tiny-seed", str(self.seed)),
+            *(sys.executable, "-m", "supernode.cli", "petals-node", *source),
             *("--host", "127.0.0.1", "--port", str(port), "--model-name", self.model),
         ]
 

@@ -206,3 +206,19 @@ def _write(out: Path, seed: int) -> None:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.save_pretrained(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m supernode.petals.server.tiny_model DIR [--seed N]``: make (or reuse) one."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="make a tiny random model (offline)")
+    parser.add_argument("dir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    make_tiny_model(Path(args.dir), args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

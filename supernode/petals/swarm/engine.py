@@ -17,6 +17,7 @@ Runs in the Petals environment (``supernode petals-node --engine petals`` starts
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from loguru import logger
@@ -88,9 +89,30 @@ class PetalsEngine(TransformersEngine):
         return EngineHealth(state.ok, state.reason, {"swarm": state.detail()})
 
     def close(self) -> None:
+        """Stop looking at the swarm, shut the client's DHT down, and end every process the
+        client started (its DHT process and that one's ``p2pd``), so that none outlives the
+        node."""
         if self.monitor is not None:
             self.monitor.stop()
-        try:
-            self.model.transformer.h.sequence_manager.shutdown()
-        except Exception as exc:  # noqa: BLE001 - stopping: nothing left to do about it
-            logger.debug("swarm client shutdown: {}", exc)
+        sequence = self.model.transformer.h.sequence_manager
+        for step in (sequence.shutdown, sequence.dht.shutdown):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - stopping: nothing left to do about it
+                logger.debug("swarm client shutdown: {}", exc)
+        end_children()
+
+
+def end_children(timeout_s: float = 3.0) -> None:
+    """SIGTERM to every process this one started (and theirs), SIGKILL to those still there
+    after ``timeout_s``."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout_s)
+    for child in alive:
+        with suppress(psutil.Error):
+            child.kill()
