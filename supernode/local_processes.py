@@ -28,6 +28,10 @@ DEVNET_CHAIN_ID = 31337
 ETH = 10**18
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# in the environment of a Petals server or node and so of every process it starts (p2pd
+# included): its log's path, which names the federation's folder wherever it runs
+PROCESS_LOG_ENV = "SUPERNODE_PROCESS_LOG"
 
 
 class DevnetError(RuntimeError):
@@ -243,7 +247,7 @@ def make_tiny_model(model_dir: Path, seed: int = 0, timeout_s: float = READY_TIM
         timeout=timeout_s,
         stdin=subprocess.DEVNULL,
         capture_output=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        env={**os.environ, **OFFLINE},
     )
 
 
@@ -284,6 +288,7 @@ class PetalsServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **OFFLINE, PROCESS_LOG_ENV: str(self.log_path)},
                 start_new_session=True,
             )
 
@@ -374,7 +379,7 @@ class PetalsNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                env={**os.environ, **OFFLINE, PROCESS_LOG_ENV: str(self.log_path)},
                 start_new_session=True,
             )
         if self.front:
