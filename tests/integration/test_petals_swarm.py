@@ -204,6 +204,12 @@ def test_a_server_killed_mid_run_is_survived_when_another_holds_its_blocks(
     bad = [r for r in results if not (isinstance(r, dict) and r["output"])]
     assert not bad, bad
     assert sessions(other) > taken_over  # the other holder ran the rest
+    # nothing of the killed server is left (its petals processes end with their supervisor)
+    wait_until(
+        lambda: not processes_mentioning(str(dead.log_path)),
+        timeout_s=10,
+        what="every process of the killed server gone",
+    )
     # the node still reports the swarm whole: block 1 through the other server only
     swarm = wait_until(
         lambda: (
