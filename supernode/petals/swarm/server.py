@@ -87,8 +87,9 @@ class ServerOptions:
             args += ["--public_name", self.public_name]
         if self.announce_maddrs:
             args += ["--announce_maddrs", *self.announce_maddrs]
-        if self.host in ("127.0.0.1", "localhost") or self.host.startswith("10."):
-            args.append("--skip_reachability_check")  # nobody outside could reach it anyway
+        # petals asks health.petals.dev whether a server of the public swarm is reachable;
+        # these servers are always in a swarm of the operator's (explicit initial peers)
+        args.append("--skip_reachability_check")
         return args + list(self.extra)
 
 
@@ -165,6 +166,8 @@ class Supervisor:
             wait = min(wait * 2, RESTART_BACKOFF_S[1])
 
     def _run_once(self) -> int:
+        if self.stopping:  # a signal before the first start
+            return 0
         argv = env.command("supernode.petals.swarm.launch", *self.options.petals_args(self.port))
         child_env = env.petals_env()
         child_env[PARENT_PID_ENV] = str(os.getpid())

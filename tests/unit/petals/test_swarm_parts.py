@@ -174,7 +174,7 @@ def test_server_options_become_petals_run_server_arguments(tmp_path: Path) -> No
     )
     args = joining.petals_args(4001)
     assert args[args.index("--initial_peers") + 1] == "/ip4/1.2.3.4/tcp/1/p2p/Qm"
-    assert "--dht_prefix" not in args and "--skip_reachability_check" not in args
+    assert "--dht_prefix" not in args
     assert args[args.index("--num_blocks") + 1] == "4" and args[-2:] == ["--num_handlers", "4"]
 
 
