@@ -31,6 +31,9 @@ class EnvelopeHandler(Protocol):
     # what store() writes: a batch is as durable as its strongest record (Ledger.write)
     record: Record
 
+    # A handler may also have ``async def prepare(self, envs: Sequence[Envelope])``: the
+    # intake awaits it once per batch, before the checks, for what they need read first.
+
     def validate(self, env: Envelope) -> Any:
         """Business rule on the payload; raises EnvelopeError. What it returns (None, or
         what it parsed) reaches ``store`` as ``Checked.parsed``."""

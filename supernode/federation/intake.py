@@ -143,6 +143,17 @@ class Intake:
         )
         return handler.validate(env)
 
+    async def _prepare(self, envs: list[Envelope]) -> None:
+        """Let each type's handler read what its checks need, once per batch (a handler
+        with a ``prepare`` coroutine: the reputation events re-read the chain's head)."""
+        by_type: dict[str, list[Envelope]] = {}
+        for env in envs:
+            by_type.setdefault(env.type, []).append(env)
+        for type_, group in by_type.items():
+            prepare = getattr(self.registry.get(type_), "prepare", None)
+            if prepare is not None:
+                await prepare(group)
+
     def open_transport(self, raw: Any, type_: str, payload: type[P]) -> tuple[Envelope, P]:
         """A member's transport envelope to this daemon (a push's batch, a pull, a vote
         request), opened: see transport.verify_transport."""
@@ -189,6 +200,7 @@ class Intake:
                 report.duplicates += sum(1 for e, _, _ in parsed if e.id in known)
                 self._remember(list(known))
                 parsed = [t for t in parsed if t[0].id not in known]
+        await self._prepare([e for e, _, _ in parsed])
         good: list[Checked] = []
         for env, body, digest in parsed:
             try:

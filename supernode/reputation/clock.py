@@ -10,6 +10,8 @@ Each member reads the head and caches the boundary timestamps (one call per epoc
 
 from __future__ import annotations
 
+import time
+
 from loguru import logger
 
 from supernode.chain.client import ChainClient
@@ -25,18 +27,22 @@ class EpochClock:
         self.grace = grace_epochs
         self.head: int | None = None  # the last block number read
         self.head_time: int | None = None  # and its timestamp
+        self.read_at: float | None = None  # when that read began (local time)
         self._starts: dict[int, int] = {}  # epoch -> timestamp of its first block
 
     # -- reading the chain -------------------------------------------------------------
     async def refresh(self, back: int = 3) -> int | None:
         """Read the head, and the start times of the last ``back`` + 1 epochs."""
+        began = time.time()
         try:
             head = await self.chain.block_number()
             head_time = await self.chain.block_timestamp(head)
         except ChainError as exc:
             logger.warning("epoch clock: no head block: {}", exc.detail)
             return self.head
-        self.head, self.head_time = head, head_time
+        if self.head is not None and head < self.head:
+            return self.head  # an answer older than one we hold (two reads crossed)
+        self.head, self.head_time, self.read_at = head, head_time, began
         top = self.head // self.blocks
         for e in range(max(0, top - back), top + 1):
             await self.boundary(e)

@@ -12,6 +12,7 @@ themselves, and what counts never depends on when or where an event arrived.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,7 @@ RATING = "user_rating"  # a member carries a user's signed rating
 USER_RATING = "request_rating"  # what the user signs
 LIVENESS = "liveness"
 TYPES = (SEED_COMMIT, SEED_REVEAL, VERDICT, RATING, LIVENESS)
+REREAD_S = 0.2  # the least time between two reads of the head that events ask for
 EPOCHS_AHEAD = 2  # how far past the head epoch an event may name (commits are one ahead)
 RATING_EPOCHS = 30  # a request may be rated up to this many epochs after the one it ran in
 
@@ -174,6 +176,23 @@ class ReputationHandler:
         self.rate_for = rate_for  # an executor's audit rate in an epoch, once known
 
     # -- checks ----------------------------------------------------------------------
+    async def prepare(self, envs: Sequence[Envelope]) -> None:
+        """Before a batch's checks: when an event names an epoch past our cached head and
+        was signed after our last read of it, read the head again (blocks come in bursts,
+        and our cache is as old as the last audit tick). At most one read per batch and
+        per REREAD_S, so a peer cannot make us read the chain per envelope."""
+        head = self.clock.epoch
+        if head is None:
+            return
+        read_at = self.clock.read_at or 0.0
+        if time.time() - read_at < REREAD_S:
+            return
+        for env in envs:
+            epoch = env.payload.get("epoch") if isinstance(env.payload, dict) else None
+            if isinstance(epoch, int) and epoch > head + EPOCHS_AHEAD and env.created_at > read_at:
+                await self.clock.refresh(back=0)
+                return
+
     def validate(self, env: Envelope) -> tuple[dict[str, Any], Any]:
         model = {
             SEED_COMMIT: SeedCommitPayload,
@@ -190,7 +209,14 @@ class ReputationHandler:
     def _epoch(self, env: Envelope, epoch: int) -> None:
         head = self.clock.epoch
         if head is not None and epoch > head + EPOCHS_AHEAD:
-            raise EnvelopeError("epoch_ahead", f"epoch {epoch}; the chain is at epoch {head}")
+            # Judged only on a head read after the event was signed (prepare() reads one):
+            # then the sender named an epoch the chain had not come near. Otherwise the
+            # stale view may be ours, and the sender is not penalised.
+            read_at = self.clock.read_at
+            fair = read_at is not None and read_at >= env.created_at
+            raise EnvelopeError(
+                "epoch_ahead", f"epoch {epoch}; the chain is at epoch {head}", penalise=fair
+            )
         closed = self.clock.close_time(epoch)
         if closed is not None and env.created_at > closed:
             raise EnvelopeError(

@@ -350,7 +350,6 @@ def test_signatures_from_non_members_are_refused(fed: LocalFederation) -> None:
         "network_id": net.network_id,
         "chain_id": net.chain_id,
     }
-    member = fed.identity(1)
     members2 = [fed.identity(1), fed.identity(2)]
     certs = [
         (
@@ -371,7 +370,9 @@ def test_signatures_from_non_members_are_refused(fed: LocalFederation) -> None:
             "bad_signature",
         ),
     ]
-    for cert, reason in certs:
+    # each pushed by another member: three invalid envelopes from one would ban it (the
+    # tests' threshold), and the later tests need every member
+    for (cert, reason), member in zip(certs, [fed.identity(i) for i in (1, 2, 3)], strict=True):
         env = sign_envelope(
             member,
             type_="credit_pack_certificate",

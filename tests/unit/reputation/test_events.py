@@ -13,6 +13,7 @@ import pytest
 
 from supernode.crypto.envelope import Envelope, EnvelopeError, sign_envelope
 from supernode.crypto.keys import Identity
+from supernode.errors import IGNORE, REJECT
 from supernode.federation.handlers import Checked
 from supernode.federation.network import NetworkFile, init_network
 from supernode.ledger.db import Ledger, run_migrations
@@ -102,10 +103,11 @@ def store(w: dict[str, Any], env: Envelope) -> None:
     asyncio.run(go())
 
 
-def refused(w: dict[str, Any], env: Envelope, reason: str) -> None:
+def refused(w: dict[str, Any], env: Envelope, reason: str, verdict: str = REJECT) -> None:
     with pytest.raises(EnvelopeError) as exc:
         check(w, env)
     assert exc.value.reason == reason, exc.value
+    assert exc.value.verdict == verdict, exc.value
 
 
 def seed() -> str:
@@ -143,18 +145,63 @@ def test_commitments_come_before_their_epoch(world: dict[str, Any]) -> None:
         world,
         sign(world, 0, SEED_COMMIT, start_of(20) + 5, epoch=21, commitment=rules.commitment_of(s)),
     )
-    refused(
-        world,
-        sign(
-            world,
-            0,
-            SEED_COMMIT,
-            start_of(20),
-            epoch=HEAD_EPOCH + 3,
-            commitment=rules.commitment_of(s),
-        ),
-        "epoch_ahead",
+
+
+class MovingChain:
+    """A chain whose head the test moves (the clock reads it as it would anvil)."""
+
+    def __init__(self, head: int) -> None:
+        self.head = head
+        self.reads = 0
+
+    async def block_number(self) -> int:
+        self.reads += 1
+        return self.head
+
+    async def block_timestamp(self, n: int) -> int:
+        return start_of(n // BLOCKS) + n % BLOCKS
+
+
+def test_an_epoch_ahead_is_judged_on_a_head_read_after_it_was_signed(
+    world: dict[str, Any],
+) -> None:
+    chain = MovingChain(HEAD_EPOCH * BLOCKS)
+    clock = EpochClock(chain, BLOCKS, 1)  # type: ignore[arg-type]
+    asyncio.run(clock.refresh())
+    assert clock.epoch == HEAD_EPOCH and clock.read_at is not None
+    h = ReputationHandler(
+        SEED_COMMIT, db=world["db"], clock=clock, network=world["net"], rate_for=lambda a, e: 1
     )
+    read_at = int(clock.read_at)
+    ahead = HEAD_EPOCH + 3
+
+    def commit(at: int, epoch: int) -> Envelope:
+        return sign(world, 0, SEED_COMMIT, at, epoch=epoch, commitment=rules.commitment_of(seed()))
+
+    def verdict(env: Envelope) -> tuple[str, str]:
+        with pytest.raises(EnvelopeError) as exc:
+            h.validate(env)
+        return exc.value.reason or "", exc.value.verdict
+
+    # signed before our read of the head: the chain was nowhere near that epoch
+    assert verdict(commit(read_at - 5, ahead)) == ("epoch_ahead", REJECT)
+    # signed after it: our head may be the stale one, not judged against the sender
+    late = commit(read_at + 2, ahead)
+    assert verdict(late) == ("epoch_ahead", IGNORE)
+    # blocks came in a burst meanwhile: prepare() reads the head again, once per batch
+    chain.head = (ahead - 1) * BLOCKS
+    clock.read_at = read_at - 1.0  # (the last read was a while ago)
+    reads = chain.reads
+    asyncio.run(h.prepare([late, late]))
+    assert chain.reads == reads + 1 and clock.epoch == ahead - 1
+    h.validate(late)
+    # nothing ahead: no read
+    asyncio.run(h.prepare([commit(read_at + 2, ahead)]))
+    assert chain.reads == reads + 1
+    # a head older than the one held (two reads crossed) does not move the clock back
+    chain.head = HEAD_EPOCH * BLOCKS
+    asyncio.run(clock.refresh())
+    assert clock.epoch == ahead - 1
 
 
 def test_nothing_counts_for_a_closed_epoch(world: dict[str, Any]) -> None:
