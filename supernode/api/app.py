@@ -20,13 +20,22 @@ from supernode import __version__
 from supernode.api.docs_page import mount_docs
 from supernode.api.guard import BodyGuard, reply
 from supernode.api.limits import RateLimiter
+from supernode.api.openai import as_openai, error_response
 from supernode.errors import SupernodeError, TooManyRequests
+from supernode.inference.openai_params import OpenAIError
 from supernode.node import Supernode
+
+
+def _openai_route(request: Request) -> bool:
+    """Under /v1/ errors take OpenAI's shape, which OpenAI's SDKs read."""
+    return request.url.path.startswith("/v1/")
 
 
 def _known_error(request: Request, exc: SupernodeError) -> JSONResponse:
     if exc.status >= 500:
         logger.warning("{} {} -> {}: {}", request.method, request.url.path, exc.status, exc)
+    if _openai_route(request):
+        return error_response(as_openai(exc))
     resp = reply(exc.status, exc.code, exc.detail, exc.reason)
     if isinstance(exc, TooManyRequests):
         resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
@@ -41,6 +50,9 @@ def _disconnected(request: Request) -> JSONResponse:
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     error_id = uuid.uuid4().hex[:12]
     logger.opt(exception=exc).error("error {} on {} {}", error_id, request.method, request.url.path)
+    if _openai_route(request):
+        message = f"internal error {error_id}; the operator can find it in the logs"
+        return error_response(OpenAIError(500, message, code="internal_error"))
     return JSONResponse(
         {
             "error": "internal_error",
@@ -141,10 +153,16 @@ def create_app(node: Supernode) -> FastAPI:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
+        if _openai_route(request):
+            return error_response(OpenAIError(400, str(errors)[:500], code="invalid_request"))
         return reply(422, "invalid_request", errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if _openai_route(request):
+            code = "unknown_url" if exc.status_code == 404 else "http_error"
+            message = f"{exc.detail}: {request.method} {request.url.path}"
+            return error_response(OpenAIError(exc.status_code, message, code=code))
         return reply(exc.status_code, "http_error", exc.detail)
 
     @app.exception_handler(ClientDisconnect)

@@ -1,105 +1,118 @@
-"""OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions (streamed
-and not). Errors use OpenAI's shape, {"error": {"message", "type", "code"}}, so any
-OpenAI SDK reports them."""
+"""OpenAI-compatible routes: /v1/models, /v1/models/{id}, /v1/completions and
+/v1/chat/completions (streamed and not). Every field is honoured or refused
+(``inference/openai_params.py``); errors use OpenAI's shape and statuses,
+``{"error": {"message", "type", "param", "code"}}``, so any OpenAI SDK raises the error
+class it would raise for OpenAI itself."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from loguru import logger
 
 from supernode.api.deps import body_doc, json_body
 from supernode.api.guard import read_json
-from supernode.errors import SupernodeError
-from supernode.inference.openai import Job, chat_prompt
+from supernode.crypto.envelope import Envelope
+from supernode.errors import SupernodeError, TooManyRequests
+from supernode.inference.openai import Job, OpenAIGateway
+from supernode.inference.openai_params import (
+    CHAT_FIELDS,
+    COMPLETION_FIELDS,
+    OpenAIError,
+    parse_request,
+)
 from supernode.node import Supernode
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 
-
-class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = Field(min_length=1, max_length=128)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=5)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
+# reasons that mean the key's budget is spent: OpenAI's exhausted quota (429, do not retry)
+QUOTA_REASONS = ("insufficient_credits", "delegation_cap", "over_max_cost")
 
 
-class CompletionReq(_Req):
-    prompt: str = Field(min_length=1)
+def as_openai(exc: SupernodeError) -> OpenAIError:
+    """A daemon error in OpenAI's terms."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, TooManyRequests):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if exc.reason in QUOTA_REASONS:
+        return OpenAIError(
+            429,
+            f"You exceeded your current quota: {exc.detail}",
+            code="insufficient_quota",
+            type_="insufficient_quota",
+        )
+    status = exc.status
+    if status == 422:
+        status = 400  # OpenAI has no 422: a rule said no to this request
+    return OpenAIError(status, exc.detail, code=exc.reason or exc.code, headers=headers)
 
 
-class ChatReq(_Req):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-
-
-def _oai_error(status: int, message: str, code: str | None) -> JSONResponse:
-    kind = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        402: "insufficient_quota",
-        403: "permission_error",
-        404: "not_found_error",
-        422: "invalid_request_error",
-        429: "rate_limit_error",
-    }.get(status, "api_error")
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": code, "param": None}},
-        status_code=status,
-    )
-
-
-def _status(exc: SupernodeError) -> int:
-    if exc.reason in ("insufficient_credits", "delegation_cap", "over_max_cost"):
-        return 402
-    return exc.status
-
-
-async def _body(request: Request, model: type[_Req]) -> _Req:
-    try:
-        return model.model_validate(await read_json(request))
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(str(p) for p in e.get("loc", ()))
-        raise _BadBody(f"{where}: {e['msg']}") from exc
-
-
-class _BadBody(Exception):
-    pass
+def error_response(err: OpenAIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 def _node(request: Request) -> Supernode:
     return request.app.state.node
 
 
-@router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
-    node = _node(request)
+def _model_card(node: Supernode, m: dict[str, Any]) -> dict[str, Any]:
     return {
-        "object": "list",
-        "data": [
-            {
-                "id": m["model"],
-                "object": "model",
-                "created": int(node.started_at),
-                "owned_by": node.address,
-                "pricing": {
-                    "credits_per_input_token": m["credits_per_input_token"],
-                    "credits_per_output_token": m["credits_per_output_token"],
-                },
-            }
-            for m in node.inference.model_menu()
-        ],
+        "id": m["model"],
+        "object": "model",
+        "created": int(node.started_at),
+        "owned_by": node.address,
+        "pricing": {
+            "credits_per_input_token": m["credits_per_input_token"],
+            "credits_per_output_token": m["credits_per_output_token"],
+        },
+        "limits": {
+            "max_input_tokens": m["max_input_tokens"],
+            "max_output_tokens": m["max_new_tokens"],
+        },
     }
+
+
+@router.get("/models")
+async def models(request: Request, authorization: str | None = Header(default=None)) -> Any:
+    """The models this supernode serves now (an API key is required, as at OpenAI)."""
+    node = _node(request)
+    try:
+        node.openai.delegation(authorization)
+    except SupernodeError as exc:
+        return error_response(as_openai(exc))
+    data = [_model_card(node, m) for m in node.inference.model_menu()]
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model_id:path}")
+async def model(
+    model_id: str, request: Request, authorization: str | None = Header(default=None)
+) -> Any:
+    node = _node(request)
+    try:
+        node.openai.delegation(authorization)
+        node.openai.model_entry(model_id)
+    except OpenAIError as err:
+        return error_response(err)
+    except SupernodeError as exc:
+        return error_response(as_openai(exc))
+    for m in node.inference.model_menu():
+        if m["model"] == model_id:
+            return _model_card(node, m)
+    return error_response(
+        OpenAIError(
+            404,
+            f"The model `{model_id}` does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+    )
 
 
 async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
@@ -107,35 +120,30 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
     gw = node.openai
     started = time.perf_counter()
     try:
-        body = await _body(request, ChatReq if chat else CompletionReq)
         d = gw.delegation(authorization)
-        prompt = chat_prompt(body.messages) if isinstance(body, ChatReq) else body.prompt  # type: ignore[attr-defined]
-        job = await gw.prepare(
-            d,
-            body.model,
-            prompt,
-            body.max_completion_tokens or body.max_tokens,
-            body.temperature,
-            body.top_p,
-        )
-        if body.stream:
+        req = parse_request(await read_json(request), chat)
+        job = await gw.prepare(d, req)
+        if req.user is not None:
+            logger.info("request {} for user {!r}", job.request_id, req.user)
+        if req.stream:
             return StreamingResponse(
-                _sse(gw, d, job, chat),
+                _sse(gw, d, job),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache"},
             )
         prepared = time.perf_counter()
         text, usage = await gw.complete(d, job)
-    except _BadBody as exc:
-        return _oai_error(400, str(exc), "invalid_request")
+    except OpenAIError as err:
+        return error_response(err)
     except SupernodeError as exc:
-        return _oai_error(_status(exc), exc.detail, exc.reason or exc.code)
+        return error_response(as_openai(exc))
     cid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[2:26]
-    choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(usage, job), "logprobs": None}
+    finish = job.finish_reason(usage["completion_tokens"])
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
     if chat:
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = {"role": "assistant", "content": text, "refusal": None}
     else:
-        choice["text"] = text
+        choice["text"] = (job.prompt + text) if req.echo else text
     resp = json_body(
         {
             "id": cid,
@@ -144,6 +152,7 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
             "model": job.model,
             "choices": [choice],
             "usage": usage,
+            "system_fingerprint": None,
             "supernode": {"request_id": job.request_id, "executor": node.address},
         }
     )
@@ -161,55 +170,73 @@ def server_timing(started: float, prepared: float, steps: dict[str, float]) -> s
     return ", ".join(parts)
 
 
-def _finish(usage: dict[str, int], job: Job) -> str:
-    return "length" if usage["completion_tokens"] >= job.params.max_new_tokens else "stop"
-
-
-async def _sse(gw: Any, d: Any, job: Job, chat: bool) -> AsyncIterator[bytes]:
+async def _sse(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[bytes]:
+    req = job.req
+    chat = req.chat
     cid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[2:26]
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def event(payload: dict[str, Any]) -> bytes:
         return f"data: {json.dumps(payload)}\n\n".encode()
 
-    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
-        c: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-        if chat:
-            c["delta"] = {"content": text} if text is not None else {}
-        else:
-            c["text"] = text or ""
-        return {
+    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "id": cid,
             "object": kind,
             "created": job.created,
             "model": job.model,
-            "choices": [c],
+            "system_fingerprint": None,
+            "choices": choices,
         }
+        if req.include_usage:
+            out["usage"] = None  # OpenAI: null on every chunk but the last
+        return out
+
+    def choice(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        c: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text is not None:
+                delta["content"] = text
+            c["delta"] = delta
+        else:
+            c["text"] = text or ""
+        return c
 
     try:
-        if chat:
-            first = chunk(None, None)
-            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-            started = False
+        first = True
         async for piece in gw.stream(d, job):
-            if chat and not started:
-                yield event(first)
-                started = True
-            yield event(chunk(piece, None))
-        yield event(chunk(None, "stop"))
+            if first:
+                if chat:
+                    yield event(chunk([choice(None, None, role=True)]))
+                elif req.echo:
+                    yield event(chunk([choice(job.prompt, None)]))
+                first = False
+            yield event(chunk([choice(piece, None)]))
+        completion = job.completion_tokens or 0
+        yield event(chunk([choice(None, job.finish_reason(completion))]))
+        if req.include_usage:
+            usage = {
+                "prompt_tokens": job.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": job.prompt_tokens + completion,
+            }
+            yield event({**chunk([]), "usage": usage})
         yield b"data: [DONE]\n\n"
     except SupernodeError as exc:
-        yield event(
-            {"error": {"message": exc.detail, "type": "api_error", "code": exc.reason or exc.code}}
-        )
+        yield event(as_openai(exc).body())
 
 
-@router.post("/completions", openapi_extra=body_doc(CompletionReq.model_json_schema()))
+def _fields(names: set[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": {n: {} for n in sorted(names)}}
+
+
+@router.post("/completions", openapi_extra=body_doc(_fields(COMPLETION_FIELDS)))
 async def completions(request: Request, authorization: str | None = Header(default=None)) -> Any:
     return await _run(request, False, authorization)
 
 
-@router.post("/chat/completions", openapi_extra=body_doc(ChatReq.model_json_schema()))
+@router.post("/chat/completions", openapi_extra=body_doc(_fields(CHAT_FIELDS)))
 async def chat_completions(
     request: Request, authorization: str | None = Header(default=None)
 ) -> Any:

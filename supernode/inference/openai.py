@@ -23,15 +23,19 @@ from supernode.credits import pack_rules
 from supernode.credits.orders import parse_delegation
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
-from supernode.errors import Refused, SupernodeError, Unauthorized
+from supernode.errors import Refused, SupernodeError, TooManyRequests, Unauthorized
+from supernode.inference.menu import ModelEntry
+from supernode.inference.openai_params import DEFAULT_MAX_TOKENS, OpenAIError, OpenAIRequest
 from supernode.inference.service import InferenceService, openai_usage
-from supernode.inference.usage import MILLI
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
 from supernode.locks import KeyedLock
 from supernode.petals.client.pool import GenerateParams
 
 KEY_PREFIX = "sn-"
+RACE_TRIES = 3  # orders signed for one request when another spender takes the sequence
+RACE_WAIT_S = 2.0  # how long a lost race waits for the winner's certificate to come
+RACE_REASONS = ("stale_sequence", "conflicting_order", "sequence_ahead")
 
 
 def encode_api_key(delegation: dict[str, Any]) -> str:
@@ -48,17 +52,6 @@ def decode_api_key(key: str) -> Any:
         raise Unauthorized("the API key does not decode") from exc
 
 
-def chat_prompt(messages: list[dict[str, Any]]) -> str:
-    """A plain chat template: one `role: content` line per message, then `assistant:`."""
-    lines = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):  # [{"type": "text", "text": ...}]
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-        lines.append(f"{m.get('role', 'user')}: {content}")
-    return "\n".join(lines) + "\nassistant:"
-
-
 @dataclass
 class Job:
     request_id: str
@@ -69,8 +62,15 @@ class Job:
     pack_id: str
     cost: int
     prompt_tokens: int
+    req: OpenAIRequest
     # ms from the start of the run to each step, for the Server-Timing header
     timing: dict[str, float] = field(default_factory=dict)
+    completion_tokens: int | None = None  # a stream's, once it ended
+
+    def finish_reason(self, completion_tokens: int) -> str:
+        """``length`` when the tokens ran out, else ``stop`` (end of text or a stop
+        sequence: the cut text is shorter than the limit)."""
+        return "length" if completion_tokens >= self.params.max_new_tokens else "stop"
 
 
 class OpenAIGateway:
@@ -102,22 +102,33 @@ class OpenAIGateway:
             )
         return d
 
-    async def prepare(
-        self,
-        d: Envelope,
-        model: str,
-        prompt: str,
-        max_tokens: int | None,
-        temperature: float | None,
-        top_p: float | None,
-    ) -> Job:
+    def model_entry(self, model: str) -> ModelEntry:
+        """The menu entry; 404 ``model_not_found`` as OpenAI answers it for a model not
+        on the menu (a known model whose nodes are down stays a 503)."""
+        try:
+            return self.svc.entry(model)
+        except Refused as exc:
+            if exc.reason != "unknown_model":
+                raise
+            raise OpenAIError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            ) from None
+
+    async def prepare(self, d: Envelope, req: OpenAIRequest) -> Job:
         """Quote the request against the pack and the delegation's cap."""
-        entry = self.svc.entry(model)
-        params_raw: dict[str, Any] = {"max_new_tokens": max_tokens or min(16, entry.max_new_tokens)}
-        if temperature is not None and temperature > 0:
-            params_raw.update(do_sample=True, temperature=max(1, int(temperature * MILLI)))
-        if top_p is not None and 0 < top_p < 1:
-            params_raw["top_p"] = max(1, int(top_p * MILLI))
+        entry = self.model_entry(req.model)
+        if req.max_tokens is not None and req.max_tokens > entry.max_new_tokens:
+            raise context_exceeded(
+                entry,
+                "max_tokens",
+                f"you requested {req.max_tokens} completion tokens; this model makes at most "
+                f"{entry.max_new_tokens}",
+            )
+        max_new = req.max_tokens or min(DEFAULT_MAX_TOKENS, entry.max_new_tokens)
+        params_raw = req.native_params(max_new)
         pack_id = d.payload["pack_id"]
         with self.svc.db.read() as conn:
             pack = spends_repo.pack_state(conn, pack_id)
@@ -125,44 +136,88 @@ class OpenAIGateway:
         pack_rules.signed_for(pack_rules.known_pack(pack, pack_id), self.svc.me, d)
         cap_left = d.payload["max_credits"] - spent
         usage_id = "0x" + secrets.token_hex(32)
-        q = await self.svc.quote(
-            pack_id, d.sender, model, prompt, params_raw, max(1, cap_left), usage_id, delegated=True
-        )
+        try:
+            q = await self.svc.quote(
+                pack_id,
+                d.sender,
+                req.model,
+                req.prompt,
+                params_raw,
+                max(1, cap_left),
+                usage_id,
+                delegated=True,
+            )
+        except Refused as exc:
+            if exc.reason == "too_many_tokens":
+                raise context_exceeded(entry, req.prompt_param, exc.detail) from None
+            raise
         return Job(
             q["request_id"],
-            model,
-            prompt,
-            self.svc.menu_params(model, params_raw),
+            req.model,
+            req.prompt,
+            self.svc.menu_params(req.model, params_raw),
             int(time.time()),
             pack_id,
             q["cost"],
             q["prompt_tokens"],
+            req,
         )
 
     async def certify(self, d: Envelope, job: Job, linger_s: float = 0.0) -> dict[str, Any]:
         """Sign the order under the delegation and get it certified (one per pack at a
-        time: the order takes the pack's next sequence); the vote requests may wait
-        ``linger_s`` to share a batch."""
-        async with self._pack_locks.hold(job.pack_id):
+        time here: the order takes the pack's next sequence); the vote requests may wait
+        ``linger_s`` to share a batch. Another spender of the pack (its owner, another
+        supernode) may take that sequence first: then the order is signed again for the
+        next one, RACE_TRIES times at most, and a 429 says to retry after that."""
+        for _ in range(RACE_TRIES):
+            async with self._pack_locks.hold(job.pack_id):
+                with self.svc.db.read() as conn:
+                    pack = spends_repo.pack_state(conn, job.pack_id)
+                assert pack is not None
+                sequence = pack["next_sequence"]
+                order = self.svc.signer.sign(
+                    "spend_order",
+                    {
+                        "pack_id": job.pack_id,
+                        "sequence": sequence,
+                        "amount": job.cost,
+                        "request_id": job.request_id,
+                        "executor": self.svc.me,
+                        "delegation": d.to_wire(),
+                    },
+                    ttl_s=self.svc.s.usage_quote_ttl_s,
+                )
+                parsed = self.svc.voter.parse(order.to_wire())
+                try:
+                    cert = await self.svc.executor.certify(parsed, linger_s)
+                except SupernodeError as exc:
+                    if not await self._lost_race(job.pack_id, sequence, exc):
+                        raise
+                    continue
+                await self.svc.mark_certified(job.request_id, parsed.sequence, parsed.id)
+            return cert
+        raise TooManyRequests(
+            f"another spender of pack {job.pack_id} took its next sequence {RACE_TRIES} times "
+            "in a row; nothing was spent, try again",
+            retry_after_s=1.0,
+            reason="pack_busy",
+        )
+
+    async def _lost_race(self, pack_id: str, sequence: int, exc: SupernodeError) -> bool:
+        """Whether ``exc`` means another order took ``sequence`` (then wait, bounded, for
+        its certificate to move the pack here, so that the next try signs the next one)."""
+        raced = exc.reason in RACE_REASONS or (
+            exc.reason == "no_quorum" and any(r in exc.detail for r in RACE_REASONS)
+        )
+        deadline = time.monotonic() + (RACE_WAIT_S if raced else 0.0)
+        while True:
             with self.svc.db.read() as conn:
-                pack = spends_repo.pack_state(conn, job.pack_id)
-            assert pack is not None
-            order = self.svc.signer.sign(
-                "spend_order",
-                {
-                    "pack_id": job.pack_id,
-                    "sequence": pack["next_sequence"],
-                    "amount": job.cost,
-                    "request_id": job.request_id,
-                    "executor": self.svc.me,
-                    "delegation": d.to_wire(),
-                },
-                ttl_s=self.svc.s.usage_quote_ttl_s,
-            )
-            parsed = self.svc.voter.parse(order.to_wire())
-            cert = await self.svc.executor.certify(parsed, linger_s)
-            await self.svc.mark_certified(job.request_id, parsed.sequence, parsed.id)
-        return cert
+                pack = spends_repo.pack_state(conn, pack_id)
+            if pack is not None and pack["next_sequence"] > sequence:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
 
     async def complete(self, d: Envelope, job: Job) -> tuple[str, dict[str, int]]:
         """Run and certify at once; the text only once certified. Returns (text, usage)."""
@@ -232,12 +287,15 @@ class OpenAIGateway:
         while (chunk := await buffered.get()) is not None:
             text += chunk
             yield chunk
-        if failure or not text:
+        if failure or (not text and not job.params.stop):  # (a stop sequence may cut all)
             err = str(failure[0]) if failure else "empty output"
             await self.svc.fail_request(job.request_id, err)
             raise failure[0] if failure else Refused(err, reason="empty_output")
-        # every chunk is out: the stream ends now; the result is recorded right after
-        self.svc.record_later(job.request_id, text, time.perf_counter() - started, None)
+        # every chunk is out; the count gives the finish reason and the usage chunk, and
+        # the result is recorded right after
+        counted = min(await self.svc.count_tokens(job.model, text), job.params.max_new_tokens)
+        job.completion_tokens = counted
+        self.svc.record_later(job.request_id, text, time.perf_counter() - started, counted)
 
     async def _drop(self, job: Job) -> None:
         """Certification failed: the quote is void and nothing was spent."""
@@ -249,3 +307,17 @@ class OpenAIGateway:
                 error="spend not certified",
                 updated_at=time.time(),
             )
+
+
+def context_exceeded(entry: ModelEntry, param: str, detail: str) -> OpenAIError:
+    """OpenAI's 400 for a request that does not fit the model (clients and LiteLLM read
+    ``context_length_exceeded`` and this message's first words)."""
+    window = entry.max_input_tokens + entry.max_new_tokens
+    return OpenAIError(
+        400,
+        f"This model's maximum context length is {window} tokens "
+        f"({entry.max_input_tokens} for the prompt, {entry.max_new_tokens} for the completion); "
+        f"{detail}.",
+        code="context_length_exceeded",
+        param=param,
+    )

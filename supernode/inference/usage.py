@@ -2,8 +2,8 @@
 
 `inference_usage_request`, signed by the pack's owner: {pack_id, model, input, params,
 max_cost}; params: max_new_tokens (required), do_sample, temperature, top_k, top_p,
-repetition_penalty. request_id = keccak(the usage request's id): a retry is the same
-request."""
+repetition_penalty, seed, stop (up to 4 texts: the output ends before the first).
+request_id = keccak(the usage request's id): a retry is the same request."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from supernode.errors import BadRequest, Refused
 from supernode.inference.menu import ModelEntry
 from supernode.ledger import MAX_INTEGER
 from supernode.petals.client.pool import GenerateParams
+from supernode.petals.client.stops import MAX_STOP_CHARS, MAX_STOPS
 
 USAGE_REQUEST = "inference_usage_request"
 USAGE_RESPONSE = "inference_usage_response"
@@ -27,6 +28,8 @@ PARAM_FIELDS = {
     "top_k",
     "top_p",
     "repetition_penalty",
+    "seed",
+    "stop",
 }
 # floats are not allowed in signed payloads: sampling knobs travel as thousandths
 MILLI = 1000
@@ -60,6 +63,17 @@ def parse_params(params: Any, entry: ModelEntry) -> GenerateParams:
     top_k = _int(params, "top_k", 1, 1000, None)
     top_p = _int(params, "top_p", 1, MILLI, None)
     rep = _int(params, "repetition_penalty", 1, 5 * MILLI, None)
+    seed = _int(params, "seed", 0, MAX_INTEGER, None)
+    stop = params.get("stop", [])
+    if (
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOPS
+        or not all(isinstance(x, str) and 1 <= len(x) <= MAX_STOP_CHARS for x in stop)
+    ):
+        raise Refused(
+            f"stop must be a list of at most {MAX_STOPS} texts of 1 to {MAX_STOP_CHARS} characters",
+            reason="bad_params",
+        )
     return GenerateParams(
         max_new_tokens=max_new,
         do_sample=do_sample,
@@ -67,6 +81,8 @@ def parse_params(params: Any, entry: ModelEntry) -> GenerateParams:
         top_k=top_k,
         top_p=top_p / MILLI if top_p else None,
         repetition_penalty=rep / MILLI if rep else None,
+        seed=seed,
+        stop=tuple(stop),
     )
 
 

@@ -13,6 +13,7 @@ from supernode.inference.menu import Menu
 from supernode.inference.service import result_hash
 from supernode.inference.usage import parse_params
 from supernode.petals.client.pool import GenerateParams, NodePool
+from supernode.petals.client.stops import cut
 from supernode.reputation import rules
 
 SAMPLING_TOP_K = 50  # what a Petals node samples from when a request sets no top_k
@@ -58,6 +59,8 @@ async def judge(
         params = parse_params(served.params, menu.entry(served.model))
     except SupernodeError as exc:
         return rules.SKIPPED, None, f"params not runnable here: {exc}"
+    if cut(served.output, params.stop)[1]:
+        return rules.FAIL, 0, "the output goes past one of its stop sequences"
     counted = await pool.tokenize(served.model, served.output) if served.output else 0
     if counted is not None:
         expect = min(counted, params.max_new_tokens)
@@ -81,6 +84,7 @@ async def judge(
         end = scored["end"]
         if (
             scored["tokens"] < params.max_new_tokens
+            and not params.stop  # (a stop sequence may end it: the greedy re-run says)
             and not end["eos_is_top"]
             and end["eos_gap"] is not None  # None: the model has no end-of-text token
             and end["eos_gap"] > tol

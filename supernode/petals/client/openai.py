@@ -33,6 +33,8 @@ def openai_body(model: str, prompt: str, params: GenerateParams) -> dict[str, An
     }
     if params.top_p is not None:
         body["top_p"] = params.top_p
+    if params.seed is not None:
+        body["seed"] = params.seed
     return body
 
 

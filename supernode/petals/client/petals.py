@@ -50,6 +50,7 @@ def petals_fields(params: GenerateParams) -> dict[str, Any]:
         "top_k": params.top_k,
         "top_p": params.top_p,
         "repetition_penalty": params.repetition_penalty,
+        "seed": params.seed,
         "priority": "low" if params.low_priority else None,  # the node's default is normal
     }
     return {k: v for k, v in fields.items() if v is not None}

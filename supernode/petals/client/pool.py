@@ -44,6 +44,7 @@ from supernode.petals.client.base import NodeClient, NodeConfig, Timeouts
 from supernode.petals.client.openai import OpenAINodeClient
 from supernode.petals.client.petals import PetalsNodeClient
 from supernode.petals.client.protocol import GenerateParams, NodeFailure, NodeRejected
+from supernode.petals.client.stops import StopCutter
 
 __all__ = [
     "GenerateParams",
@@ -342,6 +343,8 @@ class NodePool:
         ``low_priority``, in the node's low lane (an auditor's re-run)."""
         if low_priority:
             params = replace(params, low_priority=True)
+        if params.stop:
+            return await self._generate_to_stop(model, prompt, params)
         started = time.monotonic()
         errors: list[str] = []
         for attempt, node in self._tries(model):
@@ -372,6 +375,21 @@ class NodePool:
             )
         raise self._give_up(model, errors)
 
+    async def _generate_to_stop(
+        self, model: str, prompt: str, params: GenerateParams
+    ) -> GenerateResult:
+        """A whole answer with stop sequences: streamed, cut at the first one, and the
+        node's generation ended there (the stream is closed). The token count is left to
+        the caller (the node's counts the text it made, not the cut one)."""
+        started = time.monotonic()
+        parts: list[str] = []
+        served: list[str] = []  # the node that answered, and the tries made
+        async with aclosing(self.stream(model, prompt, params, served)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+        took = time.monotonic() - started
+        return GenerateResult("".join(parts), None, None, served[-1], took, len(served))
+
     async def score(self, model: str, prompt: str, output: str, **kw: Any) -> dict[str, Any] | None:
         """How a node serving ``model`` scores ``output`` as the continuation of ``prompt``
         (``kw``: ``repetition_penalty``, ``top_k``, ``tolerance``, as ``NodeClient.score``):
@@ -399,12 +417,35 @@ class NodePool:
             return None
         raise self._give_up(model, errors)
 
-    async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[str]:
+    async def stream(
+        self, model: str, prompt: str, params: GenerateParams, served: list[str] | None = None
+    ) -> AsyncIterator[str]:
         """Text chunks as a node makes them (non-empty, in order; the iterator ends after the
-        last). Fails over only before the first chunk was yielded; after that a failure ends
-        the stream with ``NodeUnavailable``."""
+        last), cut at the first of ``params.stop`` (the node's generation then ends). Fails
+        over only before the first chunk was yielded; after that a failure ends the stream
+        with ``NodeUnavailable``. ``served`` gets the url of each node tried."""
+        if not params.stop:
+            async with aclosing(self._stream(model, prompt, params, served)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        cutter = StopCutter(params.stop)
+        async with aclosing(self._stream(model, prompt, params, served)) as chunks:
+            async for chunk in chunks:
+                if out := cutter.feed(chunk):
+                    yield out
+                if cutter.stopped:
+                    return  # closing the node's stream ends its generation
+        if out := cutter.flush():
+            yield out
+
+    async def _stream(
+        self, model: str, prompt: str, params: GenerateParams, served: list[str] | None
+    ) -> AsyncIterator[str]:
         errors: list[str] = []
         for attempt, node in self._tries(model):
+            if served is not None:
+                served.append(node.url)
             sent = 0
             with self._lease(node):
                 try:

@@ -28,6 +28,9 @@ class GenerateParams:
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float | None = None
+    seed: int | None = None  # the sampler's seed (the same seed, the same sampled text)
+    # cut by the pool (supernode.inference.stops), not sent to the node
+    stop: tuple[str, ...] = ()
     low_priority: bool = False  # in the node's low lane (an audit's re-run); Petals nodes only
 
 

@@ -20,6 +20,8 @@ def test_params_within_the_menus_limits_pass() -> None:
     p = parse_params({"max_new_tokens": 64, "do_sample": True, "temperature": 700}, ENTRY)
     assert (p.max_new_tokens, p.do_sample, p.temperature) == (64, True, 0.7)
     assert ENTRY.cost(10, p.max_new_tokens) == 10 * 1 + 64 * 2
+    p = parse_params({"max_new_tokens": 8, "seed": 3, "stop": ["\n", "END"]}, ENTRY)
+    assert (p.seed, p.stop) == (3, ("\n", "END"))
 
 
 @pytest.mark.parametrize(
@@ -31,7 +33,11 @@ def test_params_within_the_menus_limits_pass() -> None:
         ({"max_new_tokens": True}, Refused),  # a bool is not an integer
         ({"max_new_tokens": 8, "temperature": 0.7}, Refused),  # floats travel as thousandths
         ({"max_new_tokens": 8, "do_sample": 1}, BadRequest),
-        ({"max_new_tokens": 8, "seed": 1}, BadRequest),  # not a parameter of ours
+        ({"max_new_tokens": 8, "beam_width": 1}, BadRequest),  # not a parameter of ours
+        ({"max_new_tokens": 8, "seed": -1}, Refused),
+        ({"max_new_tokens": 8, "stop": "x"}, Refused),  # a list
+        ({"max_new_tokens": 8, "stop": ["a", "b", "c", "d", "e"]}, Refused),
+        ({"max_new_tokens": 8, "stop": ["x" * 101]}, Refused),
         ("max_new_tokens=8", BadRequest),
     ],
 )

@@ -1,0 +1,264 @@
+"""The OpenAI-compatible path as the official `openai` SDK sees it, against real daemons and
+a real node: every parameter honoured (stop, max_tokens, finish_reason streamed and not,
+stream_options.include_usage, seed, echo, models) or refused with the error class OpenAI's
+own API would make the SDK raise; nothing refused is charged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from supernode.client import SupernodeClient
+from supernode.devnet import LocalFederation
+from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, wait_until
+
+pytestmark = pytest.mark.integration
+SETTINGS = {
+    **TEST_SETTINGS,
+    "SUPERNODE_QUORUM_TIMEOUT_S": "3",
+    "SUPERNODE_MAX_NEW_TOKENS": "32",
+    "SUPERNODE_MAX_INPUT_TOKENS": "64",
+    "SUPERNODE_AUDITS_ENABLED": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    with LocalFederation(
+        root=tmp_path_factory.mktemp("oai"), peers=4, petals_nodes=1, settings=dict(SETTINGS)
+    ) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def keyed(fed: LocalFederation) -> Iterator[tuple[openai.OpenAI, str, str]]:
+    """An SDK client on daemon 0 with a key of a fresh pack; (client, key, pack id)."""
+    owner, pack_id = buy_pack(fed, 100_000)
+    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
+        key = c.delegate(pack_id, max_credits=50_000, expires_in_s=3600)
+    with openai.OpenAI(
+        base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0, timeout=60
+    ) as client:
+        yield client, key, pack_id
+
+
+def balances(fed: LocalFederation, pack_id: str) -> list[int | None]:
+    out = []
+    for i in range(len(fed.daemons)):
+        s = pack_state(fed, i, pack_id)
+        out.append(s["remaining_credits"] if s else None)
+    return out
+
+
+def settled(fed: LocalFederation, pack_id: str) -> int:
+    """The balance once every daemon says the same twice in a row (refunds of unused
+    tokens are recorded just after an answer)."""
+    seen: list[list[int | None]] = []
+
+    def steady() -> tuple[int] | None:
+        seen.append(balances(fed, pack_id))
+        same = len(seen) > 1 and seen[-1] == seen[-2] and len(set(seen[-1])) == 1
+        return (seen[-1][0],) if same and seen[-1][0] is not None else None
+
+    return wait_until(steady, timeout_s=20, interval_s=0.5, what="balances to settle")[0]
+
+
+def streamed(client: openai.OpenAI, **kw: Any) -> tuple[str, str | None, Any]:
+    """(text, finish_reason, usage) of a streamed chat."""
+    text, finish, usage = "", None, None
+    for ch in client.chat.completions.create(stream=True, **kw):
+        if ch.usage is not None:
+            usage = ch.usage
+        for c in ch.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    return text, finish, usage
+
+
+def test_stop_max_tokens_and_finish_reason_agree_streamed_or_not(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str, str]
+) -> None:
+    client, _, _ = keyed
+    model = fed.nodes[0].model
+    msgs = [{"role": "user", "content": "tell me about the quick brown fox"}]
+    whole = client.chat.completions.create(model=model, messages=msgs, max_tokens=24)
+    text = whole.choices[0].message.content or ""
+    assert whole.choices[0].finish_reason == "length" and whole.usage is not None
+    assert whole.usage.completion_tokens == 24
+    s_text, s_finish, s_usage = streamed(
+        client, model=model, messages=msgs, max_tokens=24, stream_options={"include_usage": True}
+    )
+    assert (s_text, s_finish) == (text, "length")  # greedy: the same text, the same reason
+    assert s_usage is not None and s_usage.completion_tokens == 24
+    assert s_usage.prompt_tokens == whole.usage.prompt_tokens
+    # a stop sequence taken from the middle of that text: cut just before it, "stop"
+    stop = next(
+        w
+        for i in range(len(text) // 2, len(text) - 3)
+        if (w := text[i : i + 3]).strip() and text.index(w) > 0
+    )
+    cut = text[: text.index(stop)]
+    for stops in (stop, [stop, "\x00never"]):
+        got = client.chat.completions.create(model=model, messages=msgs, max_tokens=24, stop=stops)
+        assert got.choices[0].message.content == cut
+        assert got.choices[0].finish_reason == "stop"
+        assert got.usage is not None and got.usage.completion_tokens < 24
+        s_text, s_finish, s_usage = streamed(
+            client,
+            model=model,
+            messages=msgs,
+            max_tokens=24,
+            stop=stops,
+            stream_options={"include_usage": True},
+        )
+        assert (s_text, s_finish) == (cut, "stop")
+        assert s_usage is not None and s_usage.completion_tokens == got.usage.completion_tokens
+    # without include_usage no usage chunk comes
+    assert streamed(client, model=model, messages=msgs, max_tokens=4)[2] is None
+    # completions: echo puts the prompt first, streamed or not
+    comp = client.completions.create(model=model, prompt="the fox", max_tokens=4, echo=True)
+    assert comp.choices[0].text.startswith("the fox") and len(comp.choices[0].text) > 7
+    parts = client.completions.create(
+        model=model, prompt="the fox", max_tokens=4, echo=True, stream=True
+    )
+    assert "".join(p.choices[0].text for p in parts if p.choices) == comp.choices[0].text
+
+
+def test_a_seed_repeats_a_sampled_text(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str, str]
+) -> None:
+    client, _, _ = keyed
+    model = fed.nodes[0].model
+    kw: dict[str, Any] = {"model": model, "prompt": "once upon a time", "max_tokens": 12}
+    a = client.completions.create(temperature=1.0, seed=1234, **kw).choices[0].text
+    b = client.completions.create(temperature=1.0, seed=1234, **kw).choices[0].text
+    assert a == b
+    texts = {
+        client.completions.create(temperature=1.0, seed=s, **kw).choices[0].text for s in range(6)
+    }
+    assert len(texts) > 1  # the seed is used, not ignored: other seeds, other samples
+
+
+def test_models_need_a_key_and_can_be_retrieved(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str, str]
+) -> None:
+    client, _, _ = keyed
+    model = fed.nodes[0].model
+    assert [m.id for m in client.models.list().data] == [model]
+    assert client.models.retrieve(model).id == model
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.models.retrieve("no-such-model")
+    assert nf.value.code == "model_not_found"
+    url = fed.daemons[0].url
+    r = httpx.get(f"{url}/v1/models", timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    r = httpx.post(f"{url}/v1/embeddings", json={"input": "x"}, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-not-ours", max_retries=0) as other:
+        with pytest.raises(openai.AuthenticationError):
+            other.models.list()
+
+
+def test_refusals_are_openai_errors_and_cost_nothing(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str, str]
+) -> None:
+    client, _, pack_id = keyed
+    model = fed.nodes[0].model
+    before = settled(fed, pack_id)
+    msgs = [{"role": "user", "content": "hi"}]
+    bad = openai.BadRequestError
+    cases: list[tuple[dict[str, Any], type[Exception], str | None, str | None]] = [
+        ({"temperature": 5}, bad, "temperature", None),
+        ({"n": 2}, bad, "n", "unsupported_parameter"),
+        (
+            {"messages": [{"role": "wizard", "content": "x"}]},
+            bad,
+            "messages[0].role",
+            None,
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+            bad,
+            "tools",
+            "unsupported_parameter",
+        ),
+        (
+            {"response_format": {"type": "json_object"}},
+            bad,
+            "response_format",
+            None,
+        ),
+        ({"presence_penalty": 1.0}, bad, "presence_penalty", None),
+        (
+            {"stream_options": {"include_usage": True}},
+            bad,
+            "stream_options",
+            None,
+        ),
+        ({"model": "no-such-model"}, openai.NotFoundError, "model", "model_not_found"),
+        ({"max_tokens": 33}, bad, "max_tokens", "context_length_exceeded"),
+        (
+            {"messages": [{"role": "user", "content": "word " * 200}]},
+            bad,
+            "messages",
+            "context_length_exceeded",
+        ),
+    ]
+    for extra, error, param, code in cases:
+        with pytest.raises(error) as err:
+            client.chat.completions.create(**{"model": model, "messages": msgs, **extra})
+        body = err.value.body
+        assert isinstance(body, dict), body  # the SDK hands over the "error" object
+        assert body["param"] == param, (extra, body)
+        if code is not None:
+            assert body["code"] == code, (extra, body)
+        if code == "context_length_exceeded":  # what LiteLLM's context-window fallback reads
+            assert "maximum context length" in body["message"]
+    # an argument OpenAI does not define: 400 as OpenAI answers it
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model, messages=msgs, extra_body={"wizardry": 1})
+    assert err.value.code == "unknown_parameter"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=model, prompt="x", suffix="y")
+    assert err.value.code == "unsupported_parameter"
+    assert settled(fed, pack_id) == before  # none of that cost anything
+
+
+def test_an_exhausted_key_is_openai_s_exhausted_quota(fed: LocalFederation) -> None:
+    owner, pack_id = buy_pack(fed, 10_000)
+    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
+        key = c.delegate(pack_id, max_credits=5, expires_in_s=600)
+    with openai.OpenAI(base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0) as cl:
+        with pytest.raises(openai.RateLimitError) as err:
+            cl.completions.create(model=fed.nodes[0].model, prompt="hello there", max_tokens=8)
+    assert err.value.code == "insufficient_quota"
+    assert err.value.body["type"] == "insufficient_quota"  # type: ignore[index]
+    assert settled(fed, pack_id) == 10_000
+
+
+def test_the_async_client_streams(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str, str]
+) -> None:
+    _, key, _ = keyed
+    model = fed.nodes[0].model
+
+    async def run() -> tuple[str, str]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0, timeout=60
+        ) as ac:
+            whole = await ac.completions.create(model=model, prompt="a b c", max_tokens=6)
+            text = ""
+            stream = await ac.completions.create(
+                model=model, prompt="a b c", max_tokens=6, stream=True
+            )
+            async for part in stream:
+                text += part.choices[0].text if part.choices else ""
+            return whole.choices[0].text, text
+
+    whole, text = asyncio.run(run())
+    assert whole and whole == text
