@@ -139,7 +139,12 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
         return error_response(as_openai(exc))
     cid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[2:26]
     finish = job.finish_reason(usage["completion_tokens"])
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    logprobs = None
+    if req.logprobs is not None:
+        tokens = await gw.logprobs(job, text)
+        if tokens is not None:
+            logprobs = chat_logprobs(tokens) if chat else completion_logprobs(tokens, req.logprobs)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
     if chat:
         choice["message"] = {"role": "assistant", "content": text, "refusal": None}
     else:
@@ -158,6 +163,33 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
     )
     resp.headers["server-timing"] = server_timing(started, prepared, job.timing)
     return resp
+
+
+def chat_logprobs(tokens: list[dict[str, Any]]) -> dict[str, Any]:
+    """A node's token logprobs as chat's ``choices[].logprobs``."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = [
+        {**entry(t["token"], t["logprob"]), "top_logprobs": [entry(a, v) for a, v in t["top"]]}
+        for t in tokens
+    ]
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(tokens: list[dict[str, Any]], top: int) -> dict[str, Any]:
+    """A node's token logprobs as completions' ``choices[].logprobs``."""
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t["token"])
+    return {
+        "tokens": [t["token"] for t in tokens],
+        "token_logprobs": [t["logprob"] for t in tokens],
+        "top_logprobs": [dict(t["top"]) for t in tokens] if top else None,
+        "text_offset": offsets,
+    }
 
 
 def server_timing(started: float, prepared: float, steps: dict[str, float]) -> str:

@@ -19,13 +19,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from loguru import logger
+
 from supernode.credits import pack_rules
 from supernode.credits.orders import parse_delegation
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope
 from supernode.errors import Refused, SupernodeError, TooManyRequests, Unauthorized
 from supernode.inference.menu import ModelEntry
-from supernode.inference.openai_params import DEFAULT_MAX_TOKENS, OpenAIError, OpenAIRequest
+from supernode.inference.openai_params import (
+    DEFAULT_MAX_TOKENS,
+    OpenAIError,
+    OpenAIRequest,
+    unsupported,
+)
 from supernode.inference.service import InferenceService, openai_usage
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
@@ -127,6 +134,11 @@ class OpenAIGateway:
                 f"you requested {req.max_tokens} completion tokens; this model makes at most "
                 f"{entry.max_new_tokens}",
             )
+        if req.logprobs is not None:
+            if req.stream:
+                raise unsupported("logprobs", "logprobs are given with whole answers, not streams")
+            if not self.svc.pool.can_score(req.model):
+                raise unsupported("logprobs", f"no node serving {req.model} gives logprobs")
         max_new = req.max_tokens or min(DEFAULT_MAX_TOKENS, entry.max_new_tokens)
         params_raw = req.native_params(max_new)
         pack_id = d.payload["pack_id"]
@@ -252,6 +264,28 @@ class OpenAIGateway:
         out = min(result.output_tokens, job.params.max_new_tokens)
         self.svc.record_later(job.request_id, result.text, result.latency_s, out)
         return result.text, openai_usage(job.prompt_tokens, out)
+
+    async def logprobs(self, job: Job, text: str) -> list[dict[str, Any]] | None:
+        """The answer's tokens with their log-probabilities and ``job.req.logprobs``
+        alternatives each, from a node that scores the text in one forward pass (after the
+        answer: the text is paid for and kept whatever happens here). None, logged, when no
+        node could give them."""
+        assert job.req.logprobs is not None
+        try:
+            body = await self.svc.pool.score(
+                job.model,
+                job.prompt,
+                text,
+                logprobs=job.req.logprobs,
+                repetition_penalty=job.params.repetition_penalty,
+            )
+        except SupernodeError as exc:
+            logger.warning("request {}: no logprobs: {}", job.request_id, exc)
+            return None
+        if body is None:
+            logger.warning("request {}: no logprobs: no node scores now", job.request_id)
+            return None
+        return list(body["logprobs"])
 
     def vote_linger_s(self, model: str) -> float:
         """How long this request's vote requests may wait to share a batch: a quarter of

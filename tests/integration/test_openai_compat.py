@@ -144,6 +144,38 @@ def test_a_seed_repeats_a_sampled_text(
     assert len(texts) > 1  # the seed is used, not ignored: other seeds, other samples
 
 
+def test_logprobs_come_from_the_node(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str, str]
+) -> None:
+    client, _, _ = keyed
+    model = fed.nodes[0].model
+    msgs = [{"role": "user", "content": "the lazy dog"}]
+    chat = client.chat.completions.create(
+        model=model, messages=msgs, max_tokens=10, logprobs=True, top_logprobs=3
+    )
+    lp = chat.choices[0].logprobs
+    assert lp is not None and lp.content is not None
+    assert "".join(t.token for t in lp.content) == chat.choices[0].message.content
+    for t in lp.content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3 and t.bytes == list(t.token.encode())
+    # greedy: each token is the model's first choice there
+    firsts = sum(abs(t.logprob - t.top_logprobs[0].logprob) < 1e-4 for t in lp.content)
+    assert firsts >= len(lp.content) - 1
+    comp = client.completions.create(model=model, prompt="the lazy dog", max_tokens=6, logprobs=2)
+    clp = comp.choices[0].logprobs
+    assert clp is not None and clp.tokens and clp.token_logprobs and clp.top_logprobs
+    assert "".join(clp.tokens) == comp.choices[0].text and clp.text_offset is not None
+    assert clp.text_offset[0] == 0 and all(1 <= len(d) <= 2 for d in clp.top_logprobs)
+    assert (
+        client.completions.create(model=model, prompt="x", max_tokens=3).choices[0].logprobs is None
+    )
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=model, messages=msgs, max_tokens=4, logprobs=True, stream=True
+        )
+    assert err.value.code == "unsupported_parameter"
+
+
 def test_models_need_a_key_and_can_be_retrieved(
     fed: LocalFederation, keyed: tuple[openai.OpenAI, str, str]
 ) -> None:

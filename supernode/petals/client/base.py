@@ -129,6 +129,7 @@ class NodeClient(ABC):
         repetition_penalty: float | None,
         top_k: int | None,
         tolerance: float | None,
+        logprobs: int | None = None,
     ) -> dict[str, Any] | None:
         """The node's score answer (see ``score``); the caller bounds it by ``request_s``.
         None: this kind of node cannot score."""
@@ -256,11 +257,14 @@ class NodeClient(ABC):
         repetition_penalty: float | None = None,
         top_k: int | None = None,
         tolerance: float | None = None,
+        logprobs: int | None = None,
     ) -> dict[str, Any] | None:
         """How ``model`` scores ``output`` as the continuation of ``prompt`` (in the node's
         low lane), within ``request_s``: the node's answer, ``{"ok": true, "prompt_tokens",
         "tokens", "first_failure", "first_outside_top_k", "end", "positions", ...}``; None
-        when this node cannot score. ``tolerance`` None: the node's default."""
+        when this node cannot score. ``tolerance`` None: the node's default. ``logprobs``:
+        the answer also lists each token's log-probability and that many alternatives (a
+        user's request: in the node's normal lane)."""
         try:
             async with asyncio.timeout(self.timeouts.request_s):
                 return await self._score(
@@ -270,6 +274,7 @@ class NodeClient(ABC):
                     repetition_penalty=repetition_penalty,
                     top_k=top_k,
                     tolerance=tolerance,
+                    logprobs=logprobs,
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise NodeFailure(

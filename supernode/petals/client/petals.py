@@ -82,6 +82,23 @@ def check_score(body: dict[str, Any]) -> None:
         raise NodeFailure("the score answer lacks its verdicts")
 
 
+def _logprobs_ok(items: Any) -> bool:
+    return isinstance(items, list) and all(
+        isinstance(t, dict)
+        and isinstance(t.get("token"), str)
+        and isinstance(t.get("logprob"), int | float)
+        and isinstance(t.get("top"), list)
+        and all(
+            isinstance(a, list)
+            and len(a) == 2
+            and isinstance(a[0], str)
+            and isinstance(a[1], int | float)
+            for a in t["top"]
+        )
+        for t in items
+    )
+
+
 class PetalsNodeClient(NodeClient):
     """A Petals HTTP API node: whole answers over HTTP, streams over a WebSocket session."""
 
@@ -134,6 +151,7 @@ class PetalsNodeClient(NodeClient):
         repetition_penalty: float | None,
         top_k: int | None,
         tolerance: float | None,
+        logprobs: int | None = None,
     ) -> dict[str, Any] | None:
         if not self.can_score:
             return None
@@ -144,7 +162,8 @@ class PetalsNodeClient(NodeClient):
             "repetition_penalty": repetition_penalty,
             "top_k": top_k,
             "tolerance": tolerance,
-            "priority": "low",
+            "logprobs": logprobs,
+            "priority": "low" if logprobs is None else "normal",  # audits wait; users do not
         }
         body = await self._post_form(
             "/api/v1/score", {k: v for k, v in form.items() if v is not None}
@@ -152,6 +171,8 @@ class PetalsNodeClient(NodeClient):
         if body.get("ok") is not True:
             judge_event(body, self.url)
         check_score(body)
+        if logprobs is not None and not _logprobs_ok(body.get("logprobs")):
+            raise NodeFailure("the score answer lacks the logprobs asked for")
         return body
 
     async def tokenize(self, model: str, text: str) -> int | None:

@@ -390,9 +390,14 @@ class NodePool:
         took = time.monotonic() - started
         return GenerateResult("".join(parts), None, None, served[-1], took, len(served))
 
+    def can_score(self, model: str) -> bool:
+        """Whether a ready node serving ``model`` scores outputs (and gives logprobs)."""
+        return bool(self._ready(model, scoring=True))
+
     async def score(self, model: str, prompt: str, output: str, **kw: Any) -> dict[str, Any] | None:
         """How a node serving ``model`` scores ``output`` as the continuation of ``prompt``
-        (``kw``: ``repetition_penalty``, ``top_k``, ``tolerance``, as ``NodeClient.score``):
+        (``kw``: ``repetition_penalty``, ``top_k``, ``tolerance``, ``logprobs``, as
+        ``NodeClient.score``):
         its answer, with ``node_url`` added. None when no ready node can score the model;
         ``NodeUnavailable`` when every node tried failed, ``NodeRejected`` when one refused."""
         if not self._ready(model, scoring=True):

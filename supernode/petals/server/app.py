@@ -24,7 +24,10 @@ Wire (field names as chat.petals.dev has them):
   of another node's output). ``first_failure`` is the first position whose token is not the
   model's first choice by more than the tolerance (greedy), ``first_outside_top_k`` the first
   below the k-th largest logit by more than it (sampled); ``end`` says whether the model would
-  end the text where it ends; ``positions`` holds the first ``MAX_SCORE_POSITIONS``.
+  end the text where it ends; ``positions`` holds the first ``MAX_SCORE_POSITIONS``. With
+  ``logprobs`` (0 to 20) also ``"logprobs": [{"token", "logprob", "top": [[token, logprob],
+  ...]}, ...]``: each token's log-probability and that many most likely tokens there
+  (OpenAI's logprobs of a generated text, asked for with ``"priority": "normal"``).
 - ``POST /api/v1/tokenize``, the same body formats, fields ``model, inputs`` → ``{"ok": true,
   "token_count": n}``: the model's tokenizer's count, as ``input_tokens`` of ``generate``. It
   skips the generation worker's queue (it runs in asyncio's thread pool), so never waits for it.
@@ -95,6 +98,7 @@ DEFAULT_STEP_TIMEOUT_S = 300.0  # WebSocket: wait for the client's next message
 DEFAULT_MAX_QUEUE = 64  # requests queued or running before new ones get 503 (per lane)
 DEFAULT_SCORE_TOLERANCE = 1e-3  # logits: a claimed token this close to the top one passes
 MAX_SCORE_TOLERANCE = 1000.0
+MAX_TOP_LOGPROBS = 20  # alternatives per token a score answer may list (OpenAI's most)
 MAX_SCORE_POSITIONS = 512  # scored positions a score answer lists (the verdicts cover all)
 
 
@@ -263,6 +267,7 @@ def create_petals_app(
         )
         tolerance = DEFAULT_SCORE_TOLERANCE if tolerance is None else tolerance
         low = parse_priority(values, default="low")
+        logprobs = parse_int(values, "logprobs", 0, MAX_TOP_LOGPROBS)
 
         def run(cancel: threading.Event, deadline: float) -> ScoreResult:
             return model.engine.score(
@@ -273,6 +278,7 @@ def create_petals_app(
                 tolerance=tolerance,
                 cancel=cancel,
                 deadline=deadline,
+                logprobs=logprobs,
             )
 
         result = await model.worker.call(run, low=low)
@@ -354,6 +360,16 @@ def score_body(result: ScoreResult) -> dict[str, Any]:
             {"id": p.id, "top_id": p.top_id, "gap": p.gap, "rank": p.rank}
             for p in result.positions[:MAX_SCORE_POSITIONS]
         ],
+        **(
+            {}
+            if result.logprobs is None
+            else {
+                "logprobs": [
+                    {"token": t.token, "logprob": t.logprob, "top": [list(a) for a in t.top]}
+                    for t in result.logprobs[:MAX_SCORE_POSITIONS]
+                ]
+            }
+        ),
     }
 
 

@@ -91,6 +91,16 @@ class ScoreEnd:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A claimed token's log-probability, and the ``top`` most likely tokens there with
+    theirs (OpenAI's ``logprobs``)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
 class ScoreResult:
     """A claimed output scored in one forward pass (one more per silent token put back).
 
@@ -112,6 +122,7 @@ class ScoreResult:
     inserted: tuple[int, ...]
     exact_text: bool
     seconds: float
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when asked for
 
 
 @dataclass(frozen=True)
@@ -166,10 +177,12 @@ class Engine(Protocol):
         tolerance: float,
         cancel: threading.Event,
         deadline: float,
+        logprobs: int | None = None,
     ) -> ScoreResult:
         """Score ``output`` as a continuation of ``prompt`` (see ``ScoreResult``), the logits
         penalised as generation penalises them; ``BadRequest`` (``too_long``) when both do not
-        fit in ``max_length``; cancel and deadline as ``generate``."""
+        fit in ``max_length``; cancel and deadline as ``generate``. ``logprobs``: also each
+        token's log-probability and the ``logprobs`` most likely tokens there."""
         ...
 
     def health(self) -> EngineHealth:

@@ -42,6 +42,7 @@ from supernode.petals.server.engine import (
     ScoredToken,
     ScoreEnd,
     ScoreResult,
+    TokenLogprob,
 )
 
 MAX_SILENT_PASSES = 16  # forward passes trying silent tokens back in, for one claimed output
@@ -258,6 +259,7 @@ class TransformersEngine:
         tolerance: float,
         cancel: threading.Event,
         deadline: float,
+        logprobs: int | None = None,
     ) -> ScoreResult:
         _check_turn(cancel, deadline)
         started = time.monotonic()
@@ -313,7 +315,34 @@ class TransformersEngine:
             inserted=tuple(inserted),
             exact_text=exact,
             seconds=time.monotonic() - started,
+            logprobs=None if logprobs is None else self._logprobs(verdict, claimed, logprobs),
         )
+
+    def _logprobs(self, verdict: _Verdict, claimed: list[int], top: int) -> tuple[Any, ...]:
+        """Each claimed token's log-probability (a log-softmax of the row's logits) and the
+        ``top`` most likely tokens with theirs. A token's text is what it adds after the
+        token before it (so a leading space shows, as OpenAI shows it)."""
+        torch = self._torch
+        n = len(claimed)
+        with torch.inference_mode():
+            lp = torch.log_softmax(verdict.logits[:n], dim=-1)
+            ids = torch.tensor(claimed, dtype=torch.long, device=lp.device)
+            vocab = lp.shape[-1]
+            got = lp.gather(1, ids.clamp(max=vocab - 1)[:, None])[:, 0].tolist()
+            alts = lp.topk(min(top, vocab), dim=-1) if top else None
+        out = []
+        for i, tid in enumerate(claimed):
+            prev = claimed[i - 1 : i]
+            alternatives: tuple[tuple[str, float], ...] = ()
+            if alts is not None:
+                pairs = zip(alts.indices[i].tolist(), alts.values[i].tolist(), strict=True)
+                alternatives = tuple((self._piece(prev, a), float(v)) for a, v in pairs)
+            out.append(TokenLogprob(self._piece(prev, tid), float(got[i]), alternatives))
+        return tuple(out)
+
+    def _piece(self, prev: list[int], tid: int) -> str:
+        before = self.decode(prev) if prev else ""
+        return self.decode([*prev, tid])[len(before) :]
 
     def _logits(self, prompt: list[int], claimed: list[int], penalty: float | None) -> Any:
         """One forward pass: the float32 logits before each claimed token and after the last

@@ -109,6 +109,23 @@ def test_the_nodes_own_greedy_output_passes_with_every_gap_zero(
     assert ended < len(PROMPTS)  # the tiny model rarely ends: most ends above were cuts
 
 
+def test_logprobs_of_a_greedy_output_are_its_top_choices(engine: TransformersEngine) -> None:
+    prompt = PROMPTS[4]
+    made = generate(engine, prompt, n=12)
+    s = score(engine, prompt, made.text, logprobs=3)
+    assert s.logprobs is not None and len(s.logprobs) == s.tokens
+    assert score(engine, prompt, made.text).logprobs is None  # only when asked
+    for t in s.logprobs:
+        assert t.logprob <= 0.0 and len(t.top) == 3
+        values = [v for _, v in t.top]
+        assert values == sorted(values, reverse=True)
+        assert math.isclose(t.logprob, values[0], abs_tol=1e-5)  # greedy: the first choice
+        assert t.token == t.top[0][0]
+        assert sum(math.exp(v) for v in values) <= 1.0 + 1e-5
+    assert "".join(t.token for t in s.logprobs) == made.text
+    assert score(engine, prompt, made.text, logprobs=0).logprobs[0].top == ()  # type: ignore[index]
+
+
 def test_the_repetition_penalty_is_applied_as_generation_applies_it(
     engine: TransformersEngine,
 ) -> None:
@@ -535,6 +552,10 @@ async def test_the_pool_scores_on_a_node_that_can(served: str, engine: Transform
             await pool.score(MODEL, prompt, made.text, top_k=0)
         assert pool.status()[0]["failures"] == 0
         assert await pool.score("another-model", prompt, made.text) is None
+        assert pool.can_score(MODEL) and not pool.can_score("another-model")
+        lp = await pool.score(MODEL, prompt, made.text, logprobs=2)
+        assert lp is not None and len(lp["logprobs"]) == 12
+        assert all(len(t["top"]) == 2 for t in lp["logprobs"])
     finally:
         await pool.stop()
 
