@@ -266,16 +266,31 @@ class InferenceMixin:
         params = {"epoch": epoch} if epoch is not None else {}
         return self._call("GET", "/get_inference_sn_reputation_scores", params=params)
 
-    def delegate(self, pack_id: str, max_credits: int, expires_in_s: int) -> str:
+    def delegate(
+        self,
+        pack_id: str,
+        max_credits: int,
+        expires_in_s: int,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_in_flight: int | None = None,
+        models: list[str] | None = None,
+    ) -> str:
         """An OpenAI API key: this supernode may spend up to ``max_credits`` of the pack
-        for ``expires_in_s`` seconds (signed with the owner's key)."""
+        for ``expires_in_s`` seconds (signed with the owner's key); optionally at most
+        ``rpm`` requests and ``tpm`` tokens a minute, ``max_in_flight`` at once, and only
+        ``models``."""
         from supernode.inference.openai import encode_api_key
 
-        d = self.sign(
-            "spend_delegation",
-            {"pack_id": pack_id, "delegate": self.node()["address"], "max_credits": max_credits},
-            ttl_s=expires_in_s,
-        )
+        payload: dict[str, Any] = {
+            "pack_id": pack_id,
+            "delegate": self.node()["address"],
+            "max_credits": max_credits,
+        }
+        extra = {"rpm": rpm, "tpm": tpm, "max_in_flight": max_in_flight, "models": models}
+        payload.update({k: v for k, v in extra.items() if v is not None})
+        d = self.sign("spend_delegation", payload, ttl_s=expires_in_s)
         return encode_api_key(d.to_wire())
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
@@ -20,6 +20,7 @@ from supernode.api.deps import body_doc, json_body
 from supernode.api.guard import read_json
 from supernode.crypto.envelope import Envelope
 from supernode.errors import SupernodeError, TooManyRequests
+from supernode.inference.key_limits import Admission
 from supernode.inference.openai import Job, OpenAIGateway
 from supernode.inference.openai_params import (
     CHAT_FIELDS,
@@ -83,10 +84,11 @@ async def models(request: Request, authorization: str | None = Header(default=No
     """The models this supernode serves now (an API key is required, as at OpenAI)."""
     node = _node(request)
     try:
-        node.openai.delegation(authorization)
+        d = node.openai.delegation(authorization)
     except SupernodeError as exc:
         return error_response(as_openai(exc))
-    data = [_model_card(node, m) for m in node.inference.model_menu()]
+    menu = node.inference.model_menu()
+    data = [_model_card(node, m) for m in menu if node.openai.allows(d, m["model"])]
     return {"object": "list", "data": data}
 
 
@@ -96,14 +98,15 @@ async def model(
 ) -> Any:
     node = _node(request)
     try:
-        node.openai.delegation(authorization)
-        node.openai.model_entry(model_id)
+        d = node.openai.delegation(authorization)
+        if node.openai.allows(d, model_id):
+            node.openai.model_entry(model_id)
     except OpenAIError as err:
         return error_response(err)
     except SupernodeError as exc:
         return error_response(as_openai(exc))
     for m in node.inference.model_menu():
-        if m["model"] == model_id:
+        if m["model"] == model_id and node.openai.allows(d, model_id):
             return _model_card(node, m)
     return error_response(
         OpenAIError(
@@ -119,24 +122,37 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
     node = _node(request)
     gw = node.openai
     started = time.perf_counter()
+    admission: Admission | None = None
     try:
         d = gw.delegation(authorization)
         req = parse_request(await read_json(request), chat)
+        admission, limit_headers = await gw.admit(d, req)
         job = await gw.prepare(d, req)
         if req.user is not None:
             logger.info("request {} for user {!r}", job.request_id, req.user)
         if req.stream:
+            streaming, admission = admission, None  # the stream releases it when it ends
+            events = _sse(gw, d, job, streaming)
+            # The first event waits for the spend's certificate: a refusal there is still
+            # an HTTP status. Once started, the generator's cleanup runs even if the
+            # client leaves before the body is sent (asyncio closes started generators).
+            first = await anext(events)
             return StreamingResponse(
-                _sse(gw, d, job),
+                _chain(first, events),
                 media_type="text/event-stream",
-                headers={"cache-control": "no-cache"},
+                headers={"cache-control": "no-cache", **limit_headers},
             )
         prepared = time.perf_counter()
         text, usage = await gw.complete(d, job)
+        if admission is not None:
+            admission.settle(usage["total_tokens"])
     except OpenAIError as err:
         return error_response(err)
     except SupernodeError as exc:
         return error_response(as_openai(exc))
+    finally:
+        if admission is not None:
+            admission.release()
     cid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[2:26]
     finish = job.finish_reason(usage["completion_tokens"])
     logprobs = None
@@ -162,6 +178,7 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
         }
     )
     resp.headers["server-timing"] = server_timing(started, prepared, job.timing)
+    resp.headers.update(limit_headers)
     return resp
 
 
@@ -202,7 +219,28 @@ def server_timing(started: float, prepared: float, steps: dict[str, float]) -> s
     return ", ".join(parts)
 
 
-async def _sse(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[bytes]:
+async def _sse(
+    gw: OpenAIGateway, d: Envelope, job: Job, admission: Admission | None
+) -> AsyncGenerator[bytes, None]:
+    try:
+        async for part in _events(gw, d, job):
+            yield part
+    finally:
+        if admission is not None:
+            admission.settle(job.prompt_tokens + (job.completion_tokens or 0))
+            admission.release()
+
+
+async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for part in rest:
+            yield part
+    finally:
+        await rest.aclose()
+
+
+async def _events(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[bytes]:
     req = job.req
     chat = req.chat
     cid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[2:26]
@@ -235,8 +273,8 @@ async def _sse(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[bytes]
             c["text"] = text or ""
         return c
 
+    first = True
     try:
-        first = True
         async for piece in gw.stream(d, job):
             if first:
                 if chat:
@@ -256,6 +294,8 @@ async def _sse(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[bytes]
             yield event({**chunk([]), "usage": usage})
         yield b"data: [DONE]\n\n"
     except SupernodeError as exc:
+        if first:
+            raise  # nothing sent yet: the route answers it with its status
         yield event(as_openai(exc).body())
 
 

@@ -43,13 +43,23 @@ P = TypeVar("P", bound=BaseModel)
 Credits = Annotated[int, Field(ge=1, le=MAX_INTEGER)]
 
 
+ModelName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class DelegationPayload(Payload):
     """`spend_delegation`: supernode ``delegate`` may spend up to ``max_credits`` of the
-    pack until the envelope expires (an OpenAI API key)."""
+    pack until the envelope expires (an OpenAI API key); optionally at most ``rpm``
+    requests and ``tpm`` tokens (prompt and completion) a minute, ``max_in_flight``
+    requests at once, and only the ``models`` listed. The limits are the delegate's to
+    enforce (only it can spend under the key); the cap and expiry every voter checks."""
 
     pack_id: Hex32
     delegate: ChecksumAddress
     max_credits: Credits
+    rpm: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    tpm: Annotated[int, Field(ge=1, le=MAX_INTEGER)] | None = None
+    max_in_flight: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    models: Annotated[list[ModelName], Field(min_length=1, max_length=64)] | None = None
 
 
 class OrderPayload(Payload):

@@ -15,6 +15,7 @@ import base64
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +23,11 @@ from typing import Any
 from loguru import logger
 
 from supernode.credits import pack_rules
-from supernode.credits.orders import parse_delegation
+from supernode.credits.orders import DelegationPayload, parse_delegation
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope
+from supernode.crypto.envelope import Envelope, payload_of
 from supernode.errors import Refused, SupernodeError, TooManyRequests, Unauthorized
+from supernode.inference.key_limits import Admission, KeyLimiter, KeyLimits
 from supernode.inference.menu import ModelEntry
 from supernode.inference.openai_params import (
     DEFAULT_MAX_TOKENS,
@@ -80,14 +82,73 @@ class Job:
         return "length" if completion_tokens >= self.params.max_new_tokens else "stop"
 
 
+MAX_KEY_TERMS = 10_000  # keys whose parsed limits are kept (least recently used dropped)
+
+
+@dataclass(frozen=True)
+class KeyTerms:
+    """What a key allows besides its cap: rate limits, and the models (None: all)."""
+
+    limits: KeyLimits
+    models: frozenset[str] | None
+
+
 class OpenAIGateway:
     def __init__(self, service: InferenceService) -> None:
         self.svc = service
         self._pack_locks = KeyedLock()  # one order at a time per pack
+        self.limiter = KeyLimiter()
+        self._terms: OrderedDict[str, KeyTerms] = OrderedDict()
 
     def sizes(self) -> dict[str, int]:
         """Entries of its in-memory maps (bounded: /metrics shows them)."""
-        return {"openai_pack_locks": len(self._pack_locks)}
+        return {
+            "openai_pack_locks": len(self._pack_locks),
+            "openai_key_windows": len(self.limiter),
+            "openai_key_terms": len(self._terms),
+        }
+
+    def terms(self, d: Envelope) -> KeyTerms:
+        """The key's limits and models, read once per key."""
+        t = self._terms.pop(d.id, None)
+        if t is None:
+            p = payload_of(d, DelegationPayload)
+            t = KeyTerms(
+                KeyLimits(p.rpm, p.tpm, p.max_in_flight),
+                frozenset(p.models) if p.models is not None else None,
+            )
+        self._terms[d.id] = t
+        while len(self._terms) > MAX_KEY_TERMS:
+            self._terms.popitem(last=False)
+        return t
+
+    def allows(self, d: Envelope, model: str) -> bool:
+        models = self.terms(d).models
+        return models is None or model in models
+
+    async def admit(
+        self, d: Envelope, req: OpenAIRequest
+    ) -> tuple[Admission | None, dict[str, str]]:
+        """The key's model list and rate limits, before anything is quoted: 403
+        ``model_not_allowed``, 429 with Retry-After (nothing is spent or stored). Returns
+        the admission to settle and release when the request ends, and the headers."""
+        t = self.terms(d)
+        if t.models is not None and req.model not in t.models:
+            raise OpenAIError(
+                403,
+                f"this key may not use the model `{req.model}` (it allows "
+                f"{', '.join(sorted(t.models))})",
+                code="model_not_allowed",
+                param="model",
+            )
+        if not t.limits.any:
+            return None, {}
+        tokens = 0
+        if t.limits.tpm is not None:  # prompt + max_tokens, as OpenAI counts a request
+            entry = self.model_entry(req.model)
+            max_new = req.max_tokens or min(DEFAULT_MAX_TOKENS, entry.max_new_tokens)
+            tokens = await self.svc.count_tokens(req.model, req.prompt) + max_new
+        return self.limiter.admit(d.id, t.limits, tokens)
 
     def delegation(self, authorization: str | None) -> Envelope:
         if not authorization or not authorization.startswith("Bearer "):

@@ -6,6 +6,7 @@ own API would make the SDK raise; nothing refused is charged."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -294,3 +295,86 @@ def test_the_async_client_streams(
 
     whole, text = asyncio.run(run())
     assert whole and whole == text
+
+
+def _key(fed: LocalFederation, credits: int = 100_000, **limits: Any) -> tuple[str, str]:
+    owner, pack_id = buy_pack(fed, credits)
+    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
+        return c.delegate(pack_id, max_credits=credits, expires_in_s=600, **limits), pack_id
+
+
+def _client(fed: LocalFederation, key: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0, timeout=60
+    )
+
+
+def test_requests_per_minute_answer_429_with_openai_s_headers(fed: LocalFederation) -> None:
+    model = fed.nodes[0].model
+    key, pack_id = _key(fed, rpm=3)
+    with _client(fed, key) as client:
+        left = []
+        for _ in range(3):
+            raw = client.completions.with_raw_response.create(
+                model=model, prompt="hi", max_tokens=4
+            )
+            assert raw.headers["x-ratelimit-limit-requests"] == "3"
+            assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+            left.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+        assert left == [2, 1, 0]
+        spent = 100_000 - settled(fed, pack_id)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.completions.create(model=model, prompt="hi", max_tokens=4)
+        assert err.value.code == "rate_limit_exceeded"
+        retry = int(err.value.response.headers["retry-after"])
+        assert 1 <= retry <= 60
+        assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 100_000 - settled(fed, pack_id) == spent  # the refused one cost nothing
+
+
+def test_tokens_per_minute_in_flight_and_models(fed: LocalFederation) -> None:
+    model = fed.nodes[0].model
+    key, pack_id = _key(fed, tpm=60)
+    with _client(fed, key) as client:
+        statuses = []
+        for _ in range(6):  # each reserves its prompt + 16, then is settled to what it used
+            try:
+                raw = client.completions.with_raw_response.create(
+                    model=model, prompt="hello", max_tokens=16
+                )
+                statuses.append(200)
+                assert raw.headers["x-ratelimit-limit-tokens"] == "60"
+            except openai.RateLimitError as exc:
+                statuses.append(429)
+                assert exc.response.headers["retry-after"].isdigit()
+        assert statuses[:3] == [200] * 3 and 429 in statuses, statuses
+    key, pack_id = _key(fed, tpm=20)
+    with _client(fed, key) as client:
+        with pytest.raises(openai.BadRequestError) as err:  # alone over the limit
+            client.completions.create(model=model, prompt="hello", max_tokens=30, stream=True)
+        assert err.value.code == "tokens_over_limit"
+    key, pack_id = _key(fed, max_in_flight=1)
+    results: list[str] = []
+
+    def one() -> None:
+        with _client(fed, key) as c:
+            try:
+                c.completions.create(model=model, prompt="one at a time", max_tokens=16)
+                results.append("ok")
+            except openai.RateLimitError:
+                results.append("429")
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert "ok" in results and "429" in results, results
+    with _client(fed, key) as c:  # all ended: the slot is free again
+        assert c.completions.create(model=model, prompt="again", max_tokens=2).choices
+    key, _ = _key(fed, models=["some-other-model"])
+    with _client(fed, key) as c:
+        assert c.models.list().data == []
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            c.completions.create(model=model, prompt="x", max_tokens=2)
+        assert denied.value.code == "model_not_allowed"
