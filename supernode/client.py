@@ -293,6 +293,31 @@ class InferenceMixin:
         d = self.sign("spend_delegation", payload, ttl_s=expires_in_s)
         return encode_api_key(d.to_wire())
 
+    def revoke_key(self, key: str) -> dict[str, Any]:
+        """Revoke an API key (signed with the owner's key): every member refuses it as
+        soon as the revocation reaches it."""
+        from supernode.inference.openai import decode_api_key
+
+        d = decode_api_key(key)
+        if not isinstance(d, dict) or not isinstance(d.get("payload"), dict):
+            raise ValueError("that is not a supernode API key")
+        rev = self.sign(
+            "delegation_revocation",
+            {"pack_id": d["payload"]["pack_id"], "delegation_id": d["id"]},
+        )
+        return self._post_envelope("/revoke_delegation", rev)
+
+    def key_usage(self, key_id: str, days: int = 30) -> dict[str, Any]:
+        """An API key's usage per day and model (the owner's key, or the operator token)."""
+        headers = (
+            self._operator()
+            if self.operator_token and self.identity is None
+            else self.auth_headers("/get_delegation_usage")
+        )
+        return self._call(
+            "GET", f"/get_delegation_usage/{key_id}", params={"days": days}, headers=headers
+        )
+
 
 def rank_supernodes(listing: dict[str, Any]) -> list[dict[str, Any]]:
     """The members of a ``/supernode_list_json`` answer a client should use, best first:

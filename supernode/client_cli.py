@@ -92,6 +92,11 @@ def _run(args: argparse.Namespace) -> int:
                 raise ValueError("--expires is in the past")
             sys.stdout.write(client.delegate(args.pack, args.max_credits, ttl) + "\n")
             return 0
+        elif args.action == "keys":
+            result = _keys(client, args)
+            if isinstance(result, str):
+                sys.stdout.write(result + "\n")
+                return 0
         elif args.action == "menu":
             result = client.model_menu()
         elif args.action == "pack-balance":
@@ -128,6 +133,60 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(client: SupernodeClient, args: argparse.Namespace) -> Any:
+    """`client keys create | list | usage KEY_ID | revoke KEY_ID`."""
+    from supernode.client_keys import KeyBook, default_keys_file
+    from supernode.inference.openai import decode_api_key
+
+    book = KeyBook(Path(args.keys_file) if args.keys_file else default_keys_file())
+    what = args.text or "list"
+    if what == "create":
+        if not (args.pack and args.max_credits and args.expires):
+            raise ValueError("keys create needs --pack P --max-credits M --expires T")
+        ttl = args.expires - int(time.time()) if args.expires > 10**9 else args.expires
+        if ttl <= 0:
+            raise ValueError("--expires is in the past")
+        key = client.delegate(
+            args.pack,
+            args.max_credits,
+            ttl,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            max_in_flight=args.max_in_flight,
+            models=args.models.split(",") if args.models else None,
+        )
+        d = decode_api_key(key)
+        book.save(
+            {
+                "key_id": d["id"],
+                "pack_id": args.pack,
+                "supernode": client.base_url,
+                "created_at": d["created_at"],
+                "expires_at": d["expires_at"],
+                "terms": {k: v for k, v in d["payload"].items() if k not in ("pack_id",)},
+                "key": key,
+            }
+        )
+        _progress(f"key {d['id']} (kept in {book.path})")
+        return key
+    if what == "list":
+        now = time.time()
+        return [
+            {**{k: v for k, v in e.items() if k != "key"}, "expired": e["expires_at"] < now}
+            for e in book.all()
+        ]
+    if what in ("usage", "revoke"):
+        if not args.value:
+            raise ValueError(f"keys {what} needs the KEY_ID (see `client keys list`)")
+        if what == "usage":
+            return client.key_usage(args.value, days=int(args.days))
+        entry = book.find(args.value)
+        if entry is None:
+            raise ValueError(f"no key {args.value} in {book.path}")
+        return client.revoke_key(entry["key"])
+    raise ValueError("keys: create, list, usage KEY_ID or revoke KEY_ID")
+
+
 def add_client_commands(sub: Any) -> None:
     c = sub.add_parser("client", help="talk to a supernode as a user or its operator")
     c.add_argument(
@@ -142,6 +201,7 @@ def add_client_commands(sub: Any) -> None:
             "buy-credits",
             "infer",
             "delegate",
+            "keys",
             "menu",
             "pack-balance",
             "purchase-status",
@@ -152,8 +212,18 @@ def add_client_commands(sub: Any) -> None:
             "reputation",
         ],
     )
-    c.add_argument("text", nargs="?", default="", help="message text (rate: the request id)")
-    c.add_argument("value", nargs="?", default=None, help="rate: the rating, 1 (bad) to 5 (good)")
+    c.add_argument(
+        "text",
+        nargs="?",
+        default="",
+        help="message text (rate: the request id; keys: create, list, usage or revoke)",
+    )
+    c.add_argument(
+        "value",
+        nargs="?",
+        default=None,
+        help="rate: the rating, 1 (bad) to 5 (good); keys usage/revoke: the key id",
+    )
     c.add_argument(
         "--choose",
         action="store_true",
@@ -184,6 +254,16 @@ def add_client_commands(sub: Any) -> None:
     c.add_argument("--max-credits", type=int, help="the delegation's cap (delegate)")
     c.add_argument(
         "--expires", type=int, help="delegate: seconds from now, or a unix time when it expires"
+    )
+    c.add_argument("--rpm", type=int, help="keys create: requests a minute at most")
+    c.add_argument("--tpm", type=int, help="keys create: tokens a minute at most")
+    c.add_argument("--max-in-flight", type=int, help="keys create: requests at once at most")
+    c.add_argument("--models", help="keys create: the models it may use, comma-separated")
+    c.add_argument("--days", type=int, default=30, help="keys usage: over the last DAYS days")
+    c.add_argument(
+        "--keys-file",
+        help="where `keys create` keeps keys (default $SUPERNODE_KEYS_FILE or "
+        "~/.supernode/keys.json)",
     )
     c.add_argument("--purchase", help="purchase id (purchase-status)")
     c.add_argument("--passphrase-file", help="its passphrase (else $SUPERNODE_KEYSTORE_PASSPHRASE)")

@@ -16,6 +16,7 @@ from supernode.config import Settings
 from supernode.credits.executor import Executor
 from supernode.credits.handlers import CertificateHandler, QuoteHandler
 from supernode.credits.purchase import Seller
+from supernode.credits.revocations import RevokedHandler
 from supernode.credits.voter import SpendCertificateHandler, Voter
 from supernode.credits.witness import Witness
 from supernode.crypto.envelope import Envelope
@@ -166,6 +167,7 @@ class Supernode:
             publish=self.publish_all,
         )
         self.registry.register(SpendCertificateHandler(self.voter))
+        self.registry.register(RevokedHandler(self.db, network))
         self.pool = NodePool(
             parse_nodes(s.petals_nodes),
             request_timeout_s=s.node_request_timeout_s,

@@ -176,6 +176,7 @@ def create_app(node: Supernode) -> FastAPI:
     from supernode.api import (
         credits,
         inference,
+        keys,
         messages,
         openai,
         ops,
@@ -197,6 +198,7 @@ def create_app(node: Supernode) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(ops.router)
     app.include_router(reputation.router)
+    app.include_router(keys.router)
     app.add_middleware(FastPath, routes=fast_handlers(app))
     app.add_middleware(  # the outer one: nothing runs before the body is bounded
         BodyGuard, max_bytes=node.settings.max_body_bytes, max_depth=node.settings.max_json_depth

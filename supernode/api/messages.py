@@ -35,6 +35,7 @@ ENDPOINTS = {
     "/send_message",
     "/broadcast_message",
     "/broadcast_message_to_all_sns",
+    "/get_delegation_usage",
 }
 
 

@@ -216,6 +216,8 @@ class Voter:
         did = order.delegation_id
         spent = repo.delegated_spent(conn, did) if did else 0
         pack_rules.check_order(order, repo.pack_state(conn, order.pack_id), spent)
+        if did and repo.revoked_at(conn, did) is not None:
+            raise Refused(f"delegation {did} was revoked by its owner", reason="delegation_revoked")
         return None
 
     def _vote_batch(

@@ -168,6 +168,9 @@ class OpenAIGateway:
                 f"this key delegates to {d.payload['delegate']}, not to this "
                 f"supernode ({self.svc.me})"
             )
+        with self.svc.db.read() as conn:
+            if spends_repo.revoked_at(conn, d.id) is not None:
+                raise Unauthorized("this API key was revoked by its owner", reason="key_revoked")
         return d
 
     def model_entry(self, model: str) -> ModelEntry:

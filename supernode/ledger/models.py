@@ -271,6 +271,20 @@ class DelegationTotal(Base):
     spent: Mapped[int] = mapped_column(BigInteger)
 
 
+class DelegationRevocation(Base):
+    """An API key its owner revoked: no member votes for an order under it any more."""
+
+    __tablename__ = "delegation_revocations"
+
+    delegation_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    pack_id: Mapped[str] = mapped_column(String(66), index=True)
+    owner: Mapped[str] = mapped_column(String(42))
+    revoked_at: Mapped[float] = mapped_column(Float)  # the owner's signing time
+    envelope_id: Mapped[str] = mapped_column(String(66))  # the member's that carried it
+    revocation: Mapped[bytes] = mapped_column(LargeBinary)  # the owner's, canonical JSON
+    received_at: Mapped[float] = mapped_column(Float)
+
+
 class Refund(Base):
     """Credits given back by a request's executor (unused tokens, a failed run), bounded
     by what was certified for that request; applied once its spend is applied."""

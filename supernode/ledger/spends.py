@@ -125,6 +125,34 @@ def apply_ready(conn: sqlite3.Connection, pack_id: str) -> int:
     return len(applied)
 
 
+def add_revocation(
+    conn: sqlite3.Connection,
+    *,
+    delegation_id: str,
+    pack_id: str,
+    owner: str,
+    revoked_at: float,
+    envelope_id: str,
+    revocation: bytes,
+    received_at: float,
+) -> None:
+    """Record a revoked delegation (the first revocation of it stands)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO delegation_revocations (delegation_id, pack_id, owner, "
+        "revoked_at, envelope_id, revocation, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (delegation_id, pack_id, owner, revoked_at, envelope_id, revocation, received_at),
+    )
+
+
+def revoked_at(conn: sqlite3.Connection, delegation_id: str) -> float | None:
+    """When the owner revoked this delegation, or None (one primary-key read)."""
+    row = conn.execute(
+        "SELECT revoked_at FROM delegation_revocations WHERE delegation_id = ?",
+        (delegation_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def delegated_spent(conn: sqlite3.Connection, delegation_id: str) -> int:
     """Credits certified so far under one delegation: its running total, kept by
     add_certificate (one row read, however many certificates the delegation has)."""
@@ -137,3 +165,36 @@ def delegated_spent(conn: sqlite3.Connection, delegation_id: str) -> int:
 def pack_state(conn: sqlite3.Connection, pack_id: str) -> dict[str, Any] | None:
     cur = conn.execute("SELECT * FROM credit_packs WHERE pack_id = ?", (pack_id,))
     return dict_row(cur)
+
+
+def delegation_usage(
+    conn: sqlite3.Connection, delegation_id: str, since: float
+) -> list[dict[str, Any]]:
+    """What a delegation (an API key) spent since ``since``, per UTC day and model:
+    requests, prompt and completion tokens, credits certified and refunded. Read from the
+    append-only records (certificates by their delegation index, each request's row by its
+    key, its refunds by theirs): the key's own rows, none of any other key's."""
+    cur = conn.execute(
+        "SELECT date(c.received_at, 'unixepoch') AS day, r.model AS model, "
+        "count(*) AS requests, "
+        "coalesce(sum(coalesce(r.input_tokens, r.prompt_tokens)), 0) AS prompt_tokens, "
+        "coalesce(sum(coalesce(r.output_tokens, 0)), 0) AS completion_tokens, "
+        "sum(c.amount) AS credits_certified, "
+        "coalesce(sum((SELECT coalesce(sum(f.amount), 0) FROM refunds f "
+        "WHERE f.request_id = c.request_id)), 0) AS credits_refunded "
+        "FROM spend_certificates c JOIN inference_requests r ON r.request_id = c.request_id "
+        "WHERE c.delegation_id = ? AND c.received_at >= ? "
+        "GROUP BY day, model ORDER BY day, model",
+        (delegation_id, since),
+    )
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+def delegation_pack(conn: sqlite3.Connection, delegation_id: str) -> str | None:
+    """The pack a delegation spent from (its first certificate's), or None."""
+    row = conn.execute(
+        "SELECT pack_id FROM spend_certificates WHERE delegation_id = ? LIMIT 1",
+        (delegation_id,),
+    ).fetchone()
+    return row[0] if row else None

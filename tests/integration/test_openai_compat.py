@@ -378,3 +378,107 @@ def test_tokens_per_minute_in_flight_and_models(fed: LocalFederation) -> None:
         with pytest.raises(openai.PermissionDeniedError) as denied:
             c.completions.create(model=model, prompt="x", max_tokens=2)
         assert denied.value.code == "model_not_allowed"
+
+
+def test_keys_from_the_cli_usage_and_revocation_everywhere(
+    fed: LocalFederation, tmp_path: Any
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from supernode.crypto.envelope import sign_envelope
+    from supernode.crypto.keys import Identity
+    from supernode.inference.openai import decode_api_key
+
+    model = fed.nodes[0].model
+    owner, pack_id = buy_pack(fed, 10_000)
+    key_file = tmp_path / "owner.key"
+    key_file.write_text(owner.private_key.hex())
+    sn = fed.daemons[0].url
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "supernode.cli", "client", "keys", *args, "--supernode", sn]
+            + ["--key", str(key_file), "--keys-file", str(tmp_path / "keys.json")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    made = cli("create", "--pack", pack_id, "--max-credits", "5000", "--expires", "600")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    key_id = decode_api_key(key)["id"]
+    listed = json.loads(cli("list").stdout)
+    assert [k["key_id"] for k in listed] == [key_id] and "key" not in listed[0]
+    with _client(fed, key) as c:
+        for _ in range(2):
+            c.completions.create(model=model, prompt="count me", max_tokens=4)
+    spent = 10_000 - settled(fed, pack_id)
+    out = cli("usage", key_id)
+    assert out.returncode == 0, out.stderr
+    usage = json.loads(out.stdout)
+    assert usage["totals"]["requests"] == 2 and usage["totals"]["credits_net"] == spent
+    assert usage["by_day_and_model"][0]["model"] == model
+    with SupernodeClient(sn, identity=Identity.generate()) as stranger:
+        with pytest.raises(Exception) as denied:
+            stranger.key_usage(key_id)
+        assert getattr(denied.value, "status", None) == 403
+    # a revocation signed by someone else is refused; the owner's is kept everywhere
+    net = fed.network
+    assert net is not None
+    forged = sign_envelope(
+        Identity.generate(),
+        type_="delegation_revocation",
+        network_id=net.network_id,
+        chain_id=net.chain_id,
+        payload={"pack_id": pack_id, "delegation_id": key_id},
+    )
+    r = httpx.post(
+        f"{sn}/revoke_delegation",
+        content=forged.model_dump_json(),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 422 and r.json()["reason"] == "not_owner", r.text
+    revoked = cli("revoke", key_id)
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"], revoked.stderr
+    with _client(fed, key) as c:
+        with pytest.raises(openai.AuthenticationError) as err:
+            c.completions.create(model=model, prompt="after", max_tokens=4)
+    assert err.value.code == "key_revoked"
+    # every member now refuses an order under it, even one the delegate itself signed
+    d = decode_api_key(key)
+
+    def order(seq: int) -> str:
+        return sign_envelope(
+            fed.identity(0),
+            type_="spend_order",
+            network_id=net.network_id,
+            chain_id=net.chain_id,
+            payload={
+                "pack_id": pack_id,
+                "sequence": seq,
+                "amount": 1,
+                "request_id": "0x" + "ab" * 32,
+                "executor": fed.daemons[0].address,
+                "delegation": d,
+            },
+        ).model_dump_json()
+
+    def refused_everywhere() -> bool:
+        seq = pack_state(fed, 1, pack_id)["next_sequence"]  # type: ignore[index]
+        for member in fed.daemons:
+            resp = httpx.post(
+                f"{member.url}/spend_credits",
+                content=order(seq),
+                headers={"content-type": "application/json"},
+                timeout=10,
+            )
+            if resp.status_code != 422 or resp.json().get("reason") != "delegation_revoked":
+                return False
+        return True
+
+    wait_until(refused_everywhere, timeout_s=10, what="the revocation at every member")
+    assert settled(fed, pack_id) == 10_000 - spent  # and nothing more was spent
