@@ -28,6 +28,7 @@ GROWING = {
     "spend_votes",
     "spend_certificates",
     "delegation_totals",
+    "delegation_revocations",
     "refunds",
     "inference_requests",
     "inference_results",
@@ -84,6 +85,8 @@ def hot_path(conn: sqlite3.Connection) -> None:
             },
         )
         spends_repo.delegated_spent(conn, DELEGATION)
+        spends_repo.revoked_at(conn, DELEGATION)
+        spends_repo.delegation_usage(conn, DELEGATION, 0.0)  # a key's report: its rows only
         spends_repo.pack_state(conn, PACK)
         spends_repo.add_certificate(conn, row)
         spends_repo.apply_ready(conn, PACK)
