@@ -65,11 +65,17 @@ class Settings(BaseSettings):
     max_connections_per_address: int = Field(default=64, gt=0)
     # Connections all non-member addresses may hold together; members always get in.
     max_outsider_connections: int = Field(default=1024, gt=0)
-    # Challenges one client address may get or answer per minute (a burst of as many).
+    # Challenges one client address may get or answer per minute.
     challenge_requests_per_minute: int = Field(default=120, gt=0)
     # Requests that make the federation store something (price and usage quotes, purchase
-    # confirmations, user messages) one client address may send per minute.
+    # confirmations, user messages, key revocations) one client address may send per minute.
     anonymous_writes_per_minute: int = Field(default=60, gt=0)
+    # GET requests (menu, status, balances, listings; not /health or /ready) one client
+    # address may send per minute.
+    anonymous_reads_per_minute: int = Field(default=600, gt=0)
+    # The burst each of those limits allows: this many seconds' worth of its rate at once
+    # (at least one request).
+    anonymous_burst_s: float = Field(default=10.0, gt=0, le=60)
     # Extra client addresses counted as members' (comma-separated IPs), for peers whose
     # connections come from another address than the host in their member URL.
     member_source_addresses: str = ""

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from supernode import __version__
 from supernode.api.docs_page import mount_docs
 from supernode.api.guard import BodyGuard, reply
-from supernode.api.limits import RateLimiter
+from supernode.api.limits import RateLimiter, ReadLimit
 from supernode.api.openai import as_openai, error_response
 from supernode.errors import SupernodeError, TooManyRequests
 from supernode.inference.openai_params import OpenAIError
@@ -138,9 +138,11 @@ def create_app(node: Supernode) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.node = node
+    burst_s = node.settings.anonymous_burst_s
     app.state.rate_limits = {
-        "challenges": RateLimiter(node.settings.challenge_requests_per_minute),
-        "writes": RateLimiter(node.settings.anonymous_writes_per_minute),
+        "challenges": RateLimiter(node.settings.challenge_requests_per_minute, burst_s),
+        "writes": RateLimiter(node.settings.anonymous_writes_per_minute, burst_s),
+        "reads": RateLimiter(node.settings.anonymous_reads_per_minute, burst_s),
     }
 
     @app.exception_handler(SupernodeError)
@@ -200,6 +202,7 @@ def create_app(node: Supernode) -> FastAPI:
     app.include_router(reputation.router)
     app.include_router(keys.router)
     app.add_middleware(FastPath, routes=fast_handlers(app))
+    app.add_middleware(ReadLimit, limiter=app.state.rate_limits["reads"], node=node)
     app.add_middleware(  # the outer one: nothing runs before the body is bounded
         BodyGuard, max_bytes=node.settings.max_body_bytes, max_depth=node.settings.max_json_depth
     )

@@ -602,3 +602,32 @@ def test_open_files_limit_is_raised_for_the_daemon(fed: LocalFederation) -> None
     soft, hard = line.split()[3:5]
     assert soft == hard, line
     assert os.getpid() != pid
+
+
+def test_anonymous_bursts_of_challenges_and_reads_are_limited(fed: LocalFederation) -> None:
+    """60 challenge requests and 300 reads in a burst from one outsider address: the
+    burst's share passes, the rest get 429 with Retry-After; another address, a member
+    and /health are not affected."""
+    d = fed.daemons[2]
+    transport = httpx.HTTPTransport(local_address="127.0.0.5")
+    who = Identity.generate().address
+    with httpx.Client(transport=transport, timeout=30) as http:
+        codes = [
+            http.get(f"{d.url}/request_challenge/{who}", params={"endpoint": "/get_user_messages"})
+            for _ in range(60)
+        ]
+        ok = sum(r.status_code == 200 for r in codes)
+        limited = [r for r in codes if r.status_code == 429]
+        assert 10 <= ok <= 30 and len(limited) == 60 - ok, [r.status_code for r in codes]
+        assert all(r.headers["Retry-After"].isdigit() for r in limited)
+    # (those were reads too: another address for the reads' own burst)
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.7"), timeout=30) as http:
+        reads = [http.get(f"{d.url}/get_inference_model_menu").status_code for _ in range(300)]
+        assert 50 <= reads.count(200) <= 150 and reads.count(429) == 300 - reads.count(200)
+        r = http.get(f"{d.url}/v1/models")  # OpenAI's shape under /v1
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert http.get(f"{d.url}/health").status_code in (200, 503)  # monitors: never limited
+    other = httpx.HTTPTransport(local_address="127.0.0.6")
+    with httpx.Client(transport=other, timeout=30) as http:
+        assert http.get(f"{d.url}/get_inference_model_menu").status_code == 200
+    assert httpx.get(f"{d.url}/get_inference_model_menu", timeout=10).status_code == 200
