@@ -73,6 +73,17 @@ Figures (latency = request sent -> whole answer read, at the client):
   refusal must not drain a whole phase). A phase stops sending after ``--phase-timeout`` s
   (``requests_done`` says what was measured).
 
+``--upstream fake`` puts a fast OpenAI-compatible server (``scripts/fake_upstream.py``,
+no model: it answers at once) in place of the petals-node: every daemon has it as its only
+node (``openai:URL``), and the direct path is ``POST {fake}/v1/completions`` with the same
+JSON body as the gateway's. The figures are then the gateway's own cost: ``overhead_*``,
+``gateway_rps`` and the ``*_cpu_ms_per_request`` (``node`` is the fake's CPU).
+
+``--ttft N`` (default 50): N streamed requests, one at a time, each sent directly (the
+node's own stream: WebSocket for the petals-node, SSE for the fake) then through the
+gateway (``"stream": true``): ``ttft_{direct,gateway}_p50_ms`` / ``_p99_ms`` (request sent
+-> first text received at the client) and ``ttft_overhead_p50_ms`` / ``_p99_ms``.
+
 Before timing, ``--warmup`` requests per path (default 2 x concurrency) run untimed (the
 gateway's on daemon 0 and, with a spread phase, on every daemon too).
 ``--node-cores N`` (default 0: off) pins the petals-node, every thread of it, to the last N
@@ -100,6 +111,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -111,7 +123,7 @@ from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.client import SupernodeClient
 from supernode.crypto.keys import Identity
-from supernode.devnet import DAEMON_NICE, ETH, LocalFederation
+from supernode.devnet import DAEMON_NICE, ETH, LocalFederation, free_port
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven red kites circle above an old "
@@ -268,16 +280,61 @@ class PhaseResult:
     sent: int = 0
 
 
+@dataclass
+class FakeNode:
+    """``scripts/fake_upstream.py``, started by this bench in its own process group."""
+
+    url: str
+    model: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, model: str = "fake-model") -> FakeNode:
+        port = free_port()
+        script = Path(__file__).with_name("fake_upstream.py")
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--port", str(port), "--model", model],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        node = cls(f"http://127.0.0.1:{port}", model, proc)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{node.url}/v1/models", timeout=2).status_code == 200:
+                    return node
+            time.sleep(0.1)
+        node.stop()
+        raise RuntimeError("the fake upstream did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
 class Bench:
-    def __init__(self, fed: LocalFederation, args: argparse.Namespace, out: dict[str, Any]):
+    def __init__(
+        self,
+        fed: LocalFederation,
+        args: argparse.Namespace,
+        out: dict[str, Any],
+        fake: FakeNode | None = None,
+    ):
         self.fed, self.args, self.out = fed, args, out
-        self.node = fed.nodes[0]
+        self.fake = fake
+        self.node: Any = fake if fake is not None else fed.nodes[0]
         self.model = self.node.model
         self.http: Http | None = None  # made in go(), inside the event loop
         self.texts: dict[str, dict[int, str]] = {"direct": {}, "gateway": {}}
         self.timings: list[dict[str, float]] = []  # Server-Timing of gateway answers
         self.usage_cost = 0  # credits the successful gateway requests cost (from usage)
-        self.price = (1, 2)  # credits per input token, per output token (from /v1/models)
+        self.price = (1, 2)  # credits per input token, per output token (from the menu)
         self.idle_cores = 0.0  # measured in run()
 
     # -- setup ---------------------------------------------------------------------------
@@ -340,9 +397,9 @@ class Bench:
         async with httpx.AsyncClient(timeout=10) as c:
             for d in self.fed.daemons:
                 while True:
-                    r = await c.get(f"{d.url}/v1/models")
+                    r = await c.get(f"{d.url}/get_inference_model_menu")
                     r.raise_for_status()
-                    menu = {m["id"]: m["pricing"] for m in r.json()["data"]}
+                    menu = {m["model"]: m for m in r.json()["models"]}
                     if self.model in menu:
                         break
                     if time.perf_counter() > deadline:
@@ -353,6 +410,14 @@ class Bench:
 
     # -- one request on each path --------------------------------------------------------
     async def direct(self, i: int) -> tuple[bool, str]:
+        if self.fake is not None:
+            status, data, text, _ = await self.http.post(
+                f"{self.node.url}/v1/completions", body=self.completion(i)
+            )
+            if status == 200 and isinstance(data, dict):
+                self.texts["direct"][i] = data["choices"][0]["text"]
+                return True, ""
+            return False, f"HTTP {status}: {str(data)[:300] if data is not None else text}"
         status, data, text, _ = await self.http.post(
             f"{self.node.url}/api/v1/generate",
             form={
@@ -370,7 +435,7 @@ class Bench:
     async def gateway(self, i: int, key: Key) -> tuple[bool, str]:
         status, data, text, timing = await self.http.post(
             f"{self.fed.daemons[key.daemon].url}/v1/completions",
-            body={"model": self.model, "prompt": prompt(i), "max_tokens": self.args.max_new_tokens},
+            body=self.completion(i),
             headers={"Authorization": f"Bearer {key.key}"},
         )
         if status == 200 and isinstance(data, dict):
@@ -385,6 +450,92 @@ class Bench:
                 self.timings.append(parse_timing(timing))
                 return True, ""
         return False, f"HTTP {status}: {str(data)[:300] if data is not None else text}"
+
+    def completion(self, i: int) -> dict[str, Any]:
+        """The JSON body of prompt ``i`` on an OpenAI completions API (the gateway's, the
+        fake's)."""
+        return {"model": self.model, "prompt": prompt(i), "max_tokens": self.args.max_new_tokens}
+
+    # -- time to first token -------------------------------------------------------------
+    async def first_text_ms(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> float:
+        """Send a streamed completion; ms until the first event with text (the rest is read
+        to the end)."""
+        t0 = time.perf_counter()
+        first: float | None = None
+        async with httpx.AsyncClient(timeout=60) as c:
+            async with c.stream("POST", url, json={**body, "stream": True}, headers=headers) as r:
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+                async for line in r.aiter_lines():
+                    if first is None and line.startswith("data:") and '"text": "' in line:
+                        if '"text": ""' not in line:
+                            first = (time.perf_counter() - t0) * 1000
+                    if line.startswith("data:") and '"usage": {' in line:  # the gateway's
+                        u = json.loads(line[5:])["usage"]
+                        self.usage_cost += (
+                            u["prompt_tokens"] * self.price[0]
+                            + u["completion_tokens"] * self.price[1]
+                        )
+        if first is None:
+            raise RuntimeError("the stream had no text")
+        return first
+
+    async def direct_ttft_ms(self, i: int) -> float:
+        if self.fake is not None:
+            body = {
+                "model": self.model,
+                "prompt": prompt(i),
+                "max_tokens": self.args.max_new_tokens,
+            }
+            return await self.first_text_ms(f"{self.node.url}/v1/completions", body, {})
+        import aiohttp
+
+        t0 = time.perf_counter()
+        ws_url = self.node.url.replace("http://", "ws://") + "/api/v2/generate"
+        async with aiohttp.ClientSession() as s, s.ws_connect(ws_url) as ws:
+            await ws.send_json(
+                {"type": "open_inference_session", "model": self.model, "max_length": 512}
+            )
+            await ws.receive_json(timeout=60)
+            await ws.send_json(
+                {
+                    "type": "generate",
+                    "inputs": prompt(i),
+                    "max_new_tokens": self.args.max_new_tokens,
+                    "do_sample": 0,
+                }
+            )
+            first = None
+            while True:
+                msg = await ws.receive_json(timeout=60)
+                if first is None and msg.get("outputs"):
+                    first = (time.perf_counter() - t0) * 1000
+                if msg.get("stop") or not msg.get("ok", True):
+                    break
+        if first is None:
+            raise RuntimeError("the node's stream had no text")
+        return first
+
+    async def ttft(self, indexes: list[int], key: Key) -> None:
+        """Streamed requests one at a time, direct then gateway: time to the first text."""
+        o = self.out
+        direct: list[float] = []
+        gateway: list[float] = []
+        url = f"{self.fed.daemons[key.daemon].url}/v1/completions"
+        for i in indexes:
+            direct.append(await self.direct_ttft_ms(i))
+            auth = {"Authorization": f"Bearer {key.key}"}
+            body = {**self.completion(i), "stream_options": {"include_usage": True}}
+            gateway.append(await self.first_text_ms(url, body, auth))
+        o["ttft_requests"] = len(indexes)
+        o["ttft_direct_p50_ms"], o["ttft_direct_p99_ms"] = pct(direct, 50), pct(direct, 99)
+        o["ttft_gateway_p50_ms"], o["ttft_gateway_p99_ms"] = pct(gateway, 50), pct(gateway, 99)
+        o["ttft_overhead_p50_ms"] = diff(o["ttft_gateway_p50_ms"], o["ttft_direct_p50_ms"])
+        o["ttft_overhead_p99_ms"] = diff(o["ttft_gateway_p99_ms"], o["ttft_direct_p99_ms"])
+        log(
+            f"ttft: direct p50 {o['ttft_direct_p50_ms']} ms, gateway p50 "
+            f"{o['ttft_gateway_p50_ms']} ms, overhead p50 {o['ttft_overhead_p50_ms']} ms"
+        )
 
     # -- a closed-loop phase -------------------------------------------------------------
     async def phase(
@@ -522,6 +673,11 @@ class Bench:
                 f"serial: direct p50 {o['serial_direct_p50_ms']} ms, gateway p50 "
                 f"{o['serial_gateway_p50_ms']} ms, overhead p50 {o['serial_overhead_p50_ms']} ms"
             )
+
+        if a.ttft:
+            log(f"ttft: {a.ttft} streamed prompts, one at a time, direct then gateway")
+            await self.ttft(take(a.ttft), main_keys[0])
+            await self.settle()
 
         # main: all gateway workers on daemon 0, alternating rounds
         per_round = [a.requests // a.rounds + (r < a.requests % a.rounds) for r in range(a.rounds)]
@@ -750,12 +906,22 @@ def main() -> int:
     p.add_argument(
         "--daemon-nice", type=int, default=DAEMON_NICE, help="the daemons' SUPERNODE_CPU_NICE"
     )
+    p.add_argument(
+        "--upstream",
+        choices=("petals", "fake"),
+        default="petals",
+        help="the node: a petals-node with the tiny model, or a fast fake (the gateway's cost)",
+    )
+    p.add_argument("--ttft", type=int, default=50, help="streamed prompts for TTFT (0: none)")
     p.add_argument("--py-spy", default=None, help="py-spy binary: profile daemon 0")
     p.add_argument("--py-spy-out", default="py-spy-daemon0.txt", help="folded stacks file")
     args = checked(p)
     if min(args.requests, args.concurrency, args.max_new_tokens, args.rounds) < 1:
         p.error("--requests, --concurrency, --max-new-tokens and --rounds must be >= 1")
-    if min(args.serial, args.spread_requests, args.warmup or 0, args.failure_backoff) < 0:
+    if (
+        min(args.serial, args.spread_requests, args.warmup or 0, args.failure_backoff, args.ttft)
+        < 0
+    ):
         p.error("--serial, --spread-requests, --warmup and --failure-backoff must be >= 0")
     if not 0 <= args.daemon_nice <= 19:
         p.error("--daemon-nice must be between 0 and 19")
@@ -769,14 +935,28 @@ def main() -> int:
     out["max_new_tokens"] = args.max_new_tokens
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
     nice = {"SUPERNODE_CPU_NICE": str(args.daemon_nice)}
-    with federation(
-        "bench-gateway-", out, args.keep, peers=args.peers, petals_nodes=1, settings=nice
-    ) as fed:
-        if args.node_cores:
-            pin_node(fed, args.node_cores)
-        asyncio.run(Bench(fed, args, out).go())
+    fake = FakeNode.start() if args.upstream == "fake" else None
+    try:
+        settings = dict(nice)
+        if fake is not None:
+            settings["SUPERNODE_PETALS_NODES"] = f"openai:{fake.url}"
+        with federation(
+            "bench-gateway-",
+            out,
+            args.keep,
+            peers=args.peers,
+            petals_nodes=0 if fake else 1,
+            settings=settings,
+        ) as fed:
+            if args.node_cores and fake is None:
+                pin_node(fed, args.node_cores)
+            asyncio.run(Bench(fed, args, out, fake).go())
+    finally:
+        if fake is not None:
+            fake.stop()
     out.update(
         gateway_daemon=0,
+        upstream=args.upstream,
         rounds=args.rounds,
         peers=args.peers,
         credits_per_pack=args.credits,
