@@ -18,6 +18,7 @@ from supernode.crypto.keys import Identity
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_S = 60.0  # how long a spend order is resent before the call gives up
+RESERVATION_WAIT_S = 30.0  # how long a new key waits for its supernode to hold its reservation
 __all__ = [
     "ChainRPCError",
     "OrderPending",
@@ -88,6 +89,7 @@ class PurchaseMixin:
         request_id: str | None = None,
         executor: str | None = None,
         ttl_s: int = ORDER_TTL_S,
+        reserve: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A signed spend order (wire form) for this supernode to execute. With no
         ``sequence``: the pack's next, once the pack's pending orders are settled (never
@@ -102,6 +104,8 @@ class PurchaseMixin:
             "request_id": request_id or "0x" + secrets.token_hex(32),
             "executor": executor or self.node()["address"],
         }
+        if reserve is not None:
+            payload["reserve"] = reserve
         return self.sign("spend_order", payload, ttl_s=ttl_s).to_wire()
 
     def submit_spend(self, order: dict[str, Any]) -> dict[str, Any]:
@@ -280,17 +284,32 @@ class InferenceMixin:
         """An OpenAI API key: this supernode may spend up to ``max_credits`` of the pack
         for ``expires_in_s`` seconds (signed with the owner's key); optionally at most
         ``rpm`` requests and ``tpm`` tokens a minute, ``max_in_flight`` at once, and only
-        ``models``."""
+        ``models``. The ``max_credits`` are reserved for the key in the pack's sequence
+        (an order certified like a spend) before the key is returned; what the key does
+        not spend goes back to the pack when it expires or is revoked."""
+        from supernode.credits.orders import reservation_id
         from supernode.inference.openai import encode_api_key
 
+        delegate = self.node()["address"]
         payload: dict[str, Any] = {
             "pack_id": pack_id,
-            "delegate": self.node()["address"],
+            "delegate": delegate,
             "max_credits": max_credits,
         }
         extra = {"rpm": rpm, "tpm": tpm, "max_in_flight": max_in_flight, "models": models}
         payload.update({k: v for k, v in extra.items() if v is not None})
         d = self.sign("spend_delegation", payload, ttl_s=expires_in_s)
+        self.spend(pack_id, max_credits, request_id=d.id, executor=delegate, reserve=d.to_wire())
+        reserved = reservation_id(pack_id, d.id)
+        deadline = time.monotonic() + RESERVATION_WAIT_S
+        while True:  # this supernode applies the reservation (at once, or by gossip)
+            try:
+                self.pack_balance(reserved)
+                break
+            except SupernodeAPIError as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
         return encode_api_key(d.to_wire())
 
     def revoke_key(self, key: str) -> dict[str, Any]:

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # Requests that make the federation store something (price and usage quotes, purchase
     # confirmations, user messages, key revocations) one client address may send per minute.
     anonymous_writes_per_minute: int = Field(default=60, gt=0)
+    # How often this daemon gives back the rest of the API keys' reservations it holds
+    # once a key expired or was revoked (s).
+    reservation_close_interval_s: float = Field(default=10.0, gt=0)
     # GET requests (menu, status, balances, listings; not /health or /ready) one client
     # address may send per minute.
     anonymous_reads_per_minute: int = Field(default=600, gt=0)

@@ -115,6 +115,13 @@ def start_scheduler(node: Supernode) -> AsyncIOScheduler:
         s.audit_fetch_timeout_s + s.chain_timeout_s * 8 * (s.chain_read_retries + 1),
         first_in_s=1.0,
     )
+    add(
+        "close_reservations",
+        node.openai.close_reservations,
+        s.reservation_close_interval_s,
+        s.quorum_timeout_s * 4,
+        first_in_s=2.0,
+    )
     add("housekeeping", housekeeping, HOUSEKEEPING_INTERVAL_S, 60.0, first_in_s=30.0)
     sched.start()
     return sched

@@ -66,11 +66,12 @@ async def delegation_usage(
     key_id = key_id.lower()
     since = time.time() - days * DAY_S
     with node.db.read() as conn:
-        pack_id = repo.delegation_pack(conn, key_id)
+        reserved = repo.reservation_of(conn, key_id)
+        pack_id = reserved["parent_pack_id"] if reserved else None
         pack = repo.pack_state(conn, pack_id) if pack_id else None
         if pack is not None and not caller.operator and caller.address != pack["buyer"]:
             raise Forbidden("only the key's owner or the operator may read its usage")
-        rows = repo.delegation_usage(conn, key_id, since) if pack is not None else []
+        rows = repo.delegation_usage(conn, reserved["pack_id"], since) if reserved else []
         revoked = repo.revoked_at(conn, key_id)
     for r in rows:
         r["credits_net"] = r["credits_certified"] - r["credits_refunded"]
@@ -79,6 +80,14 @@ async def delegation_usage(
     return {
         "key_id": key_id,
         "pack_id": pack_id,
+        "reservation": None
+        if reserved is None
+        else {
+            "pack_id": reserved["pack_id"],
+            "credits": reserved["credits"],
+            "remaining_credits": reserved["remaining_credits"],
+            "expires_at": reserved["expires_at"],
+        },
         "since": since,
         "revoked_at": revoked,
         "totals": totals,

@@ -128,9 +128,11 @@ class Executor:
         return None
 
     def _prior_of(self, order: Order) -> dict[str, Any] | None:
-        """The pack's certificate before ``order``, for voters gossip has not reached."""
+        """The pack's certificate before ``order``, for voters gossip has not reached; for
+        the first order of a reservation's pack, the reservation's certificate (which
+        makes that pack)."""
         if order.sequence == 0:
-            return None
+            return self.voter.reservation_certificate(order.pack_id)
         prior = self._last.get(order.pack_id)
         if prior is None or prior["order"]["payload"]["sequence"] != order.sequence - 1:
             previous = self.voter.certificates(order.pack_id, order.sequence - 1, 1)

@@ -2,11 +2,19 @@
 the edge into an ``Order`` (pure checks, no I/O; the pack rules are pack_rules.py).
 
 A spend order is an envelope `spend_order` {pack_id, sequence, amount, request_id,
-executor}, signed by the pack's owner — or by the executor itself under the owner's
-`spend_delegation` {pack_id, delegate, max_credits} (valid until the delegation
-envelope's expires_at), carried in the order as `delegation`: this is how an OpenAI API
-key spends. A vote is a member's attestation (kind `spend_vote`) of the order's terms; a
-quorum of votes is the spend certificate {"order": <order envelope>, "votes": [...]}.
+executor}, signed by the pack's buyer. Three kinds:
+
+- a spend;
+- a *reservation* (``reserve``: the owner's `spend_delegation` {pack_id, delegate,
+  max_credits}, an OpenAI API key): ``max_credits`` leave the pack for a pack of their own
+  (``reservation_id(pack, delegation)``), whose buyer is the delegate and which lives until
+  the delegation expires. The delegate then spends from that pack's own sequence, which no
+  one else spends from: two supernodes delegated one pack never race for a sequence;
+- a *close* (``close``: true) of a reservation, by its delegate or by the parent's buyer:
+  its remaining credits, all of them, go back to the parent pack.
+
+A vote is a member's attestation (kind `spend_vote`) of the order's terms; a quorum of
+votes is the spend certificate {"order": <order envelope>, "votes": [...]}.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from supernode.crypto.envelope import (
     Payload,
     open_envelope,
 )
+from supernode.crypto.hashing import keccak
 from supernode.errors import BadRequest, Refused
 from supernode.federation.network import NetworkFile
 from supernode.ledger import MAX_INTEGER
@@ -64,15 +73,21 @@ class DelegationPayload(Payload):
 
 class OrderPayload(Payload):
     """`spend_order`: spend ``amount`` credits of the pack at ``sequence`` for
-    ``request_id``, run by ``executor``; signed by the owner, or by the executor under the
-    owner's ``delegation`` (the whole signed delegation envelope)."""
+    ``request_id``, run by ``executor``; or reserve them for the ``reserve`` delegation
+    (the whole signed delegation envelope); or ``close`` a reservation."""
 
     pack_id: Hex32
     sequence: Annotated[int, Field(ge=0, le=MAX_INTEGER)]
     amount: Credits
     request_id: Hex32
     executor: ChecksumAddress
-    delegation: dict[str, Any] | None = None
+    reserve: dict[str, Any] | None = None
+    close: bool = False
+
+
+def reservation_id(pack_id: str, delegation_id: str) -> str:
+    """The id of the pack a reservation makes: keccak(parent pack id, delegation id)."""
+    return "0x" + keccak(bytes.fromhex(pack_id[2:]) + bytes.fromhex(delegation_id[2:])).hex()
 
 
 def _open(
@@ -119,7 +134,7 @@ def parse_delegation(
 @dataclass(frozen=True)
 class Order:
     """A spend order opened at the edge (shape, signatures, its delegation's): the
-    envelope, its typed payload, and the delegation it was signed under, if any."""
+    envelope, its typed payload, and the delegation it reserves for, if any."""
 
     env: Envelope
     p: OrderPayload
@@ -153,6 +168,10 @@ class Order:
     def delegation_id(self) -> str | None:
         return self.delegation.id if self.delegation is not None else None
 
+    @property
+    def kind(self) -> str:
+        return "reserve" if self.delegation is not None else "close" if self.p.close else "spend"
+
     def to_wire(self) -> dict[str, Any]:
         return self.env.to_wire()
 
@@ -165,13 +184,21 @@ def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s:
     if network.member(p.executor) is None:
         raise Refused(f"executor {p.executor} is not a member", reason="unknown_executor")
     d = None
-    if "delegation" in env.payload:
-        d = parse_delegation(p.delegation, network, clock_skew_s=clock_skew_s, max_ttl_s=max_ttl_s)
-        if d.payload["pack_id"] != p.pack_id:
-            raise Refused("the delegation is for another pack", reason="bad_delegation")
-        if d.payload["delegate"] != env.sender or env.sender != p.executor:
+    if p.reserve is not None:
+        if p.close:
+            raise BadRequest("an order reserves or closes, not both")
+        d = parse_delegation(p.reserve, network, clock_skew_s=clock_skew_s, max_ttl_s=max_ttl_s)
+        dp = d.payload
+        if dp["pack_id"] != p.pack_id or d.sender != env.sender:
             raise Refused(
-                "a delegated order is signed by its delegate, the executor", reason="bad_delegation"
+                "a reservation is signed by the pack's owner, for a delegation of that pack",
+                reason="bad_delegation",
+            )
+        if p.amount != dp["max_credits"] or p.executor != dp["delegate"] or p.request_id != d.id:
+            raise Refused(
+                "a reservation's amount is the delegation's max_credits, its executor the "
+                "delegate and its request_id the delegation's id",
+                reason="bad_delegation",
             )
     return Order(env, p, d)
 

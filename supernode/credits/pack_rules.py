@@ -7,9 +7,14 @@ OpenAI path) checks the same rules before it asks anyone to vote, with the same 
 reason               the rule
 ==================== ===================================================================
 unknown_pack         the pack is certified and known here
-not_owner            the order (or the request) is signed by the pack's buyer...
-bad_delegation       ...or by a delegate, under a delegation the buyer signed
-delegation_cap       a delegate spends at most the delegation's ``max_credits`` in all
+not_owner            the order (or the request) is signed by the pack's buyer (for a
+                     reservation's pack: the key's delegate; a close also by the parent's)
+delegation_revoked   a reservation's pack spends nothing once its key is revoked...
+delegation_expired   ...nor by an order signed after the key expired
+already_reserved     a delegation is reserved once
+not_a_reservation    only a reservation's pack is closed, and a reservation's pack does
+                     not reserve
+close_amount         a close gives back all the reservation holds, no more, no less
 stale_sequence       the order's sequence is not spent already...
 sequence_ahead       ...nor beyond the pack's next (this member may be behind)
 insufficient_credits the amount fits in what the pack holds
@@ -21,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 from supernode.credits.orders import Order
-from supernode.crypto.envelope import Envelope
 from supernode.errors import Refused
 
 
@@ -31,25 +35,10 @@ def known_pack(pack: dict[str, Any] | None, pack_id: str) -> dict[str, Any]:
     return pack
 
 
-def signed_for(pack: dict[str, Any], signer: str, delegation: Envelope | None) -> None:
-    """``signer`` may spend from the pack: its buyer, or a delegate of the buyer's."""
-    if delegation is None:
-        if signer != pack["buyer"]:
-            raise Refused("not signed by the pack's owner", reason="not_owner")
-    elif delegation.sender != pack["buyer"]:
-        raise Refused("the delegation is not signed by the pack's owner", reason="bad_delegation")
-
-
-def within_cap(delegation: Envelope | None, spent: int, amount: int) -> None:
-    """A delegate's ``amount`` more, with ``spent`` certified under it so far, fits its cap."""
-    if delegation is None:
-        return
-    cap = delegation.payload["max_credits"]
-    if spent + amount > cap:
-        raise Refused(
-            f"the delegation allows {cap} credits: {spent} spent, {amount} more asked",
-            reason="delegation_cap",
-        )
+def signed_for(pack: dict[str, Any], signer: str) -> None:
+    """``signer`` may spend from the pack: its buyer."""
+    if signer != pack["buyer"]:
+        raise Refused("not signed by the pack's owner", reason="not_owner")
 
 
 def affordable(pack: dict[str, Any], amount: int) -> None:
@@ -73,11 +62,48 @@ def next_in_line(pack: dict[str, Any], sequence: int) -> None:
         )
 
 
-def check_order(order: Order, pack: dict[str, Any] | None, delegated_spent: int = 0) -> None:
-    """Every rule, for an order a member is asked to vote for; ``delegated_spent`` is what
-    was certified under its delegation so far."""
+def usable_reservation(pack: dict[str, Any], signed_at: float, revoked: bool) -> None:
+    """A reservation's pack may be spent from: its key not revoked, the order signed
+    before the key expired (the order's own time: every member judges it alike)."""
+    if pack.get("parent_pack_id") is None:
+        return
+    if revoked:
+        raise Refused("this API key was revoked by its owner", reason="delegation_revoked")
+    if pack["expires_at"] is not None and signed_at > pack["expires_at"]:
+        raise Refused("this API key has expired", reason="delegation_expired")
+
+
+def check_order(
+    order: Order,
+    pack: dict[str, Any] | None,
+    *,
+    parent: dict[str, Any] | None = None,
+    revoked: bool = False,
+    reserved: bool = False,
+) -> None:
+    """Every rule, for an order a member is asked to vote for. ``parent``: the pack a
+    reservation's pack came from; ``revoked``: its key was revoked; ``reserved``: the
+    delegation a reservation order funds already has its pack."""
     pack = known_pack(pack, order.pack_id)
-    signed_for(pack, order.sender, order.delegation)
-    within_cap(order.delegation, delegated_spent, order.amount)
+    if order.p.close:
+        if pack.get("parent_pack_id") is None:
+            raise Refused("only a reservation's pack is closed", reason="not_a_reservation")
+        owners = {pack["buyer"], parent["buyer"] if parent else None}
+        if order.sender not in owners:
+            raise Refused("not signed by the delegate or the pack's owner", reason="not_owner")
+        next_in_line(pack, order.sequence)
+        if order.amount != pack["remaining_credits"]:
+            raise Refused(
+                f"a close gives back all {pack['remaining_credits']} credits, not {order.amount}",
+                reason="close_amount",
+            )
+        return
+    signed_for(pack, order.sender)
+    if order.delegation is not None:
+        if pack.get("parent_pack_id") is not None:
+            raise Refused("a reservation's pack does not reserve", reason="not_a_reservation")
+        if reserved:
+            raise Refused("this delegation is reserved already", reason="already_reserved")
+    usable_reservation(pack, order.env.created_at, revoked)
     next_in_line(pack, order.sequence)
     affordable(pack, order.amount)

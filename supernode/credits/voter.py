@@ -34,6 +34,7 @@ from supernode.credits.orders import (
     Order,
     order_window,
     parse_order,
+    reservation_id,
     verify_spend_certificate,
     vote_terms,
 )
@@ -81,6 +82,9 @@ def certificate_row(order: Order, cert: dict[str, Any], received_at: float) -> d
         "delegation_id": order.delegation_id,
         "certificate": canonical_json(cert),
         "received_at": received_at,
+        "kind": order.kind,
+        "delegate": order.delegation.payload["delegate"] if order.delegation else None,
+        "expires_at": order.delegation.expires_at if order.delegation else None,
     }
 
 
@@ -213,11 +217,16 @@ class Voter:
         late = self.late(order)
         if late is not None and not (late == "order_expired" and expired_ok):
             raise Refused(f"{late}: no first vote for this order now", reason=late)
-        did = order.delegation_id
-        spent = repo.delegated_spent(conn, did) if did else 0
-        pack_rules.check_order(order, repo.pack_state(conn, order.pack_id), spent)
-        if did and repo.revoked_at(conn, did) is not None:
-            raise Refused(f"delegation {did} was revoked by its owner", reason="delegation_revoked")
+        pack = repo.pack_state(conn, order.pack_id)
+        parent = revoked = None
+        if pack is not None and pack.get("parent_pack_id") is not None:
+            parent = repo.pack_state(conn, pack["parent_pack_id"])
+            revoked = repo.revoked_at(conn, pack["delegation_id"]) is not None
+        reserved = False
+        if order.delegation is not None:
+            child = reservation_id(order.pack_id, order.delegation.id)
+            reserved = repo.pack_state(conn, child) is not None
+        pack_rules.check_order(order, pack, parent=parent, revoked=bool(revoked), reserved=reserved)
         return None
 
     def _vote_batch(
@@ -322,16 +331,31 @@ class Voter:
     def _prior(self, order: Order, raw: Any, asker: str) -> Prior | None:
         """The certificate right before ``order`` in its pack, checked; None if absent,
         not that one, or refused (logged: the vote then goes on without it)."""
-        if raw is None or order.sequence == 0:
+        if raw is None:
             return None
         try:
             prior_order, _ = self.verify(raw)
         except SupernodeError as exc:
             logger.warning("prior certificate from {} refused: {}", asker, exc)
             return None
+        if order.sequence == 0:  # a reservation's pack: the reservation that makes it
+            d = prior_order.delegation
+            if d is None or reservation_id(prior_order.pack_id, d.id) != order.pack_id:
+                return None
+            return prior_order, raw
         if prior_order.pack_id != order.pack_id or prior_order.sequence != order.sequence - 1:
             return None
         return prior_order, raw
+
+    def reservation_certificate(self, pack_id: str) -> dict[str, Any] | None:
+        """The certificate of the reservation that made reservation pack ``pack_id``, or
+        None (not a reservation's pack, or not here)."""
+        with self.db.read() as conn:
+            pack = repo.pack_state(conn, pack_id)
+            if pack is None or pack.get("delegation_id") is None:
+                return None
+            row = repo.reservation_certificate(conn, pack["delegation_id"])
+        return json.loads(row["certificate"]) if row else None
 
     # -- certificates -------------------------------------------------------------------
     def verify(self, cert: Any) -> tuple[Order, dict[str, Any]]:

@@ -2,11 +2,14 @@
 
 The API key is a delegation the pack's owner signed: "supernode S may spend up to M
 credits of pack P until T" (`spend_delegation`, base64url JSON behind an `sn-` prefix).
-For each request S quotes the cost, signs a spend order itself under the delegation and
-asks for votes while the model already runs; the output is released only once the spend
-is certified. Orders of one pack are certified one at a time (they share a sequence),
-generation is not serialized. Billing is the native path's: certified spends, refunds of
-unused tokens."""
+When the owner made the key, M credits were reserved for it in P's sequence: a pack of
+their own (``reservation_id(P, key)``), whose buyer is S. For each request S quotes the
+cost against that pack, signs a spend order on it and asks for votes while the model
+already runs; the output is released only once the spend is certified. S alone spends
+from the reservation, so nothing races for its sequence; its orders are certified one at
+a time, generation is not serialized. Billing is the native path's: certified spends,
+refunds of unused tokens. When the key expires or is revoked, S gives the rest back to P
+(a close order: ``close_reservations``)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any
 from loguru import logger
 
 from supernode.credits import pack_rules
-from supernode.credits.orders import DelegationPayload, parse_delegation
+from supernode.credits.orders import DelegationPayload, parse_delegation, reservation_id
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope, payload_of
 from supernode.errors import Refused, SupernodeError, TooManyRequests, Unauthorized
@@ -205,12 +208,19 @@ class OpenAIGateway:
                 raise unsupported("logprobs", f"no node serving {req.model} gives logprobs")
         max_new = req.max_tokens or min(DEFAULT_MAX_TOKENS, entry.max_new_tokens)
         params_raw = req.native_params(max_new)
-        pack_id = d.payload["pack_id"]
+        # the key spends from its reservation: a pack of its own, whose buyer is us
+        pack_id = reservation_id(d.payload["pack_id"], d.id)
         with self.svc.db.read() as conn:
             pack = spends_repo.pack_state(conn, pack_id)
-            spent = spends_repo.delegated_spent(conn, d.id)
-        pack_rules.signed_for(pack_rules.known_pack(pack, pack_id), self.svc.me, d)
-        cap_left = d.payload["max_credits"] - spent
+        if pack is None:
+            raise OpenAIError(
+                403,
+                "this key's credits are not reserved here (yet): the owner's `keys create` "
+                "reserves them when it makes the key",
+                code="key_not_funded",
+            )
+        pack_rules.signed_for(pack, self.svc.me)
+        pack_rules.usable_reservation(pack, time.time(), revoked=False)
         usage_id = "0x" + secrets.token_hex(32)
         try:
             q = await self.svc.quote(
@@ -219,7 +229,7 @@ class OpenAIGateway:
                 req.model,
                 req.prompt,
                 params_raw,
-                max(1, cap_left),
+                max(1, pack["remaining_credits"]),
                 usage_id,
                 delegated=True,
             )
@@ -259,7 +269,6 @@ class OpenAIGateway:
                         "amount": job.cost,
                         "request_id": job.request_id,
                         "executor": self.svc.me,
-                        "delegation": d.to_wire(),
                     },
                     ttl_s=self.svc.s.usage_quote_ttl_s,
                 )
@@ -278,6 +287,45 @@ class OpenAIGateway:
             retry_after_s=1.0,
             reason="pack_busy",
         )
+
+    async def close_reservations(self) -> int:
+        """Give back what is left of the reservations of keys that expired or were
+        revoked (a close order on each, certified like a spend; the next round tries
+        again one that failed). Returns how many were closed."""
+        with self.svc.db.read() as conn:
+            due = spends_repo.reservations_to_close(conn, self.svc.me, time.time())
+        closed = 0
+        for pack_id in due:
+            async with self._pack_locks.hold(pack_id):  # after the requests in flight
+                with self.svc.db.read() as conn:
+                    pack = spends_repo.pack_state(conn, pack_id)
+                if pack is None or pack["remaining_credits"] <= 0:
+                    continue
+                order = self.svc.signer.sign(
+                    "spend_order",
+                    {
+                        "pack_id": pack_id,
+                        "sequence": pack["next_sequence"],
+                        "amount": pack["remaining_credits"],
+                        "request_id": "0x" + secrets.token_hex(32),
+                        "executor": self.svc.me,
+                        "close": True,
+                    },
+                    ttl_s=self.svc.s.usage_quote_ttl_s,
+                )
+                try:
+                    await self.svc.executor.certify(self.svc.voter.parse(order.to_wire()))
+                except SupernodeError as exc:
+                    logger.warning("reservation {}: not closed yet: {}", pack_id, exc)
+                    continue
+                closed += 1
+                logger.info(
+                    "reservation {}: {} credits back to pack {}",
+                    pack_id,
+                    pack["remaining_credits"],
+                    pack["parent_pack_id"],
+                )
+        return closed
 
     async def _lost_race(self, pack_id: str, sequence: int, exc: SupernodeError) -> bool:
         """Whether ``exc`` means another order took ``sequence`` (then wait, bounded, for

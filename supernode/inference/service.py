@@ -152,7 +152,7 @@ class InferenceService:
             return self._quote_view(known)
         pack = pack_rules.known_pack(pack, pack_id)
         if not delegated:  # a delegate's request: its delegation was checked by the caller
-            pack_rules.signed_for(pack, requester, None)
+            pack_rules.signed_for(pack, requester)
         entry = self.entry(model)
         params = parse_params(params_raw, entry)
         prompt_tokens = await self.count_tokens(model, prompt)

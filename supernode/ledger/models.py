@@ -219,6 +219,11 @@ class CreditPack(Base):
     block_number: Mapped[int] = mapped_column(BigInteger)
     certificate: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
     certified_at: Mapped[float] = mapped_column(Float)
+    # A reservation (an API key's credits): a pack of its own, made when the reservation
+    # certified in the parent's sequence is applied; its buyer is the key's delegate.
+    parent_pack_id: Mapped[str | None] = mapped_column(String(66), index=True)
+    delegation_id: Mapped[str | None] = mapped_column(String(66), index=True)
+    expires_at: Mapped[float | None] = mapped_column(Float)  # the delegation's expiry
 
 
 class SpendVote(Base):
@@ -253,22 +258,16 @@ class SpendCertificate(Base):
     executor: Mapped[str] = mapped_column(String(42))
     spender: Mapped[str] = mapped_column(String(42))
     amount: Mapped[int] = mapped_column(BigInteger)
-    # the owner's delegation the order was signed under (OpenAI path), if any
+    # the delegation a reservation funds (kind "reserve"), else None
     delegation_id: Mapped[str | None] = mapped_column(String(66), index=True)
     certificate: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
     applied: Mapped[bool] = mapped_column(default=False)
     received_at: Mapped[float] = mapped_column(Float)
-
-
-class DelegationTotal(Base):
-    """Credits certified so far under one delegation (an API key): a running total kept
-    in the transaction that stores each certificate, so checking a delegated order's cap
-    reads one row however old the key is."""
-
-    __tablename__ = "delegation_totals"
-
-    delegation_id: Mapped[str] = mapped_column(String(66), primary_key=True)
-    spent: Mapped[int] = mapped_column(BigInteger)
+    # "spend"; "reserve" (makes the reservation's pack when applied); "close" (gives a
+    # reservation's remaining credits back to its parent pack)
+    kind: Mapped[str] = mapped_column(String(8), default="spend", server_default="spend")
+    delegate: Mapped[str | None] = mapped_column(String(42))  # a reservation's
+    expires_at: Mapped[float | None] = mapped_column(Float)  # a reservation's
 
 
 class DelegationRevocation(Base):

@@ -7,6 +7,7 @@ the ``applied`` column mirrors that for queries.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 from loguru import logger
@@ -70,17 +71,11 @@ def add_certificate(conn: sqlite3.Connection, row: dict[str, Any]) -> str:
             row["order_id"],
         )
         return "conflict"
-    values = {**row, "applied": 0}
+    values = {"kind": "spend", "delegate": None, "expires_at": None, **row, "applied": 0}
     conn.execute(
         insert_sql("spend_certificates", CERT_COLUMNS, skip_duplicates=True),
         [values[c] for c in CERT_COLUMNS],
     )
-    if row["delegation_id"] is not None:  # the delegation's running total, in step
-        conn.execute(
-            "INSERT INTO delegation_totals (delegation_id, spent) VALUES (?, ?) "
-            "ON CONFLICT (delegation_id) DO UPDATE SET spent = spent + excluded.spent",
-            (row["delegation_id"], row["amount"]),
-        )
     return "new"
 
 
@@ -88,19 +83,22 @@ def apply_ready(conn: sqlite3.Connection, pack_id: str) -> int:
     """Apply the pack's stored certificates from its next sequence on, in order, while
     there is no gap. Returns how many were applied."""
     pack = conn.execute(
-        "SELECT remaining_credits, next_sequence FROM credit_packs WHERE pack_id = ?",
+        "SELECT remaining_credits, next_sequence, parent_pack_id FROM credit_packs"
+        " WHERE pack_id = ?",
         (pack_id,),
     ).fetchone()
     if pack is None:
         return 0  # the pack's own certificate has not arrived yet: apply later
-    remaining, nxt = pack
+    remaining, nxt, parent = pack
     ahead = conn.execute(
-        "SELECT id, sequence, order_id, amount FROM spend_certificates"
-        " WHERE pack_id = ? AND sequence >= ? ORDER BY sequence LIMIT ?",
+        "SELECT id, sequence, order_id, amount, kind, delegation_id, delegate, expires_at"
+        " FROM spend_certificates WHERE pack_id = ? AND sequence >= ? ORDER BY sequence"
+        " LIMIT ?",
         (pack_id, nxt, AHEAD_MAX),
     ).fetchall()
     applied: list[tuple[int]] = []
-    for cert_id, sequence, order_id, amount in ahead:
+    made: list[str] = []  # reservations' packs made here
+    for cert_id, sequence, order_id, amount, kind, delegation_id, delegate, expires in ahead:
         if sequence != nxt:
             break  # a gap: the missing certificate comes by gossip or catch-up
         if amount > remaining:
@@ -113,6 +111,18 @@ def apply_ready(conn: sqlite3.Connection, pack_id: str) -> int:
             )
             break
         remaining -= amount
+        if kind == "reserve":
+            child = _reserve(conn, pack_id, delegation_id, delegate, amount, expires)
+            if child is None:
+                remaining += amount  # reserved already: the credits stay in the pack
+            else:
+                made.append(child)
+        elif kind == "close" and parent is not None:
+            conn.execute(  # the reservation's credits go back to its pack
+                "UPDATE credit_packs SET remaining_credits = remaining_credits + ?"
+                " WHERE pack_id = ?",
+                (amount, parent),
+            )
         applied.append((cert_id,))
         nxt += 1
     if applied:
@@ -122,7 +132,50 @@ def apply_ready(conn: sqlite3.Connection, pack_id: str) -> int:
             (remaining, nxt, pack_id),
         )
     apply_refunds(conn, pack_id)  # refunds wait for their spend
+    for child in made:  # its spends may have come before the reservation did
+        apply_ready(conn, child)
     return len(applied)
+
+
+def _reserve(
+    conn: sqlite3.Connection,
+    pack_id: str,
+    delegation_id: str,
+    delegate: str,
+    amount: int,
+    expires_at: float,
+) -> str | None:
+    """Make a reservation's pack (None if that delegation has one already)."""
+    from supernode.credits.orders import reservation_id
+
+    child = reservation_id(pack_id, delegation_id)
+    parent = conn.execute(
+        "SELECT chain_id, block_number FROM credit_packs WHERE pack_id = ?", (pack_id,)
+    ).fetchone()
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO credit_packs (pack_id, buyer, credits, remaining_credits,"
+        " next_sequence, amount_wei, chain_id, tx_hash, block_number, certificate,"
+        " certified_at, parent_pack_id, delegation_id, expires_at)"
+        " VALUES (?, ?, ?, ?, 0, '0', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            child,
+            delegate,
+            amount,
+            amount,
+            parent[0],
+            child,  # (unique like a payment's: the reservation's own id)
+            parent[1],
+            b"{}",
+            time.time(),
+            pack_id,
+            delegation_id,
+            expires_at,
+        ),
+    )
+    if cur.rowcount != 1:
+        logger.warning("delegation {} of pack {} reserved twice", delegation_id, pack_id)
+        return None
+    return child
 
 
 def add_revocation(
@@ -153,27 +206,16 @@ def revoked_at(conn: sqlite3.Connection, delegation_id: str) -> float | None:
     return row[0] if row else None
 
 
-def delegated_spent(conn: sqlite3.Connection, delegation_id: str) -> int:
-    """Credits certified so far under one delegation: its running total, kept by
-    add_certificate (one row read, however many certificates the delegation has)."""
-    row = conn.execute(
-        "SELECT spent FROM delegation_totals WHERE delegation_id = ?", (delegation_id,)
-    ).fetchone()
-    return row[0] if row else 0
-
-
 def pack_state(conn: sqlite3.Connection, pack_id: str) -> dict[str, Any] | None:
     cur = conn.execute("SELECT * FROM credit_packs WHERE pack_id = ?", (pack_id,))
     return dict_row(cur)
 
 
-def delegation_usage(
-    conn: sqlite3.Connection, delegation_id: str, since: float
-) -> list[dict[str, Any]]:
-    """What a delegation (an API key) spent since ``since``, per UTC day and model:
-    requests, prompt and completion tokens, credits certified and refunded. Read from the
-    append-only records (certificates by their delegation index, each request's row by its
-    key, its refunds by theirs): the key's own rows, none of any other key's."""
+def delegation_usage(conn: sqlite3.Connection, pack_id: str, since: float) -> list[dict[str, Any]]:
+    """What a reservation's pack (an API key's credits) spent since ``since``, per UTC day
+    and model: requests, prompt and completion tokens, credits certified and refunded.
+    Read from the append-only records (its certificates by their pack index, each
+    request's row by its key, its refunds by theirs): the key's own rows only."""
     cur = conn.execute(
         "SELECT date(c.received_at, 'unixepoch') AS day, r.model AS model, "
         "count(*) AS requests, "
@@ -183,18 +225,36 @@ def delegation_usage(
         "coalesce(sum((SELECT coalesce(sum(f.amount), 0) FROM refunds f "
         "WHERE f.request_id = c.request_id)), 0) AS credits_refunded "
         "FROM spend_certificates c JOIN inference_requests r ON r.request_id = c.request_id "
-        "WHERE c.delegation_id = ? AND c.received_at >= ? "
+        "WHERE c.pack_id = ? AND c.kind = 'spend' AND c.received_at >= ? "
         "GROUP BY day, model ORDER BY day, model",
-        (delegation_id, since),
+        (pack_id, since),
     )
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur]
 
 
-def delegation_pack(conn: sqlite3.Connection, delegation_id: str) -> str | None:
-    """The pack a delegation spent from (its first certificate's), or None."""
-    row = conn.execute(
-        "SELECT pack_id FROM spend_certificates WHERE delegation_id = ? LIMIT 1",
+def reservation_of(conn: sqlite3.Connection, delegation_id: str) -> dict[str, Any] | None:
+    """The pack a delegation's reservation made, or None (not reserved, or not here yet)."""
+    cur = conn.execute("SELECT * FROM credit_packs WHERE delegation_id = ?", (delegation_id,))
+    return dict_row(cur)
+
+
+def reservations_to_close(conn: sqlite3.Connection, delegate: str, now: float) -> list[str]:
+    """The reservations ``delegate`` holds with credits left whose key expired or was
+    revoked: their remaining credits go back to their packs."""
+    cur = conn.execute(
+        "SELECT p.pack_id FROM credit_packs p WHERE p.buyer = ? AND p.parent_pack_id IS NOT NULL"
+        " AND p.remaining_credits > 0 AND (p.expires_at < ? OR EXISTS (SELECT 1 FROM"
+        " delegation_revocations r WHERE r.delegation_id = p.delegation_id))",
+        (delegate, now),
+    )
+    return [r[0] for r in cur]
+
+
+def reservation_certificate(conn: sqlite3.Connection, delegation_id: str) -> dict[str, Any] | None:
+    """The certificate row of the reservation that funds ``delegation_id``, or None."""
+    cur = conn.execute(
+        "SELECT * FROM spend_certificates WHERE delegation_id = ? AND kind = 'reserve'",
         (delegation_id,),
-    ).fetchone()
-    return row[0] if row else None
+    )
+    return dict_row(cur)

@@ -42,10 +42,19 @@ def keyed(fed: LocalFederation) -> Iterator[tuple[openai.OpenAI, str, str]]:
     owner, pack_id = buy_pack(fed, 100_000)
     with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
         key = c.delegate(pack_id, max_credits=50_000, expires_in_s=3600)
+    assert settled(fed, pack_id) == 50_000  # the key's credits are reserved
     with openai.OpenAI(
         base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0, timeout=60
     ) as client:
-        yield client, key, pack_id
+        yield client, key, reserved(pack_id, key)
+
+
+def reserved(pack_id: str, key: str) -> str:
+    """The pack of the key's reserved credits, which its supernode spends from."""
+    from supernode.credits.orders import reservation_id
+    from supernode.inference.openai import decode_api_key
+
+    return reservation_id(pack_id, decode_api_key(key)["id"])
 
 
 def balances(fed: LocalFederation, pack_id: str) -> list[int | None]:
@@ -271,7 +280,8 @@ def test_an_exhausted_key_is_openai_s_exhausted_quota(fed: LocalFederation) -> N
             cl.completions.create(model=fed.nodes[0].model, prompt="hello there", max_tokens=8)
     assert err.value.code == "insufficient_quota"
     assert err.value.body["type"] == "insufficient_quota"  # type: ignore[index]
-    assert settled(fed, pack_id) == 10_000
+    assert settled(fed, pack_id) == 10_000 - 5  # reserved for the key
+    assert settled(fed, reserved(pack_id, key)) == 5  # and none of it spent
 
 
 def test_the_async_client_streams(
@@ -300,7 +310,8 @@ def test_the_async_client_streams(
 def _key(fed: LocalFederation, credits: int = 100_000, **limits: Any) -> tuple[str, str]:
     owner, pack_id = buy_pack(fed, credits)
     with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
-        return c.delegate(pack_id, max_credits=credits, expires_in_s=600, **limits), pack_id
+        key = c.delegate(pack_id, max_credits=credits, expires_in_s=600, **limits)
+    return key, reserved(pack_id, key)
 
 
 def _client(fed: LocalFederation, key: str) -> openai.OpenAI:
@@ -410,12 +421,14 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     key_id = decode_api_key(key)["id"]
+    mine = reserved(pack_id, key)
+    assert settled(fed, pack_id) == 5000 and settled(fed, mine) == 5000
     listed = json.loads(cli("list").stdout)
     assert [k["key_id"] for k in listed] == [key_id] and "key" not in listed[0]
     with _client(fed, key) as c:
         for _ in range(2):
             c.completions.create(model=model, prompt="count me", max_tokens=4)
-    spent = 10_000 - settled(fed, pack_id)
+    spent = 5000 - settled(fed, mine)
     out = cli("usage", key_id)
     assert out.returncode == 0, out.stderr
     usage = json.loads(out.stdout)
@@ -448,9 +461,8 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
         with pytest.raises(openai.AuthenticationError) as err:
             c.completions.create(model=model, prompt="after", max_tokens=4)
     assert err.value.code == "key_revoked"
-    # every member now refuses an order under it, even one the delegate itself signed
-    d = decode_api_key(key)
 
+    # every member now refuses to spend from the key's reservation, even for its delegate
     def order(seq: int) -> str:
         return sign_envelope(
             fed.identity(0),
@@ -458,17 +470,16 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
             network_id=net.network_id,
             chain_id=net.chain_id,
             payload={
-                "pack_id": pack_id,
+                "pack_id": mine,
                 "sequence": seq,
                 "amount": 1,
                 "request_id": "0x" + "ab" * 32,
                 "executor": fed.daemons[0].address,
-                "delegation": d,
             },
         ).model_dump_json()
 
     def refused_everywhere() -> bool:
-        seq = pack_state(fed, 1, pack_id)["next_sequence"]  # type: ignore[index]
+        seq = pack_state(fed, 1, mine)["next_sequence"]  # type: ignore[index]
         for member in fed.daemons:
             resp = httpx.post(
                 f"{member.url}/spend_credits",
@@ -481,4 +492,10 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
         return True
 
     wait_until(refused_everywhere, timeout_s=10, what="the revocation at every member")
+    # and its supernode gives the rest back to the pack: every member agrees
+    wait_until(
+        lambda: balances(fed, pack_id) == [10_000 - spent] * 4 and balances(fed, mine) == [0] * 4,
+        timeout_s=40,
+        what="the unspent reservation back in the pack",
+    )
     assert settled(fed, pack_id) == 10_000 - spent  # and nothing more was spent

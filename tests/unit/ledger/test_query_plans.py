@@ -27,7 +27,6 @@ GROWING = {
     "credit_packs",
     "spend_votes",
     "spend_certificates",
-    "delegation_totals",
     "delegation_revocations",
     "refunds",
     "inference_requests",
@@ -84,9 +83,9 @@ def hot_path(conn: sqlite3.Connection) -> None:
                 "voted_at": 0.0,
             },
         )
-        spends_repo.delegated_spent(conn, DELEGATION)
+        spends_repo.reservation_of(conn, DELEGATION)
         spends_repo.revoked_at(conn, DELEGATION)
-        spends_repo.delegation_usage(conn, DELEGATION, 0.0)  # a key's report: its rows only
+        spends_repo.delegation_usage(conn, PACK, 0.0)  # a key's report: its rows only
         spends_repo.pack_state(conn, PACK)
         spends_repo.add_certificate(conn, row)
         spends_repo.apply_ready(conn, PACK)
