@@ -122,8 +122,10 @@ import httpx
 from benchlib import T0, checked, federation, log, parser, pct, run
 
 from supernode.client import SupernodeClient
+from supernode.credits.orders import reservation_id
 from supernode.crypto.keys import Identity
 from supernode.devnet import DAEMON_NICE, ETH, LocalFederation, free_port
+from supernode.inference.openai import decode_api_key
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven red kites circle above an old "
@@ -361,7 +363,9 @@ class Bench:
             with SupernodeClient(d.url, identity=owners[i]) as c:
                 pack = c.buy_credits(credits, anvil.url, wait_s=60)
                 key = c.delegate(pack["pack_id"], max_credits=credits, expires_in_s=3600)
-            return Key(daemons[i], pack["pack_id"], key, credits)
+            # the key spends from its reservation: the pack of its credits
+            reserved = reservation_id(pack["pack_id"], decode_api_key(key)["id"])
+            return Key(daemons[i], reserved, key, credits)
 
         sem = asyncio.Semaphore(self.args.setup_concurrency)
 

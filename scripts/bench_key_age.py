@@ -8,10 +8,10 @@ delegation (OpenAI API key) for daemon 0, and sends ``--requests`` completions o
 one at a time (``--max-tokens`` each), through daemon 0. Everything it started is stopped
 (also on error, Ctrl-C or SIGTERM); it prints one JSON object as the LAST line of stdout.
 
-Per request a delegate checks the key's cap against what was certified under it so far,
-at every voter. If that total were summed over the key's past certificates, each request
-would cost more the older the key: this measures it. CPU (user + system, from /proc) of all
-the daemons together is read before and after the first and the last ``--window``
+Per request a delegate spends from the key's reservation (a pack of its own) and every
+voter checks that pack. If anything there were summed over the key's past certificates,
+each request would cost more the older the key: this measures it. CPU (user + system,
+from /proc) of all the daemons together is read before and after the first and the last ``--window``
 requests:
 
 * ``first_cpu_ms_per_request``, ``last_cpu_ms_per_request``: daemons' CPU per request in

@@ -193,8 +193,13 @@ def test_openai_sdk_spends_through_a_delegation(fed: LocalFederation) -> None:
     )
     text = "".join((ch.choices[0].delta.content or "") for ch in chunks if ch.choices)
     assert text
-    wait_until(lambda: (balance(fed, 0, pack_id) or 1000) < 1000, what="spent")
-    spent = 1000 - settled_balance(fed, pack_id)
+    from supernode.credits.orders import reservation_id
+    from supernode.inference.openai import decode_api_key
+
+    mine = reservation_id(pack_id, decode_api_key(key)["id"])  # the key's reserved credits
+    wait_until(lambda: (balance(fed, 0, mine) or 150) < 150, what="spent")
+    spent = 150 - settled_balance(fed, mine)
+    assert spent > 0 and settled_balance(fed, pack_id) == 850  # the pack gave 150, no more
     # the cap holds: ask for more than the delegation has left
     with pytest.raises(openai.RateLimitError) as err:  # OpenAI's exhausted quota
         client.completions.create(model=model(fed), prompt="x " * 100, max_tokens=64)
@@ -217,12 +222,13 @@ def test_openai_sdk_spends_through_a_delegation(fed: LocalFederation) -> None:
     )
     with SupernodeClient(fed.daemons[1].url, identity=owner) as c:
         elsewhere = c.delegate(pack_id, max_credits=100, expires_in_s=600)
+    wait_until(lambda: settled_balance(fed, pack_id) == 750, what="the second reservation")
     for bad in (expired, "sn-notakey", "sk-openai-style", elsewhere):
         with openai.OpenAI(base_url=f"{d.url}/v1", api_key=bad, max_retries=0) as other:
             with pytest.raises(openai.AuthenticationError):
                 other.completions.create(model=model(fed), prompt="hi", max_tokens=4)
     client.close()
-    balances_settle(fed, pack_id, 1000 - spent)  # none of that cost anything
+    balances_settle(fed, mine, 150 - spent)  # none of that cost anything
 
 
 def _tokenized(fed: LocalFederation) -> int:

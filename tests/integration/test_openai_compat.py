@@ -499,3 +499,45 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
         what="the unspent reservation back in the pack",
     )
     assert settled(fed, pack_id) == 10_000 - spent  # and nothing more was spent
+
+
+def test_two_delegates_of_one_pack_never_lock_it(fed: LocalFederation) -> None:
+    """Two supernodes delegated one pack, 100 requests each at once (8 in flight per
+    key): every request succeeds, neither key spends past its reservation, the pack never
+    gives more than it holds, and every member agrees on every balance once settled."""
+    model = fed.nodes[0].model
+    owner, pack_id = buy_pack(fed, 30_000)
+    keys: list[tuple[int, str]] = []
+    for daemon in (0, 1):  # (one owner signs one order at a time: the first settles)
+        left = 30_000 - 12_000 * daemon
+        wait_until(lambda left=left: balances(fed, pack_id) == [left] * 4)
+        with SupernodeClient(fed.daemons[daemon].url, identity=owner) as c:
+            keys.append((daemon, c.delegate(pack_id, max_credits=12_000, expires_in_s=600)))
+    assert settled(fed, pack_id) == 6_000
+    results: dict[int, list[str]] = {0: [], 1: []}
+
+    def worker(daemon: int, key: str, n: int) -> None:
+        with openai.OpenAI(
+            base_url=f"{fed.daemons[daemon].url}/v1", api_key=key, max_retries=0, timeout=60
+        ) as c:
+            for _ in range(n):
+                try:
+                    c.completions.create(model=model, prompt="race me", max_tokens=4)
+                    results[daemon].append("ok")
+                except openai.APIError as exc:
+                    results[daemon].append(f"{type(exc).__name__}: {exc}"[:200])
+
+    threads = [
+        threading.Thread(target=worker, args=(daemon, key, 100 // 8 + (i < 100 % 8)))
+        for daemon, key in keys
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for daemon in (0, 1):
+        assert results[daemon].count("ok") == 100, results[daemon][:5]
+    spent = [12_000 - settled(fed, reserved(pack_id, key)) for _, key in keys]
+    assert all(0 < s <= 12_000 for s in spent), spent
+    assert settled(fed, pack_id) == 6_000  # the pack gave its reservations, nothing more
