@@ -18,6 +18,9 @@ from supernode.crypto.keys import Identity
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_S = 60.0  # how long a spend order is resent before the call gives up
+SEQUENCE_TRIES = 3  # orders signed for one spend when this supernode's view is behind
+SEQUENCE_WAIT_S = 10.0  # how long a refused order waits to see its sequence taken
+STALE_REASONS = frozenset({"stale_sequence", "conflicting_order"})
 RESERVATION_WAIT_S = 30.0  # how long a new key waits for its supernode to hold its reservation
 __all__ = [
     "ChainRPCError",
@@ -115,8 +118,35 @@ class PurchaseMixin:
 
     def spend(self, pack_id: str, amount: int, **kw: Any) -> dict[str, Any]:
         """Sign the pack's next order and have it certified, resending that same order
-        through failures (see OrderMixin.submit_order); returns the certificate."""
-        return self.submit_order(self.spend_order(pack_id, amount, **kw), SPEND_PATH)
+        through failures (see OrderMixin.submit_order); returns the certificate.
+
+        This supernode's view of the pack may be behind (another supernode certified the
+        owner's last order): the order is then refused for its sequence. Once this
+        supernode shows that sequence certified for another order, ours can never pass,
+        and a new order is signed for the next sequence (SEQUENCE_TRIES orders at most)."""
+        for attempt in range(SEQUENCE_TRIES):
+            order = self.spend_order(pack_id, amount, **kw)
+            try:
+                return self.submit_order(order, SPEND_PATH)
+            except SupernodeAPIError as exc:
+                reason = exc.body.get("reason") if isinstance(exc.body, dict) else None
+                if "sequence" in kw or reason not in STALE_REASONS:
+                    raise
+                if attempt == SEQUENCE_TRIES - 1 or not self._taken(order):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _taken(self, order: dict[str, Any]) -> bool:
+        """Whether this supernode shows ``order``'s sequence certified for another order
+        (waiting up to SEQUENCE_WAIT_S for it to catch up)."""
+        p = order["payload"]
+        deadline = time.monotonic() + SEQUENCE_WAIT_S
+        while time.monotonic() < deadline:
+            certs = self.pack_spends(p["pack_id"], p["sequence"])
+            if certs and certs[0]["order"]["payload"]["sequence"] == p["sequence"]:
+                return certs[0]["order"]["id"] != order["id"]
+            time.sleep(0.2)
+        return False
 
     def pack_spends(self, pack_id: str, from_sequence: int = 0) -> list[dict[str, Any]]:
         return self._call(
