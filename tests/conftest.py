@@ -52,6 +52,25 @@ def pack_state(fed: LocalFederation, i: int, pack_id: str) -> dict[str, Any] | N
     return r.json() if r.status_code == 200 else None
 
 
+def balances(fed: LocalFederation, pack_id: str) -> list[int | None]:
+    """Every daemon's remaining credits of the pack (None where it is unknown)."""
+    states = [pack_state(fed, i, pack_id) for i in range(len(fed.daemons))]
+    return [s["remaining_credits"] if s else None for s in states]
+
+
+def settled_balance(fed: LocalFederation, pack_id: str) -> int:
+    """The balance once every daemon reports the same one twice, half a second apart (an
+    OpenAI answer goes out before its refund of unused tokens is recorded)."""
+    seen: list[list[int | None]] = []
+
+    def steady() -> tuple[int] | None:
+        seen.append(balances(fed, pack_id))
+        same = len(seen) > 1 and seen[-1] == seen[-2] and len(set(seen[-1])) == 1
+        return (seen[-1][0],) if same and seen[-1][0] is not None else None
+
+    return wait_until(steady, timeout_s=20, interval_s=0.5, what="the balances to settle")[0]
+
+
 def buy_pack(fed: LocalFederation, credits: int) -> tuple[Identity, str]:
     """A new funded owner buys a pack at daemon 0; returns once every daemon holds it."""
     owner = Identity.generate()

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from supernode.api.deps import ready_node
 from supernode.errors import TooManyRequests
+from supernode.inference.openai_params import OpenAIError
 from supernode.serve import normalize_ip
 
 MAX_CLIENTS = 100_000  # client addresses whose buckets are remembered
@@ -108,14 +109,7 @@ def _too_many(scope: Scope, client: str, wait: float) -> JSONResponse:
     detail = f"too many reads from {client}; try again in {wait:.1f} s"
     headers = {"Retry-After": str(max(1, math.ceil(wait)))}
     if scope["path"].startswith("/v1/"):
-        body: dict[str, Any] = {
-            "error": {
-                "message": detail,
-                "type": "rate_limit_error",
-                "param": None,
-                "code": "rate_limit_exceeded",
-            }
-        }
+        body: dict[str, Any] = OpenAIError(429, detail, code="rate_limit_exceeded").body()
     else:
         body = {"error": "too_many_requests", "detail": detail, "reason": "rate_limited"}
     return JSONResponse(body, status_code=429, headers=headers)

@@ -26,10 +26,10 @@ from typing import Any
 from loguru import logger
 
 from supernode.credits import pack_rules
-from supernode.credits.orders import DelegationPayload, parse_delegation, reservation_id
+from supernode.credits.orders import DelegationPayload, Order, parse_delegation, reservation_id
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import Envelope, payload_of
-from supernode.errors import Refused, SupernodeError, TooManyRequests, Unauthorized
+from supernode.errors import Refused, SupernodeError, Unauthorized
 from supernode.inference.key_limits import Admission, KeyLimiter, KeyLimits
 from supernode.inference.menu import ModelEntry
 from supernode.inference.openai_params import (
@@ -45,9 +45,6 @@ from supernode.locks import KeyedLock
 from supernode.petals.client.pool import GenerateParams
 
 KEY_PREFIX = "sn-"
-RACE_TRIES = 3  # orders signed for one request when another spender takes the sequence
-RACE_WAIT_S = 2.0  # how long a lost race waits for the winner's certificate to come
-RACE_REASONS = ("stale_sequence", "conflicting_order", "sequence_ahead")
 
 
 def encode_api_key(delegation: dict[str, Any]) -> str:
@@ -249,44 +246,32 @@ class OpenAIGateway:
             req,
         )
 
+    def _order(self, pack_id: str, amount: int, request_id: str, **extra: Any) -> Order:
+        """Our signed order on a reservation's pack at its next sequence (the caller holds
+        that pack's lock: we are its only spender), parsed as a voter parses it."""
+        with self.svc.db.read() as conn:
+            pack = spends_repo.pack_state(conn, pack_id)
+        assert pack is not None
+        payload = {
+            "pack_id": pack_id,
+            "sequence": pack["next_sequence"],
+            "amount": amount,
+            "request_id": request_id,
+            "executor": self.svc.me,
+            **extra,
+        }
+        signed = self.svc.signer.sign("spend_order", payload, ttl_s=self.svc.s.usage_quote_ttl_s)
+        return self.svc.voter.parse(signed.to_wire())
+
     async def certify(self, d: Envelope, job: Job, linger_s: float = 0.0) -> dict[str, Any]:
-        """Sign the order under the delegation and get it certified (one per pack at a
-        time here: the order takes the pack's next sequence); the vote requests may wait
-        ``linger_s`` to share a batch. Another spender of the pack (its owner, another
-        supernode) may take that sequence first: then the order is signed again for the
-        next one, RACE_TRIES times at most, and a 429 says to retry after that."""
-        for _ in range(RACE_TRIES):
-            async with self._pack_locks.hold(job.pack_id):
-                with self.svc.db.read() as conn:
-                    pack = spends_repo.pack_state(conn, job.pack_id)
-                assert pack is not None
-                sequence = pack["next_sequence"]
-                order = self.svc.signer.sign(
-                    "spend_order",
-                    {
-                        "pack_id": job.pack_id,
-                        "sequence": sequence,
-                        "amount": job.cost,
-                        "request_id": job.request_id,
-                        "executor": self.svc.me,
-                    },
-                    ttl_s=self.svc.s.usage_quote_ttl_s,
-                )
-                parsed = self.svc.voter.parse(order.to_wire())
-                try:
-                    cert = await self.svc.executor.certify(parsed, linger_s)
-                except SupernodeError as exc:
-                    if not await self._lost_race(job.pack_id, sequence, exc):
-                        raise
-                    continue
-                await self.svc.mark_certified(job.request_id, parsed.sequence, parsed.id)
-            return cert
-        raise TooManyRequests(
-            f"another spender of pack {job.pack_id} took its next sequence {RACE_TRIES} times "
-            "in a row; nothing was spent, try again",
-            retry_after_s=1.0,
-            reason="pack_busy",
-        )
+        """Sign the order on the key's reservation and get it certified (one at a time:
+        it takes the reservation's next sequence, which no one else spends from); the vote
+        requests may wait ``linger_s`` to share a batch."""
+        async with self._pack_locks.hold(job.pack_id):
+            order = self._order(job.pack_id, job.cost, job.request_id)
+            cert = await self.svc.executor.certify(order, linger_s)
+            await self.svc.mark_certified(job.request_id, order.sequence, order.id)
+        return cert
 
     async def close_reservations(self) -> int:
         """Give back what is left of the reservations of keys that expired or were
@@ -301,20 +286,11 @@ class OpenAIGateway:
                     pack = spends_repo.pack_state(conn, pack_id)
                 if pack is None or pack["remaining_credits"] <= 0:
                     continue
-                order = self.svc.signer.sign(
-                    "spend_order",
-                    {
-                        "pack_id": pack_id,
-                        "sequence": pack["next_sequence"],
-                        "amount": pack["remaining_credits"],
-                        "request_id": "0x" + secrets.token_hex(32),
-                        "executor": self.svc.me,
-                        "close": True,
-                    },
-                    ttl_s=self.svc.s.usage_quote_ttl_s,
+                order = self._order(
+                    pack_id, pack["remaining_credits"], "0x" + secrets.token_hex(32), close=True
                 )
                 try:
-                    await self.svc.executor.certify(self.svc.voter.parse(order.to_wire()))
+                    await self.svc.executor.certify(order)
                 except SupernodeError as exc:
                     logger.warning("reservation {}: not closed yet: {}", pack_id, exc)
                     continue
@@ -326,22 +302,6 @@ class OpenAIGateway:
                     pack["parent_pack_id"],
                 )
         return closed
-
-    async def _lost_race(self, pack_id: str, sequence: int, exc: SupernodeError) -> bool:
-        """Whether ``exc`` means another order took ``sequence`` (then wait, bounded, for
-        its certificate to move the pack here, so that the next try signs the next one)."""
-        raced = exc.reason in RACE_REASONS or (
-            exc.reason == "no_quorum" and any(r in exc.detail for r in RACE_REASONS)
-        )
-        deadline = time.monotonic() + (RACE_WAIT_S if raced else 0.0)
-        while True:
-            with self.svc.db.read() as conn:
-                pack = spends_repo.pack_state(conn, pack_id)
-            if pack is not None and pack["next_sequence"] > sequence:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
 
     async def complete(self, d: Envelope, job: Job) -> tuple[str, dict[str, int]]:
         """Run and certify at once; the text only once certified. Returns (text, usage)."""

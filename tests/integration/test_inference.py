@@ -17,7 +17,7 @@ from supernode.client import SupernodeAPIError, SupernodeClient
 from supernode.crypto.envelope import sign_envelope
 from supernode.crypto.keys import Identity
 from supernode.devnet import LocalFederation
-from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, wait_until
+from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, settled_balance, wait_until
 
 pytestmark = pytest.mark.integration
 SETTINGS = {
@@ -54,20 +54,6 @@ def balances_settle(fed: LocalFederation, pack_id: str, expected: int) -> None:
         timeout_s=20,
         what=f"every daemon at {expected}",
     )
-
-
-def settled_balance(fed: LocalFederation, pack_id: str) -> int:
-    """The balance once every daemon reports the same one twice, half a second apart (an
-    OpenAI answer goes out before its refund of unused tokens is recorded)."""
-    seen: list[list[int | None]] = []
-
-    def steady() -> tuple[int] | None:
-        seen.append([balance(fed, i, pack_id) for i in range(4)])
-        now = seen[-1]
-        same = len(seen) > 1 and now == seen[-2] and len(set(now)) == 1
-        return (now[0],) if same and now[0] is not None else None
-
-    return wait_until(steady, timeout_s=20, interval_s=0.5, what="the balances to settle")[0]
 
 
 def model(fed: LocalFederation) -> str:

@@ -16,7 +16,14 @@ import pytest
 
 from supernode.client import SupernodeClient
 from supernode.devnet import LocalFederation
-from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, wait_until
+from tests.conftest import (
+    TEST_SETTINGS,
+    balances,
+    buy_pack,
+    pack_state,
+    settled_balance,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 SETTINGS = {
@@ -42,7 +49,7 @@ def keyed(fed: LocalFederation) -> Iterator[tuple[openai.OpenAI, str, str]]:
     owner, pack_id = buy_pack(fed, 100_000)
     with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
         key = c.delegate(pack_id, max_credits=50_000, expires_in_s=3600)
-    assert settled(fed, pack_id) == 50_000  # the key's credits are reserved
+    assert settled_balance(fed, pack_id) == 50_000  # the key's credits are reserved
     with openai.OpenAI(
         base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0, timeout=60
     ) as client:
@@ -55,27 +62,6 @@ def reserved(pack_id: str, key: str) -> str:
     from supernode.inference.openai import decode_api_key
 
     return reservation_id(pack_id, decode_api_key(key)["id"])
-
-
-def balances(fed: LocalFederation, pack_id: str) -> list[int | None]:
-    out = []
-    for i in range(len(fed.daemons)):
-        s = pack_state(fed, i, pack_id)
-        out.append(s["remaining_credits"] if s else None)
-    return out
-
-
-def settled(fed: LocalFederation, pack_id: str) -> int:
-    """The balance once every daemon says the same twice in a row (refunds of unused
-    tokens are recorded just after an answer)."""
-    seen: list[list[int | None]] = []
-
-    def steady() -> tuple[int] | None:
-        seen.append(balances(fed, pack_id))
-        same = len(seen) > 1 and seen[-1] == seen[-2] and len(set(seen[-1])) == 1
-        return (seen[-1][0],) if same and seen[-1][0] is not None else None
-
-    return wait_until(steady, timeout_s=20, interval_s=0.5, what="balances to settle")[0]
 
 
 def streamed(client: openai.OpenAI, **kw: Any) -> tuple[str, str | None, Any]:
@@ -211,7 +197,7 @@ def test_refusals_are_openai_errors_and_cost_nothing(
 ) -> None:
     client, _, pack_id = keyed
     model = fed.nodes[0].model
-    before = settled(fed, pack_id)
+    before = settled_balance(fed, pack_id)
     msgs = [{"role": "user", "content": "hi"}]
     bad = openai.BadRequestError
     cases: list[tuple[dict[str, Any], type[Exception], str | None, str | None]] = [
@@ -268,7 +254,7 @@ def test_refusals_are_openai_errors_and_cost_nothing(
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=model, prompt="x", suffix="y")
     assert err.value.code == "unsupported_parameter"
-    assert settled(fed, pack_id) == before  # none of that cost anything
+    assert settled_balance(fed, pack_id) == before  # none of that cost anything
 
 
 def test_an_exhausted_key_is_openai_s_exhausted_quota(fed: LocalFederation) -> None:
@@ -280,8 +266,8 @@ def test_an_exhausted_key_is_openai_s_exhausted_quota(fed: LocalFederation) -> N
             cl.completions.create(model=fed.nodes[0].model, prompt="hello there", max_tokens=8)
     assert err.value.code == "insufficient_quota"
     assert err.value.body["type"] == "insufficient_quota"  # type: ignore[index]
-    assert settled(fed, pack_id) == 10_000 - 5  # reserved for the key
-    assert settled(fed, reserved(pack_id, key)) == 5  # and none of it spent
+    assert settled_balance(fed, pack_id) == 10_000 - 5  # reserved for the key
+    assert settled_balance(fed, reserved(pack_id, key)) == 5  # and none of it spent
 
 
 def test_the_async_client_streams(
@@ -314,16 +300,10 @@ def _key(fed: LocalFederation, credits: int = 100_000, **limits: Any) -> tuple[s
     return key, reserved(pack_id, key)
 
 
-def _client(fed: LocalFederation, key: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0, timeout=60
-    )
-
-
 def test_requests_per_minute_answer_429_with_openai_s_headers(fed: LocalFederation) -> None:
     model = fed.nodes[0].model
     key, pack_id = _key(fed, rpm=3)
-    with _client(fed, key) as client:
+    with _client_at(fed, 0, key) as client:
         left = []
         for _ in range(3):
             raw = client.completions.with_raw_response.create(
@@ -333,20 +313,20 @@ def test_requests_per_minute_answer_429_with_openai_s_headers(fed: LocalFederati
             assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
             left.append(int(raw.headers["x-ratelimit-remaining-requests"]))
         assert left == [2, 1, 0]
-        spent = 100_000 - settled(fed, pack_id)
+        spent = 100_000 - settled_balance(fed, pack_id)
         with pytest.raises(openai.RateLimitError) as err:
             client.completions.create(model=model, prompt="hi", max_tokens=4)
         assert err.value.code == "rate_limit_exceeded"
         retry = int(err.value.response.headers["retry-after"])
         assert 1 <= retry <= 60
         assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
-    assert 100_000 - settled(fed, pack_id) == spent  # the refused one cost nothing
+    assert 100_000 - settled_balance(fed, pack_id) == spent  # the refused one cost nothing
 
 
 def test_tokens_per_minute_in_flight_and_models(fed: LocalFederation) -> None:
     model = fed.nodes[0].model
     key, pack_id = _key(fed, tpm=60)
-    with _client(fed, key) as client:
+    with _client_at(fed, 0, key) as client:
         statuses = []
         for _ in range(6):  # each reserves its prompt + 16, then is settled to what it used
             try:
@@ -360,7 +340,7 @@ def test_tokens_per_minute_in_flight_and_models(fed: LocalFederation) -> None:
                 assert exc.response.headers["retry-after"].isdigit()
         assert statuses[:3] == [200] * 3 and 429 in statuses, statuses
     key, pack_id = _key(fed, tpm=20)
-    with _client(fed, key) as client:
+    with _client_at(fed, 0, key) as client:
         with pytest.raises(openai.BadRequestError) as err:  # alone over the limit
             client.completions.create(model=model, prompt="hello", max_tokens=30, stream=True)
         assert err.value.code == "tokens_over_limit"
@@ -368,7 +348,7 @@ def test_tokens_per_minute_in_flight_and_models(fed: LocalFederation) -> None:
     results: list[str] = []
 
     def one() -> None:
-        with _client(fed, key) as c:
+        with _client_at(fed, 0, key) as c:
             try:
                 c.completions.create(model=model, prompt="one at a time", max_tokens=16)
                 results.append("ok")
@@ -381,10 +361,10 @@ def test_tokens_per_minute_in_flight_and_models(fed: LocalFederation) -> None:
     for t in threads:
         t.join(timeout=120)
     assert "ok" in results and "429" in results, results
-    with _client(fed, key) as c:  # all ended: the slot is free again
+    with _client_at(fed, 0, key) as c:  # all ended: the slot is free again
         assert c.completions.create(model=model, prompt="again", max_tokens=2).choices
     key, _ = _key(fed, models=["some-other-model"])
-    with _client(fed, key) as c:
+    with _client_at(fed, 0, key) as c:
         assert c.models.list().data == []
         with pytest.raises(openai.PermissionDeniedError) as denied:
             c.completions.create(model=model, prompt="x", max_tokens=2)
@@ -422,13 +402,13 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
     key = made.stdout.strip()
     key_id = decode_api_key(key)["id"]
     mine = reserved(pack_id, key)
-    assert settled(fed, pack_id) == 5000 and settled(fed, mine) == 5000
+    assert settled_balance(fed, pack_id) == 5000 and settled_balance(fed, mine) == 5000
     listed = json.loads(cli("list").stdout)
     assert [k["key_id"] for k in listed] == [key_id] and "key" not in listed[0]
-    with _client(fed, key) as c:
+    with _client_at(fed, 0, key) as c:
         for _ in range(2):
             c.completions.create(model=model, prompt="count me", max_tokens=4)
-    spent = 5000 - settled(fed, mine)
+    spent = 5000 - settled_balance(fed, mine)
     out = cli("usage", key_id)
     assert out.returncode == 0, out.stderr
     usage = json.loads(out.stdout)
@@ -457,7 +437,7 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
     assert r.status_code == 422 and r.json()["reason"] == "not_owner", r.text
     revoked = cli("revoke", key_id)
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"], revoked.stderr
-    with _client(fed, key) as c:
+    with _client_at(fed, 0, key) as c:
         with pytest.raises(openai.AuthenticationError) as err:
             c.completions.create(model=model, prompt="after", max_tokens=4)
     assert err.value.code == "key_revoked"
@@ -498,7 +478,7 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
         timeout_s=40,
         what="the unspent reservation back in the pack",
     )
-    assert settled(fed, pack_id) == 10_000 - spent  # and nothing more was spent
+    assert settled_balance(fed, pack_id) == 10_000 - spent  # and nothing more was spent
 
 
 def test_two_delegates_of_one_pack_never_lock_it(fed: LocalFederation) -> None:
@@ -511,7 +491,7 @@ def test_two_delegates_of_one_pack_never_lock_it(fed: LocalFederation) -> None:
     for daemon in (0, 1):  # back to back: daemon 1 may not have applied the first yet
         with SupernodeClient(fed.daemons[daemon].url, identity=owner) as c:
             keys.append((daemon, c.delegate(pack_id, max_credits=12_000, expires_in_s=600)))
-    assert settled(fed, pack_id) == 6_000
+    assert settled_balance(fed, pack_id) == 6_000
     results: dict[int, list[str]] = {0: [], 1: []}
 
     def worker(daemon: int, key: str, n: int) -> None:
@@ -536,9 +516,9 @@ def test_two_delegates_of_one_pack_never_lock_it(fed: LocalFederation) -> None:
         t.join(timeout=300)
     for daemon in (0, 1):
         assert results[daemon].count("ok") == 100, results[daemon][:5]
-    spent = [12_000 - settled(fed, reserved(pack_id, key)) for _, key in keys]
+    spent = [12_000 - settled_balance(fed, reserved(pack_id, key)) for _, key in keys]
     assert all(0 < s <= 12_000 for s in spent), spent
-    assert settled(fed, pack_id) == 6_000  # the pack gave its reservations, nothing more
+    assert settled_balance(fed, pack_id) == 6_000  # the pack gave its reservations, nothing more
 
 
 def test_a_key_made_at_a_member_that_is_behind_takes_the_next_sequence(
@@ -567,7 +547,7 @@ def test_a_key_made_at_a_member_that_is_behind_takes_the_next_sequence(
         key = c.delegate(pack_id, max_credits=1_000, expires_in_s=600)
     with _client_at(fed, 1, key) as client:
         assert client.completions.create(model=model, prompt="late", max_tokens=2).choices
-    assert settled(fed, pack_id) == 10_000 - 100 - 1_000
+    assert settled_balance(fed, pack_id) == 10_000 - 100 - 1_000
 
 
 def _client_at(fed: LocalFederation, daemon: int, key: str) -> openai.OpenAI:
