@@ -17,12 +17,11 @@ its next request when its last one is answered):
   do_sample=0`` (what the daemon itself sends the node); a success is 200 with ``ok`` true.
 * gateway: ``POST {daemon}/v1/completions``, ``Authorization: Bearer <key>``, JSON ``{model,
   prompt, max_tokens}``; a success is 200 with a non-empty ``choices[0].text``. Per request the
-  daemon quotes (a tokenize call to the node, the pack and the delegation read), signs a
-  spend order under the delegation and has it certified by a quorum of peers while the node
-  generates, then records the result, gossips the summary and any refund, and answers. One
-  pack's orders are certified one at a time (they share a sequence), so every worker has its
-  own pack and key (bought and delegated in setup, untimed): no worker waits for another's
-  certificate.
+  daemon quotes (a tokenize call to the node, the reservation read), writes the request
+  durably, has the node generate and answers; the result, its summary and the request's
+  charge are recorded right after, and the key's requests are certified afterwards, many
+  to a settlement (every ``SUPERNODE_SETTLE_INTERVAL_S``). Every worker has its own pack
+  and key (bought and delegated in setup, untimed).
 
 Figures (latency = request sent -> whole answer read, at the client):
 
@@ -43,8 +42,8 @@ Figures (latency = request sent -> whole answer read, at the client):
   request leaves behind may still run during the next direct one).
 * ``gateway_server_timing_p50_ms``, ``serial_server_timing_p50_ms``: the p50 of each step
   of the daemon's Server-Timing header over the main and the serial gateway answers:
-  ``prepare`` (parse, key, quote), then from the start of the run ``certify`` (spend
-  certified) and ``generate`` (text back from the node; the two overlap), ``total``.
+  ``prepare`` (parse, key, quote, the request written), ``generate`` (text back from the
+  node), ``total``.
 * ``spread_*``: ``--spread-requests`` more gateway requests with worker ``w`` on daemon ``w %
   peers`` (its own packs and keys), compared with the main direct figures
   (``spread_overhead_p50_ms`` = spread_gateway_p50 - direct_p50).
@@ -64,7 +63,7 @@ Figures (latency = request sent -> whole answer read, at the client):
 * ``outputs_match``: prompts whose gateway text equals their direct text (greedy: all should);
   ``outputs_compared``: how many were compared.
 * ``credits_spent``: sum over every pack used of (bought - remaining) at the daemon that
-  spent it, once refunds settle (polled up to ``--verify-timeout`` s);
+  spent it, once every request is settled (polled up to ``--verify-timeout`` s);
   ``credits_expected``: the sum of the successes' ``usage`` at the model's prices
   (warm-up, serial and spread requests included); ``credits_match``: both agree.
 * ``failures``: timed requests without success, both paths (``direct_failures``,
@@ -138,7 +137,7 @@ def diff(a: float | None, b: float | None) -> float | None:
 
 
 def parse_timing(header: str) -> dict[str, float]:
-    """``prepare;dur=1.2, certify;dur=5.0`` -> {"prepare": 1.2, "certify": 5.0}."""
+    """``prepare;dur=1.2, generate;dur=5.0`` -> {"prepare": 1.2, "generate": 5.0}."""
     out = {}
     for part in header.split(","):
         name, _, dur = part.strip().partition(";dur=")
@@ -806,7 +805,7 @@ class Bench:
 
     async def check_credits(self, keys: list[Key]) -> None:
         """Balances at each key's daemon, polled until they account for every success's
-        usage (refunds of unused tokens arrive by gossip) or ``--verify-timeout``."""
+        usage (the key's requests are settled in batches) or ``--verify-timeout``."""
         o = self.out
         o["credits_expected"] = self.usage_cost
         start = time.perf_counter()

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     # How often this daemon gives back the rest of the API keys' reservations it holds
     # once a key expired or was revoked (s).
     reservation_close_interval_s: float = Field(default=10.0, gt=0)
+    # OpenAI path: how often this daemon settles the requests it answered at once from
+    # API keys' reservations (one quorum round per key for all its requests since) (s).
+    settle_interval_s: float = Field(default=0.5, gt=0, le=60)
+    # OpenAI path: most credits one API key may have answered but not yet certified; a
+    # request past it waits for a settlement (0: one request at a time).
+    unsettled_max_credits: int = Field(default=50_000, ge=0)
     # GET requests (menu, status, balances, listings; not /health or /ready) one client
     # address may send per minute.
     anonymous_reads_per_minute: int = Field(default=600, gt=0)
@@ -157,10 +163,6 @@ class Settings(BaseSettings):
     max_credits_per_pack: int = Field(default=10**9, gt=0)
     # Longest wait for peers' signatures on a quote or a pack (s).
     quorum_timeout_s: float = Field(default=5.0, gt=0)
-    # OpenAI path: longest a vote request may wait to share a batch with others (fewer
-    # requests per peer under load), taken only when the model's answer is expected to
-    # take longer still (at most a quarter of that wait); 0: never.
-    vote_linger_max_s: float = Field(default=0.05, ge=0, le=1)
     # Seconds between tries to finish purchases waiting for confirmations or a quorum.
     pending_purchase_interval_s: float = Field(default=2.0, gt=0)
 

@@ -243,6 +243,7 @@ class Supernode:
         self.voter.start()
         await self.pool.start()
         self.gossip.start()
+        await self.openai.settler.start()
         if jobs:
             from supernode.jobs import start_scheduler
 
@@ -344,6 +345,7 @@ class Supernode:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.inference.stop()  # first: what it records on the way out is still pushed
+        await self.openai.settler.stop()  # then what was answered is settled (bounded)
         await self.auditor.stop()
         await self.executor.stop()  # its vote requests travel on the gossip links' sessions
         await self.voter.stop()

@@ -59,12 +59,16 @@ def balances(fed: LocalFederation, pack_id: str) -> list[int | None]:
 
 
 def settled_balance(fed: LocalFederation, pack_id: str) -> int:
-    """The balance once every daemon reports the same one twice, half a second apart (an
-    OpenAI answer goes out before its refund of unused tokens is recorded)."""
+    """The balance once every daemon reports the same one twice, half a second apart, and
+    no daemon holds credits of it answered and not yet settled (an OpenAI answer goes out
+    before its request is settled)."""
     seen: list[list[int | None]] = []
 
     def steady() -> tuple[int] | None:
-        seen.append(balances(fed, pack_id))
+        states = [pack_state(fed, i, pack_id) for i in range(len(fed.daemons))]
+        seen.append([s["remaining_credits"] if s else None for s in states])
+        if any(s and s.get("unsettled_credits") for s in states):
+            return None
         same = len(seen) > 1 and seen[-1] == seen[-2] and len(set(seen[-1])) == 1
         return (seen[-1][0],) if same and seen[-1][0] is not None else None
 

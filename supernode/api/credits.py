@@ -94,18 +94,23 @@ async def packs_for_address(address: str, node: Supernode = Depends(get_node)) -
 
 @router.get("/check_credit_pack_balance/{pack_id}")
 async def pack_balance(pack_id: str, node: Supernode = Depends(get_node)) -> dict[str, Any]:
-    """Credits bought and remaining in a certified pack."""
+    """Credits bought and remaining in a certified pack. For an API key's reservation,
+    at its supernode: ``unsettled_credits``, what it answered from it and has not had
+    certified yet (it comes off ``remaining_credits`` at the next settlement)."""
     with node.db.read() as conn:
         pack = repo.get_pack(conn, _hex32(pack_id, "pack_id"))
     if pack is None:
         raise NotFound(f"no certified pack {pack_id} known here")
-    return {
+    out = {
         "pack_id": pack["pack_id"],
         "buyer": pack["buyer"],
         "credits": pack["credits"],
         "remaining_credits": pack["remaining_credits"],
         "next_sequence": pack["next_sequence"],
     }
+    if pack["buyer"] == node.address:
+        out["unsettled_credits"] = node.openai.settler.outstanding.get(pack["pack_id"], 0)
+    return out
 
 
 @p2p.post("/agree_quote", openapi_extra=ENVELOPE_BODY)

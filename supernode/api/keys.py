@@ -61,7 +61,8 @@ async def delegation_usage(
     caller: Caller = Depends(user_auth(USAGE_ENDPOINT)),
 ) -> dict[str, Any]:
     """What an API key spent here (its supernode executes all of it), per UTC day and
-    model, over the last ``days``: requests, tokens, credits certified, refunded and net.
+    model, over the last ``days``: requests, tokens, and credits charged (what each
+    request finally cost), settled with the federation and not yet.
     For the key's owner (a challenge signed by the pack's buyer) or the operator."""
     key_id = key_id.lower()
     since = time.time() - days * DAY_S
@@ -74,9 +75,9 @@ async def delegation_usage(
         rows = repo.delegation_usage(conn, reserved["pack_id"], since) if reserved else []
         revoked = repo.revoked_at(conn, key_id)
     for r in rows:
-        r["credits_net"] = r["credits_certified"] - r["credits_refunded"]
-    keys = ("requests", "prompt_tokens", "completion_tokens", "credits_certified")
-    totals = {k: sum(r[k] for r in rows) for k in (*keys, "credits_refunded", "credits_net")}
+        r["credits_unsettled"] = r["credits"] - r["credits_settled"]
+    keys = ("requests", "prompt_tokens", "completion_tokens", "credits", "credits_settled")
+    totals = {k: sum(r[k] for r in rows) for k in (*keys, "credits_unsettled")}
     return {
         "key_id": key_id,
         "pack_id": pack_id,

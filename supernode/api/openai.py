@@ -41,6 +41,8 @@ def as_openai(exc: SupernodeError) -> OpenAIError:
     headers: dict[str, str] = {}
     if isinstance(exc, TooManyRequests):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    elif exc.status == 503:  # behind or a node down for now: worth a try again soon
+        headers["retry-after"] = "1"
     if exc.reason in QUOTA_REASONS:
         return OpenAIError(
             429,
@@ -210,9 +212,9 @@ def completion_logprobs(tokens: list[dict[str, Any]], top: int) -> dict[str, Any
 
 
 def server_timing(started: float, prepared: float, steps: dict[str, float]) -> str:
-    """The Server-Timing header: ``prepare`` (parse, key, quote), then from the start of
-    the run ``certify`` (the spend certified) and ``generate`` (the text back from the
-    node; they overlap), and ``total``, in ms."""
+    """The Server-Timing header: ``prepare`` (parse, key, quote, the request written),
+    ``generate`` (the text back from the node) and ``total``, in ms. No quorum round is
+    in the way: the request is settled afterwards."""
     parts = [f"prepare;dur={(prepared - started) * 1000:.2f}"]
     parts += [f"{k};dur={v:.2f}" for k, v in steps.items()]
     parts.append(f"total;dur={(time.perf_counter() - started) * 1000:.2f}")

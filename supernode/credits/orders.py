@@ -10,6 +10,10 @@ executor}, signed by the pack's buyer. Three kinds:
   (``reservation_id(pack, delegation)``), whose buyer is the delegate and which lives until
   the delegation expires. The delegate then spends from that pack's own sequence, which no
   one else spends from: two supernodes delegated one pack never race for a sequence;
+- a *settlement* (``settle``: a list of {request_id, amount}) on a reservation's pack, by
+  its delegate: the requests it answered at once from the reservation, each at what it
+  finally cost (unused tokens never charged: no refunds), certified together in one
+  quorum round. ``amount`` is their sum, ``request_id`` ``settlement_id(items)``;
 - a *close* (``close``: true) of a reservation, by its delegate or by the parent's buyer:
   its remaining credits, all of them, go back to the parent pack.
 
@@ -53,6 +57,11 @@ Credits = Annotated[int, Field(ge=1, le=MAX_INTEGER)]
 
 
 ModelName = Annotated[str, Field(min_length=1, max_length=128)]
+SETTLE_ITEMS_MAX = 512  # requests one settlement carries
+# A protocol constant: a delegate may still settle what it answered for this long after
+# its key was revoked or expired (its last requests, a quorum briefly out of reach); the
+# pack's owner may close the reservation itself only after it.
+SETTLE_GRACE_S = 600
 
 
 class DelegationPayload(Payload):
@@ -71,10 +80,18 @@ class DelegationPayload(Payload):
     models: Annotated[list[ModelName], Field(min_length=1, max_length=64)] | None = None
 
 
+class SettleItem(Payload):
+    """One request of a settlement: what it cost, unused tokens already taken off."""
+
+    request_id: Hex32
+    amount: Credits
+
+
 class OrderPayload(Payload):
     """`spend_order`: spend ``amount`` credits of the pack at ``sequence`` for
     ``request_id``, run by ``executor``; or reserve them for the ``reserve`` delegation
-    (the whole signed delegation envelope); or ``close`` a reservation."""
+    (the whole signed delegation envelope); or ``settle`` the requests listed; or
+    ``close`` a reservation."""
 
     pack_id: Hex32
     sequence: Annotated[int, Field(ge=0, le=MAX_INTEGER)]
@@ -82,12 +99,20 @@ class OrderPayload(Payload):
     request_id: Hex32
     executor: ChecksumAddress
     reserve: dict[str, Any] | None = None
+    settle: Annotated[list[SettleItem], Field(min_length=1, max_length=SETTLE_ITEMS_MAX)] | None = (
+        None
+    )
     close: bool = False
 
 
 def reservation_id(pack_id: str, delegation_id: str) -> str:
     """The id of the pack a reservation makes: keccak(parent pack id, delegation id)."""
     return "0x" + keccak(bytes.fromhex(pack_id[2:]) + bytes.fromhex(delegation_id[2:])).hex()
+
+
+def settlement_id(request_ids: list[str]) -> str:
+    """A settlement's ``request_id``: keccak of its requests' ids, in order."""
+    return "0x" + keccak(b"".join(bytes.fromhex(r[2:]) for r in request_ids)).hex()
 
 
 def _open(
@@ -170,7 +195,11 @@ class Order:
 
     @property
     def kind(self) -> str:
-        return "reserve" if self.delegation is not None else "close" if self.p.close else "spend"
+        if self.delegation is not None:
+            return "reserve"
+        if self.p.settle is not None:
+            return "settle"
+        return "close" if self.p.close else "spend"
 
     def to_wire(self) -> dict[str, Any]:
         return self.env.to_wire()
@@ -184,9 +213,18 @@ def parse_order(raw: Any, network: NetworkFile, *, clock_skew_s: int, max_ttl_s:
     if network.member(p.executor) is None:
         raise Refused(f"executor {p.executor} is not a member", reason="unknown_executor")
     d = None
+    if sum((p.reserve is not None, p.settle is not None, p.close)) > 1:
+        raise BadRequest("an order reserves, settles or closes: one of them")
+    if p.settle is not None:
+        ids = [i.request_id for i in p.settle]
+        if len(set(ids)) != len(ids):
+            raise BadRequest("a settlement lists each request once")
+        if p.amount != sum(i.amount for i in p.settle) or p.request_id != settlement_id(ids):
+            raise BadRequest(
+                "a settlement's amount is the sum of its requests' and its request_id "
+                "settlement_id(their ids)"
+            )
     if p.reserve is not None:
-        if p.close:
-            raise BadRequest("an order reserves or closes, not both")
         d = parse_delegation(p.reserve, network, clock_skew_s=clock_skew_s, max_ttl_s=max_ttl_s)
         dp = d.payload
         if dp["pack_id"] != p.pack_id or d.sender != env.sender:

@@ -218,15 +218,15 @@ class Voter:
         if late is not None and not (late == "order_expired" and expired_ok):
             raise Refused(f"{late}: no first vote for this order now", reason=late)
         pack = repo.pack_state(conn, order.pack_id)
-        parent = revoked = None
+        parent = revoked_at = None
         if pack is not None and pack.get("parent_pack_id") is not None:
             parent = repo.pack_state(conn, pack["parent_pack_id"])
-            revoked = repo.revoked_at(conn, pack["delegation_id"]) is not None
+            revoked_at = repo.revoked_at(conn, pack["delegation_id"])
         reserved = False
         if order.delegation is not None:
             child = reservation_id(order.pack_id, order.delegation.id)
             reserved = repo.pack_state(conn, child) is not None
-        pack_rules.check_order(order, pack, parent=parent, revoked=bool(revoked), reserved=reserved)
+        pack_rules.check_order(order, pack, parent=parent, revoked_at=revoked_at, reserved=reserved)
         return None
 
     def _vote_batch(

@@ -3,13 +3,12 @@
 The API key is a delegation the pack's owner signed: "supernode S may spend up to M
 credits of pack P until T" (`spend_delegation`, base64url JSON behind an `sn-` prefix).
 When the owner made the key, M credits were reserved for it in P's sequence: a pack of
-their own (``reservation_id(P, key)``), whose buyer is S. For each request S quotes the
-cost against that pack, signs a spend order on it and asks for votes while the model
-already runs; the output is released only once the spend is certified. S alone spends
-from the reservation, so nothing races for its sequence; its orders are certified one at
-a time, generation is not serialized. Billing is the native path's: certified spends,
-refunds of unused tokens. When the key expires or is revoked, S gives the rest back to P
-(a close order: ``close_reservations``)."""
+their own (``reservation_id(P, key)``), whose buyer is S. S alone spends from that pack,
+so it answers at once, with no quorum round in front: it quotes the request against what
+the reservation holds less what it answered and has not settled yet, writes the request
+durably, and runs it; its requests are certified afterwards, many in one settlement
+(settlement.Settler). When the key expires or is revoked, S settles what it answered and
+gives the rest back to P (a close order: ``close_reservations``)."""
 
 from __future__ import annotations
 
@@ -39,7 +38,9 @@ from supernode.inference.openai_params import (
     unsupported,
 )
 from supernode.inference.service import InferenceService, openai_usage
+from supernode.inference.settlement import Settler
 from supernode.ledger import inference as repo
+from supernode.ledger import settlements as settle_repo
 from supernode.ledger import spends as spends_repo
 from supernode.locks import KeyedLock
 from supernode.petals.client.pool import GenerateParams
@@ -96,9 +97,10 @@ class KeyTerms:
 class OpenAIGateway:
     def __init__(self, service: InferenceService) -> None:
         self.svc = service
-        self._pack_locks = KeyedLock()  # one order at a time per pack
+        self._pack_locks = KeyedLock()  # one order at a time per reservation pack
         self.limiter = KeyLimiter()
         self._terms: OrderedDict[str, KeyTerms] = OrderedDict()
+        self.settler = Settler(service, self._pack_locks, self._order)
 
     def sizes(self) -> dict[str, int]:
         """Entries of its in-memory maps (bounded: /metrics shows them)."""
@@ -106,6 +108,7 @@ class OpenAIGateway:
             "openai_pack_locks": len(self._pack_locks),
             "openai_key_windows": len(self.limiter),
             "openai_key_terms": len(self._terms),
+            **self.settler.sizes(),
         }
 
     def terms(self, d: Envelope) -> KeyTerms:
@@ -189,7 +192,8 @@ class OpenAIGateway:
             ) from None
 
     async def prepare(self, d: Envelope, req: OpenAIRequest) -> Job:
-        """Quote the request against the pack and the delegation's cap."""
+        """Quote the request against the key's reservation, count it as answered there
+        (settlement.Settler.admit) and write it durably: from here it may be answered."""
         entry = self.model_entry(req.model)
         if req.max_tokens is not None and req.max_tokens > entry.max_new_tokens:
             raise context_exceeded(
@@ -217,32 +221,40 @@ class OpenAIGateway:
                 code="key_not_funded",
             )
         pack_rules.signed_for(pack, self.svc.me)
-        pack_rules.usable_reservation(pack, time.time(), revoked=False)
-        usage_id = "0x" + secrets.token_hex(32)
+        pack_rules.usable_reservation(pack, time.time(), revoked_at=None)
         try:
-            q = await self.svc.quote(
+            row, _ = await self.svc.price(
                 pack_id,
                 d.sender,
                 req.model,
                 req.prompt,
                 params_raw,
                 max(1, pack["remaining_credits"]),
-                usage_id,
+                "0x" + secrets.token_hex(32),
                 delegated=True,
             )
         except Refused as exc:
             if exc.reason == "too_many_tokens":
                 raise context_exceeded(entry, req.prompt_param, exc.detail) from None
             raise
+        await self.settler.admit(pack_id, row["cost"])
+        try:  # on disk before any of the answer goes out
+            async with self.svc.db.write(settle_repo.ANSWERED) as conn:
+                repo.add_request(
+                    conn, {**row, "status": repo.RUNNING, "settle_state": settle_repo.OPEN}
+                )
+        except BaseException:
+            self.settler.release(pack_id, row["cost"])
+            raise
         return Job(
-            q["request_id"],
+            row["request_id"],
             req.model,
             req.prompt,
             self.svc.menu_params(req.model, params_raw),
             int(time.time()),
             pack_id,
-            q["cost"],
-            q["prompt_tokens"],
+            row["cost"],
+            row["prompt_tokens"],
             req,
         )
 
@@ -263,25 +275,22 @@ class OpenAIGateway:
         signed = self.svc.signer.sign("spend_order", payload, ttl_s=self.svc.s.usage_quote_ttl_s)
         return self.svc.voter.parse(signed.to_wire())
 
-    async def certify(self, d: Envelope, job: Job, linger_s: float = 0.0) -> dict[str, Any]:
-        """Sign the order on the key's reservation and get it certified (one at a time:
-        it takes the reservation's next sequence, which no one else spends from); the vote
-        requests may wait ``linger_s`` to share a batch."""
-        async with self._pack_locks.hold(job.pack_id):
-            order = self._order(job.pack_id, job.cost, job.request_id)
-            cert = await self.svc.executor.certify(order, linger_s)
-            await self.svc.mark_certified(job.request_id, order.sequence, order.id)
-        return cert
-
     async def close_reservations(self) -> int:
         """Give back what is left of the reservations of keys that expired or were
-        revoked (a close order on each, certified like a spend; the next round tries
-        again one that failed). Returns how many were closed."""
+        revoked, once every request answered from them is settled (a close order on
+        each, certified like a spend; the next round tries again one that failed).
+        Returns how many were closed."""
         with self.svc.db.read() as conn:
             due = spends_repo.reservations_to_close(conn, self.svc.me, time.time())
         closed = 0
         for pack_id in due:
+            try:
+                await self.settler.settle(pack_id)
+            except SupernodeError as exc:
+                logger.warning("reservation {}: not settled yet: {}", pack_id, exc)
             async with self._pack_locks.hold(pack_id):  # after the requests in flight
+                if self.settler.unsettled(pack_id):
+                    continue  # requests still running or to settle: next round
                 with self.svc.db.read() as conn:
                     pack = spends_repo.pack_state(conn, pack_id)
                 if pack is None or pack["remaining_credits"] <= 0:
@@ -304,38 +313,31 @@ class OpenAIGateway:
         return closed
 
     async def complete(self, d: Envelope, job: Job) -> tuple[str, dict[str, int]]:
-        """Run and certify at once; the text only once certified. Returns (text, usage)."""
+        """Run the request and answer; its result and charge are recorded right after
+        (the daemon's stop waits for them). Returns (text, usage)."""
         started = time.perf_counter()
-
-        def took(step: str) -> None:
-            job.timing[step] = (time.perf_counter() - started) * 1000
-
-        linger_s = self.vote_linger_s(job.model)
-        gen = asyncio.create_task(self.svc.pool.generate(job.model, job.prompt, job.params))
-        gen.add_done_callback(lambda _task: took("generate"))
         try:
-            await self.certify(d, job, linger_s)
-            took("certify")
-        except BaseException:
-            gen.cancel()
-            await asyncio.gather(gen, return_exceptions=True)
-            await self._drop(job)
-            raise
-        try:
-            result = await gen
+            result = await self.svc.pool.generate(job.model, job.prompt, job.params)
         except SupernodeError as exc:
             await self.svc.fail_request(job.request_id, str(exc))
             raise
+        except BaseException:  # the caller left: nothing was answered
+            self._abandon(job, "the request was cancelled")
+            raise
+        job.timing["generate"] = (time.perf_counter() - started) * 1000
         if result.output_tokens is None:  # the node did not count: ask its tokenizer first
             usage = await self.svc.complete_request(
                 job.request_id, result.text, result.latency_s, result.output_tokens
             )
             return result.text, usage
-        # The spend is certified and the text is here: answer now; the result, its summary
-        # and any refund are recorded right after (the daemon's stop waits for them).
         out = min(result.output_tokens, job.params.max_new_tokens)
         self.svc.record_later(job.request_id, result.text, result.latency_s, out)
         return result.text, openai_usage(job.prompt_tokens, out)
+
+    def _abandon(self, job: Job, error: str) -> None:
+        """Record in the background that ``job`` was not answered (it costs nothing)."""
+        task = asyncio.create_task(self.svc.fail_request(job.request_id, error))
+        self.svc.track_recording(task)
 
     async def logprobs(self, job: Job, text: str) -> list[dict[str, Any]] | None:
         """The answer's tokens with their log-probabilities and ``job.req.logprobs``
@@ -359,60 +361,32 @@ class OpenAIGateway:
             return None
         return list(body["logprobs"])
 
-    def vote_linger_s(self, model: str) -> float:
-        """How long this request's vote requests may wait to share a batch: a quarter of
-        the time its answer is expected to take (0 when a node is idle), at most
-        vote_linger_max_s. Under load the votes then travel many to a request."""
-        wait = self.svc.pool.expected_wait_s(model)
-        return min(self.svc.s.vote_linger_max_s, wait / 4)
-
     async def stream(self, d: Envelope, job: Job) -> AsyncIterator[str]:
-        """Chunks as the model makes them, held back until the spend is certified."""
-        buffered: asyncio.Queue[str | None] = asyncio.Queue()
-        failure: list[BaseException] = []
-
-        async def produce() -> None:
-            try:
-                async for chunk in self.svc.pool.stream(job.model, job.prompt, job.params):
-                    await buffered.put(chunk)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                failure.append(exc)
-            finally:
-                await buffered.put(None)
-
-        producer = asyncio.create_task(produce())
-        try:
-            await self.certify(d, job)
-        except BaseException:
-            producer.cancel()
-            await asyncio.gather(producer, return_exceptions=True)
-            await self._drop(job)
-            raise
+        """Chunks as the model makes them. A client that leaves is charged for what it
+        was sent; a run that fails costs nothing."""
         text = ""
         started = time.perf_counter()
-        while (chunk := await buffered.get()) is not None:
-            text += chunk
-            yield chunk
-        if failure or (not text and not job.params.stop):  # (a stop sequence may cut all)
-            err = str(failure[0]) if failure else "empty output"
-            await self.svc.fail_request(job.request_id, err)
-            raise failure[0] if failure else Refused(err, reason="empty_output")
+        finished = False
+        try:
+            async for chunk in self.svc.pool.stream(job.model, job.prompt, job.params):
+                text += chunk
+                yield chunk
+            finished = True
+        except SupernodeError as exc:
+            finished = True
+            await self.svc.fail_request(job.request_id, str(exc))
+            raise
+        finally:
+            if not finished:  # the client left (the generator was closed or cancelled)
+                self.svc.record_later(job.request_id, text, time.perf_counter() - started, None)
+        if not text and not job.params.stop:  # (a stop sequence may cut all)
+            await self.svc.fail_request(job.request_id, "empty output")
+            raise Refused("empty output", reason="empty_output")
         # every chunk is out; the count gives the finish reason and the usage chunk, and
         # the result is recorded right after
         counted = min(await self.svc.count_tokens(job.model, text), job.params.max_new_tokens)
         job.completion_tokens = counted
         self.svc.record_later(job.request_id, text, time.perf_counter() - started, counted)
-
-    async def _drop(self, job: Job) -> None:
-        """Certification failed: the quote is void and nothing was spent."""
-        async with self.svc.db.write(repo.REQUEST_PROGRESS) as conn:
-            repo.update_request(
-                conn,
-                job.request_id,
-                status=repo.FAILED,
-                error="spend not certified",
-                updated_at=time.time(),
-            )
 
 
 def context_exceeded(entry: ModelEntry, param: str, detail: str) -> OpenAIError:

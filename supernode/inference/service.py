@@ -88,6 +88,9 @@ class InferenceService:
         self._recording: set[asyncio.Task[Any]] = set()  # results answered, being recorded
         # whether the last reputation table marks an executor invalid (set by the node)
         self.is_invalid: Any = lambda address: False
+        # told (pack, quote, charge) when a request answered from a reservation has its
+        # charge (set by the OpenAI gateway's settler)
+        self.on_charged: Any = lambda pack_id, quoted, charged: None
 
     async def stop(self) -> None:
         if self._recording:  # answered already: let their records land (bounded)
@@ -144,12 +147,33 @@ class InferenceService:
     ) -> dict[str, Any]:
         """Check a request against the pack, the menu and the node limits; store and
         return the quote (request_id, cost). Idempotent per usage request."""
+        row, known = await self.price(
+            pack_id, requester, model, prompt, params_raw, max_cost, usage_request_id, delegated
+        )
+        if not known:
+            async with self.db.write(repo.USAGE_QUOTES) as conn:
+                repo.add_request(conn, row)
+        return self._quote_view(row)
+
+    async def price(
+        self,
+        pack_id: str,
+        requester: str,
+        model: str,
+        prompt: str,
+        params_raw: Any,
+        max_cost: int,
+        usage_request_id: str,
+        delegated: bool = False,
+    ) -> tuple[dict[str, Any], bool]:
+        """The request's row as a quote stores it (not stored here), and whether it is
+        stored already (the same usage request quoted before)."""
         request_id = request_id_for(usage_request_id)
         with self.db.read() as conn:
             known = repo.get_request(conn, request_id)
             pack = spends_repo.pack_state(conn, pack_id)
         if known is not None:
-            return self._quote_view(known)
+            return known, True
         pack = pack_rules.known_pack(pack, pack_id)
         if not delegated:  # a delegate's request: its delegation was checked by the caller
             pack_rules.signed_for(pack, requester)
@@ -182,9 +206,7 @@ class InferenceService:
             "created_at": now,
             "updated_at": now,
         }
-        async with self.db.write(repo.USAGE_QUOTES) as conn:
-            repo.add_request(conn, row)
-        return self._quote_view(row)
+        return row, False
 
     async def prune_quotes(self) -> int:
         """Forget usage quotes never confirmed, once no order signed while they held can
@@ -364,10 +386,15 @@ class InferenceService:
         self, request_id: str, text: str, latency_s: float, output_tokens: int | None
     ) -> None:
         """complete_request in the background, for a run whose answer goes out now."""
-        task = asyncio.create_task(
-            self.complete_request(request_id, text, latency_s, output_tokens),
-            name=f"record-{request_id[:10]}",
+        self.track_recording(
+            asyncio.create_task(
+                self.complete_request(request_id, text, latency_s, output_tokens),
+                name=f"record-{request_id[:10]}",
+            )
         )
+
+    def track_recording(self, task: asyncio.Task[Any]) -> None:
+        """A task recording a request already answered: the daemon's stop waits for it."""
         self._recording.add(task)
         task.add_done_callback(self._recorded)
 
@@ -395,6 +422,7 @@ class InferenceService:
         refunded = await self._announce(
             req, repo.COMPLETED, digest, out_tokens, latency_s, req["cost"] - actual
         )
+        answered = req.get("settle_state") is not None  # settled later, at its charge
         async with self.db.write(*_progress(refunded)) as conn:
             repo.update_request(
                 conn,
@@ -407,7 +435,10 @@ class InferenceService:
                 latency_ms=latency_s * 1000,
                 updated_at=time.time(),
                 **({"refunded": refunded} if refunded else {}),
+                **({"charged": actual} if answered else {}),
             )
+        if answered:
+            self.on_charged(req["pack_id"], req["cost"], actual)
         logger.info(
             "request {} completed: {} output tokens, {} of {} credits used",
             req["request_id"],
@@ -420,6 +451,7 @@ class InferenceService:
     async def _fail(self, req: dict[str, Any], error: str) -> None:
         refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
         # "failed" and its refund become visible at once
+        answered = req.get("settle_state") is not None  # nothing to settle: costs nothing
         async with self.db.write(*_progress(refunded)) as conn:
             repo.update_request(
                 conn,
@@ -428,7 +460,10 @@ class InferenceService:
                 error=error[:1000],
                 updated_at=time.time(),
                 **({"refunded": refunded} if refunded else {}),
+                **({"charged": 0} if answered else {}),
             )
+        if answered:
+            self.on_charged(req["pack_id"], req["cost"], 0)
         logger.warning(
             "request {} failed ({}); {} credits refunded", req["request_id"], error, refunded
         )

@@ -308,6 +308,8 @@ class InferenceRequest(Base):
     """A request this daemon quoted and executes: its quote, spend, run and result."""
 
     __tablename__ = "inference_requests"
+    # the requests still to settle, found without reading those settled long ago
+    __table_args__ = (Index("ix_inference_requests_settle", "settle_state", "pack_id"),)
 
     request_id: Mapped[str] = mapped_column(String(66), primary_key=True)
     usage_request_id: Mapped[str] = mapped_column(String(66), unique=True)
@@ -332,6 +334,31 @@ class InferenceRequest(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # A request answered at once from a reservation (the OpenAI path): "open" (answered,
+    # in no settlement yet), "batched" (in a settlement not yet certified), "settled";
+    # None for a request certified before it ran. ``charged``: what it costs once run.
+    settle_state: Mapped[str | None] = mapped_column(String(8))
+    charged: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Settlement(Base):
+    """A delegate's settlement order (requests it answered from a reservation, certified
+    together), journaled before anyone is asked to vote for it: after a crash the same
+    order is asked again, never a second one for its sequence."""
+
+    __tablename__ = "settlements"
+
+    order_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    pack_id: Mapped[str] = mapped_column(String(66), index=True)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    requests: Mapped[int] = mapped_column(Integer)
+    order: Mapped[bytes] = mapped_column(LargeBinary)  # the signed order, canonical JSON
+    # "pending" (asked, not certified), "certified", "void" (it can never be: its
+    # requests go in another)
+    state: Mapped[str] = mapped_column(String(10), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    settled_at: Mapped[float | None] = mapped_column(Float)
 
 
 class InferenceResult(Base):

@@ -212,20 +212,19 @@ def pack_state(conn: sqlite3.Connection, pack_id: str) -> dict[str, Any] | None:
 
 
 def delegation_usage(conn: sqlite3.Connection, pack_id: str, since: float) -> list[dict[str, Any]]:
-    """What a reservation's pack (an API key's credits) spent since ``since``, per UTC day
-    and model: requests, prompt and completion tokens, credits certified and refunded.
-    Read from the append-only records (its certificates by their pack index, each
-    request's row by its key, its refunds by theirs): the key's own rows only."""
+    """What a reservation's pack (an API key's credits) was charged since ``since``, per
+    UTC day and model: requests, prompt and completion tokens, credits charged, and of
+    those the credits settled (certified) and not yet. Read from its delegate's record of
+    each request answered from it (by its pack index): the key's own rows only."""
     cur = conn.execute(
-        "SELECT date(c.received_at, 'unixepoch') AS day, r.model AS model, "
-        "count(*) AS requests, "
-        "coalesce(sum(coalesce(r.input_tokens, r.prompt_tokens)), 0) AS prompt_tokens, "
-        "coalesce(sum(coalesce(r.output_tokens, 0)), 0) AS completion_tokens, "
-        "sum(c.amount) AS credits_certified, "
-        "coalesce(sum((SELECT coalesce(sum(f.amount), 0) FROM refunds f "
-        "WHERE f.request_id = c.request_id)), 0) AS credits_refunded "
-        "FROM spend_certificates c JOIN inference_requests r ON r.request_id = c.request_id "
-        "WHERE c.pack_id = ? AND c.kind = 'spend' AND c.received_at >= ? "
+        "SELECT date(created_at, 'unixepoch') AS day, model, count(*) AS requests, "
+        "coalesce(sum(coalesce(input_tokens, prompt_tokens)), 0) AS prompt_tokens, "
+        "coalesce(sum(coalesce(output_tokens, 0)), 0) AS completion_tokens, "
+        "coalesce(sum(coalesce(charged, cost)), 0) AS credits, "
+        "coalesce(sum(CASE WHEN settle_state = 'settled' THEN charged ELSE 0 END), 0)"
+        " AS credits_settled "
+        "FROM inference_requests WHERE pack_id = ? AND settle_state IS NOT NULL"
+        " AND settle_state != 'refused' AND created_at >= ? "
         "GROUP BY day, model ORDER BY day, model",
         (pack_id, since),
     )

@@ -160,16 +160,16 @@ def test_openai_sdk_spends_through_a_delegation(fed: LocalFederation) -> None:
     )
     comp = raw.parse()
     assert comp.choices[0].text and comp.usage and comp.usage.completion_tokens <= 8
-    # where the time went: the quote, then the spend certified while the model ran
+    # where the time went: the quote, then the model (the spend is settled afterwards)
     timing = {
         name: float(dur)
         for name, _, dur in (
             p.strip().partition(";dur=") for p in raw.headers["server-timing"].split(",")
         )
     }
-    assert set(timing) == {"prepare", "certify", "generate", "total"}, timing
+    assert set(timing) == {"prepare", "generate", "total"}, timing
     assert 0 < timing["prepare"] < timing["total"]
-    assert max(timing["certify"], timing["generate"]) < timing["total"]
+    assert timing["prepare"] + timing["generate"] <= timing["total"]
     chat = client.chat.completions.create(
         model=model(fed), max_tokens=8, messages=[{"role": "user", "content": "hi there"}]
     )

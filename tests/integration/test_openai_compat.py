@@ -412,7 +412,8 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
     out = cli("usage", key_id)
     assert out.returncode == 0, out.stderr
     usage = json.loads(out.stdout)
-    assert usage["totals"]["requests"] == 2 and usage["totals"]["credits_net"] == spent
+    assert usage["totals"]["requests"] == 2 and usage["totals"]["credits"] == spent
+    assert usage["totals"]["credits_settled"] == spent
     assert usage["by_day_and_model"][0]["model"] == model
     with SupernodeClient(sn, identity=Identity.generate()) as stranger:
         with pytest.raises(Exception) as denied:
