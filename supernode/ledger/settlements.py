@@ -18,6 +18,7 @@ OPEN, BATCHED, SETTLED, REFUSED = "open", "batched", "settled", "refused"
 PENDING, CERTIFIED, VOID = "pending", "certified", "void"
 ANSWERED = Record("requests answered from a reservation", durable=True)
 SETTLEMENTS = Record("settlements", durable=True)
+DEAD_RUN = "the daemon stopped during the run; charged its quote (its answer may have gone out)"
 
 
 def outstanding(conn: sqlite3.Connection) -> dict[str, int]:
@@ -35,9 +36,9 @@ def charge_dead_runs(conn: sqlite3.Connection) -> int:
     """At start: requests answered whose run ended with the last process are charged
     their quote (their answer may have gone out, whole or in part)."""
     cur = conn.execute(
-        "UPDATE inference_requests SET charged = cost, updated_at = ?"
-        " WHERE settle_state = ? AND charged IS NULL",
-        (time.time(), OPEN),
+        "UPDATE inference_requests SET charged = cost, status = 'failed', error = ?,"
+        " updated_at = ? WHERE settle_state = ? AND charged IS NULL",
+        (DEAD_RUN, time.time(), OPEN),
     )
     return cur.rowcount
 

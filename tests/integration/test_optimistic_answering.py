@@ -136,8 +136,10 @@ def test_a_delegate_killed_mid_load_settles_every_answer_exactly_once(
     load.start()
     try:
         wait_until(
-            lambda: (pack_state(fed, 3, mine) or {}).get("unsettled_credits", 0) > 0
-            and (pack_state(fed, 3, mine) or {}).get("next_sequence", 0) >= 1,
+            lambda: (
+                (pack_state(fed, 3, mine) or {}).get("unsettled_credits", 0) > 0
+                and (pack_state(fed, 3, mine) or {}).get("next_sequence", 0) >= 1
+            ),
             timeout_s=60,
             interval_s=0.05,
             what="requests answered, some settled and some not",
