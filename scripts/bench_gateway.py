@@ -96,8 +96,8 @@ node's queue; ``node_cores`` in the report says which layout ran.
 on a shared host they yield the CPU to the model. With 0 the node's queue pays for every
 millisecond the daemons take from it (``daemon_nice`` in the report).
 
-``--py-spy BIN`` records daemon 0 with py-spy (``--format raw``, folded stacks) during the
-first main gateway phase into ``--py-spy-out``.
+``--py-spy BIN`` records daemon ``--py-spy-daemon`` (default 0) with py-spy (``--format
+raw``, folded stacks) during the first main gateway phase into ``--py-spy-out``.
 """
 
 from __future__ import annotations
@@ -830,13 +830,14 @@ class Bench:
         log(f"credits: spent {spent}, usage says {self.usage_cost}")
 
     def start_py_spy(self) -> subprocess.Popen[bytes] | None:
-        d0 = self.fed.daemons[0]
-        if d0.proc is None:
+        n = self.args.py_spy_daemon
+        d = self.fed.daemons[n]
+        if d.proc is None:
             return None
         out = Path(self.args.py_spy_out).resolve()
-        log(f"py-spy: recording daemon 0 (pid {d0.proc.pid}) into {out}")
+        log(f"py-spy: recording daemon {n} (pid {d.proc.pid}) into {out}")
         return subprocess.Popen(
-            [self.args.py_spy, "record", "--pid", str(d0.proc.pid), "--rate", "250",
+            [self.args.py_spy, "record", "--pid", str(d.proc.pid), "--rate", "250",
              "--format", "raw", "--output", str(out), "--nonblocking"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -918,6 +919,7 @@ def main() -> int:
     p.add_argument("--ttft", type=int, default=50, help="streamed prompts for TTFT (0: none)")
     p.add_argument("--py-spy", default=None, help="py-spy binary: profile daemon 0")
     p.add_argument("--py-spy-out", default="py-spy-daemon0.txt", help="folded stacks file")
+    p.add_argument("--py-spy-daemon", type=int, default=0, help="the daemon py-spy records")
     args = checked(p)
     if min(args.requests, args.concurrency, args.max_new_tokens, args.rounds) < 1:
         p.error("--requests, --concurrency, --max-new-tokens and --rounds must be >= 1")

@@ -243,6 +243,7 @@ class Supernode:
         self.voter.start()
         await self.pool.start()
         self.gossip.start()
+        self.inference.start()
         await self.openai.settler.start()
         if jobs:
             from supernode.jobs import start_scheduler

@@ -221,6 +221,18 @@ def check_id(env: Envelope) -> bytes:
     return digest
 
 
+def check_window(env: Envelope, clock_skew_s: int, now: float | None = None) -> None:
+    """``env`` is valid now (within the clock-skew window): EnvelopeError if it is from
+    the future or expired."""
+    t = time.time() if now is None else now
+    if env.created_at > t + clock_skew_s:
+        raise EnvelopeError(
+            "from_future", "created_at beyond the clock-skew window", penalise=False
+        )
+    if env.expires_at < t - clock_skew_s:
+        raise EnvelopeError("expired", "past expires_at", penalise=False)
+
+
 def check_envelope(
     env: Envelope,
     *,
@@ -243,17 +255,11 @@ def check_envelope(
         raise EnvelopeError("wrong_chain", str(env.chain_id))
     if env.recipient is not None and env.recipient != me:
         raise EnvelopeError("wrong_recipient", env.recipient)
-    t = time.time() if now is None else now
     if env.expires_at <= env.created_at:
         raise EnvelopeError("bad_expiry", "expires_at must follow created_at")
     if env.expires_at - env.created_at > max_ttl_s:
         raise EnvelopeError("bad_expiry", f"lifetime over {max_ttl_s} s")
-    if env.created_at > t + clock_skew_s:
-        raise EnvelopeError(
-            "from_future", "created_at beyond the clock-skew window", penalise=False
-        )
-    if env.expires_at < t - clock_skew_s:
-        raise EnvelopeError("expired", "past expires_at", penalise=False)
+    check_window(env, clock_skew_s, now)
     signer = recover_signer(digest, env.signature)
     if signer != env.sender:
         raise EnvelopeError("bad_signature", "signer is not the sender")

@@ -27,8 +27,8 @@ from loguru import logger
 from supernode.credits import pack_rules
 from supernode.credits.orders import DelegationPayload, Order, parse_delegation, reservation_id
 from supernode.crypto.canonical import canonical_json
-from supernode.crypto.envelope import Envelope, payload_of
-from supernode.errors import Refused, SupernodeError, Unauthorized
+from supernode.crypto.envelope import Envelope, check_window, payload_of
+from supernode.errors import EnvelopeError, Refused, SupernodeError, Unauthorized
 from supernode.inference.key_limits import Admission, KeyLimiter, KeyLimits
 from supernode.inference.menu import ModelEntry
 from supernode.inference.openai_params import (
@@ -84,6 +84,7 @@ class Job:
 
 
 MAX_KEY_TERMS = 10_000  # keys whose parsed limits are kept (least recently used dropped)
+MAX_KEYS_VERIFIED = 4_096  # API keys whose signature is known good (least recently used dropped)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class OpenAIGateway:
         self._pack_locks = KeyedLock()  # one order at a time per reservation pack
         self.limiter = KeyLimiter()
         self._terms: OrderedDict[str, KeyTerms] = OrderedDict()
+        self._verified: OrderedDict[str, Envelope] = OrderedDict()  # API key -> delegation
         self.settler = Settler(service, self._pack_locks, self._order)
 
     def sizes(self) -> dict[str, int]:
@@ -108,6 +110,7 @@ class OpenAIGateway:
             "openai_pack_locks": len(self._pack_locks),
             "openai_key_windows": len(self.limiter),
             "openai_key_terms": len(self._terms),
+            "openai_keys_verified": len(self._verified),
             **self.settler.sizes(),
         }
 
@@ -156,14 +159,25 @@ class OpenAIGateway:
     def delegation(self, authorization: str | None) -> Envelope:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("send the delegation as `Authorization: Bearer sn-...`")
-        raw = decode_api_key(authorization[7:].strip())
+        key = authorization[7:].strip()
+        d = self._verified.pop(key, None)
         try:
-            d = parse_delegation(
-                raw,
-                self.svc.network,
-                clock_skew_s=self.svc.s.clock_skew_s,
-                max_ttl_s=self.svc.s.max_envelope_ttl_s,
-            )
+            if d is None:
+                d = parse_delegation(
+                    decode_api_key(key),
+                    self.svc.network,
+                    clock_skew_s=self.svc.s.clock_skew_s,
+                    max_ttl_s=self.svc.s.max_envelope_ttl_s,
+                )
+            else:  # its signature was checked when it was first used: only its time now
+                try:
+                    check_window(d, self.svc.s.clock_skew_s)
+                except EnvelopeError as exc:
+                    if exc.reason != "expired":
+                        raise
+                    raise EnvelopeError("delegation_expired", exc.detail) from None
+        except Unauthorized:
+            raise
         except SupernodeError as exc:  # a bad key is an authentication failure
             raise Unauthorized(f"API key refused: {exc.detail}", reason=exc.reason) from exc
         if d.payload["delegate"] != self.svc.me:
@@ -171,6 +185,9 @@ class OpenAIGateway:
                 f"this key delegates to {d.payload['delegate']}, not to this "
                 f"supernode ({self.svc.me})"
             )
+        self._verified[key] = d
+        while len(self._verified) > MAX_KEYS_VERIFIED:
+            self._verified.popitem(last=False)
         with self.svc.db.read() as conn:
             if spends_repo.revoked_at(conn, d.id) is not None:
                 raise Unauthorized("this API key was revoked by its owner", reason="key_revoked")
@@ -238,14 +255,7 @@ class OpenAIGateway:
                 raise context_exceeded(entry, req.prompt_param, exc.detail) from None
             raise
         await self.settler.admit(pack_id, row["cost"])
-        try:  # on disk before any of the answer goes out
-            async with self.svc.db.write(settle_repo.ANSWERED) as conn:
-                repo.add_request(
-                    conn, {**row, "status": repo.RUNNING, "settle_state": settle_repo.OPEN}
-                )
-        except BaseException:
-            self.settler.release(pack_id, row["cost"])
-            raise
+        await self._write_answered(row)
         return Job(
             row["request_id"],
             req.model,
@@ -257,6 +267,35 @@ class OpenAIGateway:
             row["prompt_tokens"],
             req,
         )
+
+    async def _write_answered(self, row: dict[str, Any]) -> None:
+        """Write the request durably before any of its answer goes out (shared with the
+        request rows queued meanwhile). If the caller leaves while it is queued, the row
+        may still land: it is then recorded as not answered (charged nothing)."""
+        record = {**row, "status": repo.RUNNING, "settle_state": settle_repo.OPEN}
+        write = asyncio.ensure_future(
+            self.svc.write_rows(
+                (settle_repo.ANSWERED,), lambda conn: repo.add_request(conn, record)
+            )
+        )
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            self.svc.track_recording(asyncio.create_task(self._unanswered(write, row)))
+            raise
+        except BaseException:
+            self.settler.release(row["pack_id"], row["cost"])
+            raise
+
+    async def _unanswered(self, write: asyncio.Future[None], row: dict[str, Any]) -> None:
+        """The caller of a queued write left: once the write ends, the request is failed
+        (charge 0) if its row landed, and its credits are given back if it did not."""
+        try:
+            await write
+        except BaseException:
+            self.settler.release(row["pack_id"], row["cost"])
+            raise
+        await self.svc.fail_request(row["request_id"], "the request was cancelled")
 
     def _order(self, pack_id: str, amount: int, request_id: str, **extra: Any) -> Order:
         """Our signed order on a reservation's pack at its next sequence (the caller holds

@@ -1,17 +1,23 @@
 """Running paid requests: quote → certified spend → execution on a local
 node → result, result summary and refund.
 
-The executor never releases output before the spend is certified. On the native path the
-user's signed order is certified first and the run starts after; the OpenAI path
-(supernode.inference.openai) gathers the votes while the model runs and releases the
-output once certified. A run that fails, or uses fewer tokens than certified, gets a
-refund signed by the executor, bounded by the certified amount."""
+On the native path the user's signed order is certified first and the run starts after;
+a run that fails, or uses fewer tokens than certified, gets a refund signed by the
+executor, bounded by the certified amount. The OpenAI path (supernode.inference.openai)
+answers at once from a key's certified reservation and settles afterwards: its runs set
+each request's charge instead of a refund.
+
+The rows of requests in flight (a request answered, a run's result) are written through
+one group commit (``write_rows``): the writes that arrive together share one
+transaction, each caller returning once its own is on disk."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -41,9 +47,24 @@ from supernode.inference.usage import (
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
 from supernode.ledger.db import Ledger, Record
+from supernode.ledger.group_commit import GroupCommit
 from supernode.petals.client.pool import GenerateParams, NodePool, NodeUnavailable
 
 RECORD_WAIT_S = 10.0  # at stop, how long finished runs may take to be recorded
+ROWS_BATCH_MAX = 256  # request-row writes in one transaction
+
+# a write of request rows: what it stores, and the statements (run in the transaction)
+RowWrite = tuple[tuple[Record, ...], Callable[[sqlite3.Connection], None]]
+
+
+def _write_rows(conn: sqlite3.Connection, writes: list[RowWrite]) -> list[None]:
+    for _, statements in writes:
+        statements(conn)
+    return [None] * len(writes)
+
+
+def _rows_records(writes: list[RowWrite]) -> set[Record]:
+    return {r for records, _ in writes for r in records}
 
 
 def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -91,14 +112,29 @@ class InferenceService:
         # told (pack, quote, charge) when a request answered from a reservation has its
         # charge (set by the OpenAI gateway's settler)
         self.on_charged: Any = lambda pack_id, quoted, charged: None
+        self.rows: GroupCommit[RowWrite, None] = GroupCommit(
+            db, _write_rows, records=_rows_records, max_weight=ROWS_BATCH_MAX, name="requests"
+        )
+
+    def start(self) -> None:
+        self.rows.start()
 
     async def stop(self) -> None:
         if self._recording:  # answered already: let their records land (bounded)
             await asyncio.wait(list(self._recording), timeout=RECORD_WAIT_S)
         for t in list(self._tasks | self._recording):
             t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks or self._recording:
+            await asyncio.gather(*self._tasks, *self._recording, return_exceptions=True)
+        await self.rows.stop()
+
+    async def write_rows(
+        self, records: tuple[Record, ...], statements: Callable[[sqlite3.Connection], None]
+    ) -> None:
+        """Run ``statements`` in a write transaction storing ``records``, shared with the
+        request-row writes queued meanwhile; returns once it is committed (durably when a
+        record is durable)."""
+        await self.rows.submit((records, statements))
 
     # -- menu and tokens ---------------------------------------------------------------
     def model_menu(self) -> list[dict[str, Any]]:
@@ -423,20 +459,20 @@ class InferenceService:
             req, repo.COMPLETED, digest, out_tokens, latency_s, req["cost"] - actual
         )
         answered = req.get("settle_state") is not None  # settled later, at its charge
-        async with self.db.write(*_progress(refunded)) as conn:
-            repo.update_request(
-                conn,
-                req["request_id"],
-                status=repo.COMPLETED,
-                result_text=text,
-                result_hash=digest,
-                input_tokens=req["prompt_tokens"],
-                output_tokens=out_tokens,
-                latency_ms=latency_s * 1000,
-                updated_at=time.time(),
-                **({"refunded": refunded} if refunded else {}),
-                **({"charged": actual} if answered else {}),
-            )
+        fields = {
+            "status": repo.COMPLETED,
+            "result_text": text,
+            "result_hash": digest,
+            "input_tokens": req["prompt_tokens"],
+            "output_tokens": out_tokens,
+            "latency_ms": latency_s * 1000,
+            "updated_at": time.time(),
+            **({"refunded": refunded} if refunded else {}),
+            **({"charged": actual} if answered else {}),
+        }
+        await self.write_rows(
+            _progress(refunded), lambda conn: repo.update_request(conn, req["request_id"], **fields)
+        )
         if answered:
             self.on_charged(req["pack_id"], req["cost"], actual)
         logger.info(
@@ -452,16 +488,16 @@ class InferenceService:
         refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
         # "failed" and its refund become visible at once
         answered = req.get("settle_state") is not None  # nothing to settle: costs nothing
-        async with self.db.write(*_progress(refunded)) as conn:
-            repo.update_request(
-                conn,
-                req["request_id"],
-                status=repo.FAILED,
-                error=error[:1000],
-                updated_at=time.time(),
-                **({"refunded": refunded} if refunded else {}),
-                **({"charged": 0} if answered else {}),
-            )
+        fields = {
+            "status": repo.FAILED,
+            "error": error[:1000],
+            "updated_at": time.time(),
+            **({"refunded": refunded} if refunded else {}),
+            **({"charged": 0} if answered else {}),
+        }
+        await self.write_rows(
+            _progress(refunded), lambda conn: repo.update_request(conn, req["request_id"], **fields)
+        )
         if answered:
             self.on_charged(req["pack_id"], req["cost"], 0)
         logger.warning(

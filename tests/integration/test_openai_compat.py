@@ -32,6 +32,7 @@ SETTINGS = {
     "SUPERNODE_MAX_NEW_TOKENS": "32",
     "SUPERNODE_MAX_INPUT_TOKENS": "64",
     "SUPERNODE_AUDITS_ENABLED": "false",
+    "SUPERNODE_CLOCK_SKEW_S": "5",  # a key expires 5 s after its time (not 30)
 }
 
 
@@ -268,6 +269,28 @@ def test_an_exhausted_key_is_openai_s_exhausted_quota(fed: LocalFederation) -> N
     assert err.value.body["type"] == "insufficient_quota"  # type: ignore[index]
     assert settled_balance(fed, pack_id) == 10_000 - 5  # reserved for the key
     assert settled_balance(fed, reserved(pack_id, key)) == 5  # and none of it spent
+
+
+def test_a_key_expires_even_after_its_signature_was_remembered(fed: LocalFederation) -> None:
+    """The gateway checks a key's signature once and remembers it; its time is checked on
+    every request all the same."""
+    import time
+
+    from supernode.inference.openai import decode_api_key
+
+    owner, pack_id = buy_pack(fed, 10_000)
+    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
+        key = c.delegate(pack_id, max_credits=1_000, expires_in_s=8)
+    expires_at = decode_api_key(key)["expires_at"]
+    with _client_at(fed, 0, key) as client:
+        for _ in range(2):  # the second is served from what the first remembered
+            assert client.completions.create(
+                model=fed.nodes[0].model, prompt="soon gone", max_tokens=2
+            ).choices
+        time.sleep(max(0.0, expires_at + 5 + 0.5 - time.time()))  # past it and the skew
+        with pytest.raises(openai.AuthenticationError) as err:
+            client.completions.create(model=fed.nodes[0].model, prompt="too late", max_tokens=2)
+    assert err.value.code == "delegation_expired"
 
 
 def test_the_async_client_streams(
