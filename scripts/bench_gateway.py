@@ -57,6 +57,10 @@ Figures (latency = request sent -> whole answer read, at the client):
   meanwhile by processes this bench did not start (should be ~0; if not, the figures are
   disturbed). ``idle_cores``: what the daemons and the node use with no request;
   ``idle_other_cores``: other processes then (a warning on stderr above 0.2).
+  ``*_{daemons,daemon0}_cpu_ms_per_request_net``: the same less what those processes use
+  with no request at all (``idle_{daemons,daemon0}_cores``, membership and anti-entropy)
+  over the time measured: what a request adds. In a short phase the idle part weighs a
+  lot (a phase of 100 requests takes ~0.4 s, and waiting for quiet after it ~1.5 s).
 * ``*_settle_s_mean``: after a phase, how long until the daemons and the node use under
   ``--quiet-cores`` above idle (two 0.5 s windows): the work a gateway phase leaves behind
   (gossip of certificates, result summaries, refunds; anti-entropy).
@@ -337,6 +341,7 @@ class Bench:
         self.usage_cost = 0  # credits the successful gateway requests cost (from usage)
         self.price = (1, 2)  # credits per input token, per output token (from the menu)
         self.idle_cores = 0.0  # measured in run()
+        self.idle_rate: dict[str, float] = {}
 
     # -- setup ---------------------------------------------------------------------------
     async def buy_keys(self, daemons: list[int]) -> list[Key]:
@@ -609,6 +614,11 @@ class Bench:
         c1, t1 = self.cpu(), time.perf_counter()
         busy = c1["daemons"] + c1["node"] - c0["daemons"] - c0["node"]
         self.idle_cores = busy / (t1 - t0)
+        # each figure's own idle rate, taken off its *_net figures
+        self.idle_rate = {k: (c1[k] - c0[k]) / (t1 - t0) for k in ("daemons", "daemon0")}
+        o = self.out
+        o["idle_daemons_cores"] = round(self.idle_rate["daemons"], 3)
+        o["idle_daemon0_cores"] = round(self.idle_rate["daemon0"], 3)
         self.out["idle_cores"] = round(self.idle_cores, 3)
         ours = sum(c1[k] - c0[k] for k in ("daemons", "node", "anvil", "client"))
         other = max(0.0, c1["host_busy"] - c0["host_busy"] - ours) / (t1 - t0)
@@ -689,6 +699,7 @@ class Bench:
         cpu_keys += ("host_busy", "host_steal", "host_total", "other")
         cpu_tot = {p: dict.fromkeys(cpu_keys, 0.0) for p in tot}
         settle_s: dict[str, list[float]] = {p: [] for p in tot}
+        measured_s = dict.fromkeys(tot, 0.0)  # from a phase's start to quiet after it
         log(
             f"main: {a.requests} requests per path, {conc} in flight, {a.rounds} rounds, "
             f"gateway = daemon 0, max_new_tokens {a.max_new_tokens}"
@@ -701,7 +712,7 @@ class Bench:
             for path in order:
                 if path == "gateway" and a.py_spy and spy is None:
                     spy = self.start_py_spy()
-                c0 = self.cpu()
+                c0, t0 = self.cpu(), time.perf_counter()
                 res = await self.phase(idx, conc, direct if path == "direct" else gw(main_keys))
                 c_end = self.cpu()
                 if spy is not None and spy.poll() is None:
@@ -710,6 +721,7 @@ class Bench:
                         spy.wait(timeout=30)
                 settle_s[path].append(await self.settle())
                 c1 = self.cpu()  # the processes' CPU includes the work left after the phase
+                measured_s[path] += time.perf_counter() - t0
                 for k in ("daemons", "daemon0", "node", "client"):
                     cpu_tot[path][k] += c1[k] - c0[k]
                 for k in ("host_busy", "host_steal", "host_total"):  # during the phase itself
@@ -748,6 +760,9 @@ class Bench:
             o[f"{path}_node_cpu_ms_per_request"] = round(cpu_tot[path]["node"] * 1000 / n, 2)
             o[f"{path}_client_cpu_ms_per_request"] = round(cpu_tot[path]["client"] * 1000 / n, 2)
             o[f"{path}_daemon0_cpu_ms_per_request"] = round(cpu_tot[path]["daemon0"] * 1000 / n, 2)
+            for k in ("daemons", "daemon0"):  # less what they use with no request at all
+                net = cpu_tot[path][k] - self.idle_rate.get(k, 0.0) * measured_s[path]
+                o[f"{path}_{k}_cpu_ms_per_request_net"] = round(net * 1000 / n, 2)
             busy, total = cpu_tot[path]["host_busy"], cpu_tot[path]["host_total"]
             o[f"{path}_host_cpu_busy"] = round(busy / total, 3) if total else None
             steal = cpu_tot[path]["host_steal"]

@@ -475,7 +475,7 @@ class InferenceService:
         )
         if answered:
             self.on_charged(req["pack_id"], req["cost"], actual)
-        logger.info(
+        logger.debug(  # one line per request: at INFO it would cost more than the request
             "request {} completed: {} output tokens, {} of {} credits used",
             req["request_id"],
             out_tokens,
