@@ -52,6 +52,11 @@ def pack_state(fed: LocalFederation, i: int, pack_id: str) -> dict[str, Any] | N
     return r.json() if r.status_code == 200 else None
 
 
+def post_signed(url: str, body: str) -> httpx.Response:
+    """POST a signed envelope's JSON to a daemon's endpoint (``url``), as a client would."""
+    return httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=10)
+
+
 def balances(fed: LocalFederation, pack_id: str) -> list[int | None]:
     """Every daemon's remaining credits of the pack (None where it is unknown)."""
     states = [pack_state(fed, i, pack_id) for i in range(len(fed.daemons))]

@@ -21,6 +21,7 @@ from tests.conftest import (
     balances,
     buy_pack,
     pack_state,
+    post_signed,
     settled_balance,
     wait_until,
 )
@@ -452,12 +453,7 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
         chain_id=net.chain_id,
         payload={"pack_id": pack_id, "delegation_id": key_id},
     )
-    r = httpx.post(
-        f"{sn}/revoke_delegation",
-        content=forged.model_dump_json(),
-        headers={"content-type": "application/json"},
-        timeout=10,
-    )
+    r = post_signed(f"{sn}/revoke_delegation", forged.model_dump_json())
     assert r.status_code == 422 and r.json()["reason"] == "not_owner", r.text
     revoked = cli("revoke", key_id)
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"], revoked.stderr
@@ -485,12 +481,7 @@ def test_keys_from_the_cli_usage_and_revocation_everywhere(
     def refused_everywhere() -> bool:
         seq = pack_state(fed, 1, mine)["next_sequence"]  # type: ignore[index]
         for member in fed.daemons:
-            resp = httpx.post(
-                f"{member.url}/spend_credits",
-                content=order(seq),
-                headers={"content-type": "application/json"},
-                timeout=10,
-            )
+            resp = post_signed(f"{member.url}/spend_credits", order(seq))
             if resp.status_code != 422 or resp.json().get("reason") != "delegation_revoked":
                 return False
         return True

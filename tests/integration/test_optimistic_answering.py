@@ -23,7 +23,14 @@ from supernode.credits.orders import reservation_id, settlement_id
 from supernode.crypto.envelope import sign_envelope
 from supernode.devnet import LocalFederation
 from supernode.inference.openai import decode_api_key
-from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, settled_balance, wait_until
+from tests.conftest import (
+    TEST_SETTINGS,
+    buy_pack,
+    pack_state,
+    post_signed,
+    settled_balance,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 UNSETTLED_MAX = 500
@@ -194,12 +201,7 @@ def test_no_key_is_answered_past_its_reservation(fed: LocalFederation) -> None:
         },
     )
     for member in fed.daemons[1:]:
-        r = httpx.post(
-            f"{member.url}/spend_credits",
-            content=over.model_dump_json(),
-            headers={"content-type": "application/json"},
-            timeout=10,
-        )
+        r = post_signed(f"{member.url}/spend_credits", over.model_dump_json())
         assert r.status_code == 422 and r.json()["reason"] == "insufficient_credits", r.text
 
 
