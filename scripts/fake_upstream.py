@@ -10,6 +10,15 @@ the same prompt (so a benchmark can check that the gateway passes the text throu
 unchanged), with ``usage``; with ``"stream": true`` one server-sent event per word, then
 ``data: [DONE]``. ``--delay-ms`` waits that long per word (0: none). It listens on
 127.0.0.1 only and stops on SIGTERM or SIGINT.
+
+``POST /v1/chat/completions`` (whole answers) stands in for a server with tool calling:
+offered ``tools`` (and ``tool_choice`` not ``none``) and the last message not a tool's
+result, it calls the tool ``tool_choice`` names, else the first, with the arguments
+``{"query": <the last message's text>, "tools_offered": <how many>}`` (finish_reason
+``tool_calls``); after a tool's result it answers ``the tool said: <result>``; with a
+``response_format`` of ``json_object`` or ``json_schema`` the content is ``{"answer":
+<words>}``. With ``--no-tools`` it refuses tools and response formats with a 400, as a
+server without them does.
 """
 
 from __future__ import annotations
@@ -27,7 +36,55 @@ def words_for(prompt: str, n: int) -> list[str]:
     return [" " + src[i % len(src)] for i in range(n)]
 
 
-def make_app(model: str, delay_s: float) -> web.Application:
+def chat_answer(body: dict, tools_ok: bool) -> tuple[int, dict]:
+    """(status, body) of the stand-in chat API."""
+    messages = body.get("messages") or [{}]
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice", "auto")
+    rf = (body.get("response_format") or {}).get("type", "text")
+    if not tools_ok and (tools or rf != "text"):
+        error = {"message": "tools and response formats are not supported by this server"}
+        return 400, {"error": {**error, "type": "invalid_request_error", "code": None}}
+    last = messages[-1]
+    text = last.get("content") if isinstance(last.get("content"), str) else ""
+    n = int(body.get("max_tokens") or 16)
+    message: dict = {"role": "assistant", "content": None}
+    finish = "stop"
+    if tools and choice != "none" and last.get("role") != "tool":
+        name = (
+            choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
+        )
+        arguments = json.dumps({"query": text, "tools_offered": len(tools)})
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        message["tool_calls"] = [call]
+        finish, used = "tool_calls", 8
+    elif last.get("role") == "tool":
+        message["content"], used = f"the tool said: {text}", 4
+    else:
+        words = words_for(text, n)
+        used = len(words)
+        content = "".join(words)
+        message["content"] = json.dumps({"answer": content}) if rf != "text" else content
+    prompt_tokens = len(json.dumps(messages).split())
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": min(used, n),
+        "total_tokens": prompt_tokens + min(used, n),
+    }
+    choice_out = {"index": 0, "message": message, "finish_reason": finish}
+    return 200, {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "choices": [choice_out],
+        "usage": usage,
+    }
+
+
+def make_app(model: str, delay_s: float, tools_ok: bool = True) -> web.Application:
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model"}]})
 
@@ -62,14 +119,19 @@ def make_app(model: str, delay_s: float) -> web.Application:
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
+    async def chat(request: web.Request) -> web.Response:
+        status, body = chat_answer(await request.json(), tools_ok)
+        return web.json_response({**body, "model": model}, status=status)
+
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat)
     return app
 
 
-async def serve(port: int, model: str, delay_s: float) -> None:
-    runner = web.AppRunner(make_app(model, delay_s), access_log=None)
+async def serve(port: int, model: str, delay_s: float, tools_ok: bool = True) -> None:
+    runner = web.AppRunner(make_app(model, delay_s, tools_ok), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stop = asyncio.Event()
@@ -86,8 +148,9 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--model", default="fake-model")
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--no-tools", action="store_true", help="refuse tools and response formats")
     a = p.parse_args()
-    asyncio.run(serve(a.port, a.model, a.delay_ms / 1000))
+    asyncio.run(serve(a.port, a.model, a.delay_ms / 1000, tools_ok=not a.no_tools))
 
 
 if __name__ == "__main__":

@@ -156,15 +156,16 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
         if admission is not None:
             admission.release()
     cid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[2:26]
-    finish = job.finish_reason(usage["completion_tokens"])
+    message = job.message(text) if chat else None
+    finish = job.finish_reason(usage["completion_tokens"], message)
     logprobs = None
     if req.logprobs is not None:
         tokens = await gw.logprobs(job, text)
         if tokens is not None:
             logprobs = chat_logprobs(tokens) if chat else completion_logprobs(tokens, req.logprobs)
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+    if message is not None:
+        choice["message"] = message
     else:
         choice["text"] = (job.prompt + text) if req.echo else text
     resp = json_body(

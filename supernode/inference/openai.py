@@ -35,6 +35,7 @@ from supernode.inference.openai_params import (
     DEFAULT_MAX_TOKENS,
     OpenAIError,
     OpenAIRequest,
+    passed_param,
     unsupported,
 )
 from supernode.inference.service import InferenceService, openai_usage
@@ -77,10 +78,24 @@ class Job:
     timing: dict[str, float] = field(default_factory=dict)
     completion_tokens: int | None = None  # a stream's, once it ended
 
-    def finish_reason(self, completion_tokens: int) -> str:
-        """``length`` when the tokens ran out, else ``stop`` (end of text or a stop
-        sequence: the cut text is shorter than the limit)."""
+    def finish_reason(self, completion_tokens: int, message: dict[str, Any] | None = None) -> str:
+        """``tool_calls`` when the answer calls tools; ``length`` when the tokens ran out,
+        else ``stop`` (end of text or a stop sequence: the cut text is shorter than the
+        limit)."""
+        if message is not None and message.get("tool_calls"):
+            return "tool_calls"
         return "length" if completion_tokens >= self.params.max_new_tokens else "stop"
+
+    def message(self, text: str) -> dict[str, Any]:
+        """The chat answer's message: the node's content and tool calls when the chat went
+        to the node's chat API (``text`` is their JSON), else ``text`` as the content."""
+        out: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if self.params.chat:
+            answer = json.loads(text)
+            out["content"] = answer["content"]
+            if answer["tool_calls"]:
+                out["tool_calls"] = answer["tool_calls"]
+        return out
 
 
 MAX_KEY_TERMS = 10_000  # keys whose parsed limits are kept (least recently used dropped)
@@ -218,6 +233,12 @@ class OpenAIGateway:
                 "max_tokens",
                 f"you requested {req.max_tokens} completion tokens; this model makes at most "
                 f"{entry.max_new_tokens}",
+            )
+        if req.passthrough is not None and not self.svc.pool.takes_chat(req.model):
+            raise unsupported(
+                passed_param(req.passthrough),
+                f"no node serving {req.model} here takes tools, tool messages or response "
+                "formats (an OpenAI-compatible node does)",
             )
         if req.logprobs is not None:
             if req.stream:

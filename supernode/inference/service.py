@@ -183,6 +183,11 @@ class InferenceService:
     ) -> dict[str, Any]:
         """Check a request against the pack, the menu and the node limits; store and
         return the quote (request_id, cost). Idempotent per usage request."""
+        if isinstance(params_raw, dict) and params_raw.get("chat") is not None:
+            raise BadRequest(
+                "params.chat: a chat for a node's chat API (tools, response formats) comes "
+                "through /v1/chat/completions"
+            )
         row, known = await self.price(
             pack_id, requester, model, prompt, params_raw, max_cost, usage_request_id, delegated
         )

@@ -30,6 +30,7 @@ PARAM_FIELDS = {
     "repetition_penalty",
     "seed",
     "stop",
+    "chat",  # the input is a chat for the node's own chat API (OpenAI path only)
 }
 # floats are not allowed in signed payloads: sampling knobs travel as thousandths
 MILLI = 1000
@@ -74,6 +75,9 @@ def parse_params(params: Any, entry: ModelEntry) -> GenerateParams:
             f"stop must be a list of at most {MAX_STOPS} texts of 1 to {MAX_STOP_CHARS} characters",
             reason="bad_params",
         )
+    chat = params.get("chat", False)
+    if not isinstance(chat, bool):
+        raise BadRequest("params.chat must be true or false")
     return GenerateParams(
         max_new_tokens=max_new,
         do_sample=do_sample,
@@ -83,6 +87,7 @@ def parse_params(params: Any, entry: ModelEntry) -> GenerateParams:
         repetition_penalty=rep / MILLI if rep else None,
         seed=seed,
         stop=tuple(stop),
+        chat=chat,
     )
 
 

@@ -59,6 +59,8 @@ async def judge(
         params = parse_params(served.params, menu.entry(served.model))
     except SupernodeError as exc:
         return rules.SKIPPED, None, f"params not runnable here: {exc}"
+    if params.chat:
+        return await _judge_chat(served, params, pool)
     if cut(served.output, params.stop)[1]:
         return rules.FAIL, 0, "the output goes past one of its stop sequences"
     counted = await pool.tokenize(served.model, served.output) if served.output else 0
@@ -100,6 +102,24 @@ async def judge(
         pos = scored["first_outside_top_k"]
         return rules.FAIL, pos, f"token {pos} is outside the top {top_k}"
     return rules.PASS, None, f"sampled: hash and counts match, every token in the top {top_k}"
+
+
+async def _judge_chat(
+    served: AuditResultPayload, params: GenerateParams, pool: NodePool
+) -> tuple[str, int | None, str]:
+    """A chat answered by a node's chat API (tools, a response format), whose message
+    matched its signed summary: a greedy one is run again on a local node that takes
+    chats, and the same message passes; a different one is skipped (a message with tool
+    calls has no tokens to score in one forward pass). A sampled one passes on its hash
+    and counts (as a sampled text does where no node can score)."""
+    if not pool.takes_chat(served.model):
+        return rules.SKIPPED, None, f"no local node takes chats for {served.model}"
+    if params.do_sample:
+        return rules.PASS, None, "a sampled chat answer: hash and counts match"
+    again = await pool.generate(served.model, served.prompt, params, low_priority=True)
+    if again.text == served.output:
+        return rules.PASS, None, "the same message"
+    return rules.SKIPPED, None, "a different message, which cannot be scored"
 
 
 async def _score(

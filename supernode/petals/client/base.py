@@ -76,6 +76,7 @@ class NodeClient(ABC):
     """A configured node: its keep-alive HTTP sessions, last health, in-flight count, breaker."""
 
     kind: ClassVar[str]  # the NodeConfig kind this class speaks
+    takes_chat: ClassVar[bool] = False  # whether it answers chats (GenerateParams.chat)
     health_path: ClassVar[str]  # GET here says which models the node serves
 
     def __init__(self, config: NodeConfig, timeouts: Timeouts) -> None:

@@ -1,12 +1,15 @@
 """A node that is an OpenAI-compatible server (vLLM, llama.cpp, text-generation-inference...).
 
 ``GET /v1/models`` for the models it serves, ``POST /v1/completions`` for a whole answer, and
-the same with ``"stream": true`` for server-sent events ending with ``data: [DONE]``. It shares
-no tokenizer: the caller estimates token counts itself.
+the same with ``"stream": true`` for server-sent events ending with ``data: [DONE]``. A chat
+that needs the node's own chat API (tools, a response format: ``GenerateParams.chat``) goes to
+``POST /v1/chat/completions`` as it came, and its answer is the message's JSON (content and
+tool calls). It shares no tokenizer: the caller estimates token counts itself.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -38,6 +41,35 @@ def openai_body(model: str, prompt: str, params: GenerateParams) -> dict[str, An
     return body
 
 
+def chat_body(model: str, chat: str, params: GenerateParams) -> dict[str, Any]:
+    """The node's /v1/chat/completions body: the chat's own fields (messages, tools...) with
+    the sampling and length of ``params``."""
+    body = {**json.loads(chat), **openai_body(model, "", params)}
+    del body["prompt"]
+    if params.stop:
+        body["stop"] = list(params.stop)
+    return body
+
+
+def message_text(body: dict[str, Any]) -> str:
+    """A chat answer's message as its one text form: ``{"content", "tool_calls"}``, keys
+    sorted (what is stored, hashed and audited)."""
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
+        raise NodeFailure("the answer has no choices[0].message")
+    content, calls = message.get("content"), message.get("tool_calls")
+    if not (content is None or isinstance(content, str)):
+        raise NodeFailure("the message's content is not text")
+    if not (calls is None or isinstance(calls, list)):
+        raise NodeFailure("the message's tool_calls is not a list")
+    if content is None and not calls:
+        raise NodeFailure("the message has neither content nor tool calls")
+    out = {"content": content, "tool_calls": calls or None}
+    return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def choice_text(body: dict[str, Any]) -> str:
     choices = body.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else None
@@ -51,6 +83,7 @@ class OpenAINodeClient(NodeClient):
     """An OpenAI-compatible completions server."""
 
     kind = "openai"
+    takes_chat = True
     health_path = "/v1/models"
 
     def read_health(self, body: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, int]]:
@@ -61,12 +94,15 @@ class OpenAINodeClient(NodeClient):
         return tuple(i for i in ids if isinstance(i, str)), {}
 
     async def _generate(self, model: str, prompt: str, params: GenerateParams) -> Answer:
-        request = openai_body(model, prompt, params)
-        async with self._session().post("/v1/completions", json=request) as resp:
+        if params.chat:
+            path, request = "/v1/chat/completions", chat_body(model, prompt, params)
+        else:
+            path, request = "/v1/completions", openai_body(model, prompt, params)
+        async with self._session().post(path, json=request) as resp:
             body = judge(resp.status, await resp.read(), self.url)
         if "error" in body:
             raise NodeFailure(f"error: {error_text(body)}")
-        text = choice_text(body)
+        text = message_text(body) if params.chat else choice_text(body)
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return Answer(
             text,

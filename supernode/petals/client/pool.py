@@ -231,13 +231,16 @@ class NodePool:
             for n in self._nodes
         ]
 
-    def _ready(self, model: str, scoring: bool = False) -> list[NodeClient]:
-        """The nodes that can take a request for ``model`` now (and score, if ``scoring``)."""
+    def _ready(self, model: str, scoring: bool = False, chat: bool = False) -> list[NodeClient]:
+        """The nodes that can take a request for ``model`` now (and score, if ``scoring``;
+        answer a chat for their chat API, if ``chat``)."""
         now = time.monotonic()
         return [
             n
             for n in self._nodes
-            if n.available(model, self.breaker_reset_s, now) and (n.can_score or not scoring)
+            if n.available(model, self.breaker_reset_s, now)
+            and (n.can_score or not scoring)
+            and (n.takes_chat or not chat)
         ]
 
     def expected_wait_s(self, model: str) -> float:
@@ -252,10 +255,10 @@ class NodePool:
     # --- choosing a node ----------------------------------------------------------------
 
     def _pick(
-        self, model: str, tried: list[NodeClient], scoring: bool = False
+        self, model: str, tried: list[NodeClient], scoring: bool = False, chat: bool = False
     ) -> NodeClient | None:
         """The least loaded available node, untried ones first; ties by weighted turns."""
-        ready = self._ready(model, scoring)
+        ready = self._ready(model, scoring, chat)
         ready = [n for n in ready if n not in tried] or ready
         if not ready:
             return None
@@ -267,12 +270,14 @@ class NodePool:
         chosen.current_weight -= sum(n.config.weight for n in tied)
         return chosen
 
-    def _tries(self, model: str, scoring: bool = False) -> Iterator[tuple[int, NodeClient]]:
+    def _tries(
+        self, model: str, scoring: bool = False, chat: bool = False
+    ) -> Iterator[tuple[int, NodeClient]]:
         """(try number, node) for up to max_tries tries, never the same node twice while
         an untried one is left; stops early when no node can take the model."""
         tried: list[NodeClient] = []
         for attempt in range(1, self.max_tries + 1):
-            node = self._pick(model, tried, scoring)
+            node = self._pick(model, tried, scoring, chat)
             if node is None:
                 return
             tried.append(node)
@@ -343,11 +348,11 @@ class NodePool:
         ``low_priority``, in the node's low lane (an auditor's re-run)."""
         if low_priority:
             params = replace(params, low_priority=True)
-        if params.stop:
+        if params.stop and not params.chat:  # (a chat's node cuts at its stops itself)
             return await self._generate_to_stop(model, prompt, params)
         started = time.monotonic()
         errors: list[str] = []
-        for attempt, node in self._tries(model):
+        for attempt, node in self._tries(model, chat=params.chat):
             with self._lease(node):
                 try:
                     answer = await node.generate(model, prompt, params)
@@ -389,6 +394,11 @@ class NodePool:
                 parts.append(chunk)
         took = time.monotonic() - started
         return GenerateResult("".join(parts), None, None, served[-1], took, len(served))
+
+    def takes_chat(self, model: str) -> bool:
+        """Whether a ready node serving ``model`` answers chats for its own chat API
+        (tools, response formats): an OpenAI-compatible node."""
+        return bool(self._ready(model, chat=True))
 
     def can_score(self, model: str) -> bool:
         """Whether a ready node serving ``model`` scores outputs (and gives logprobs)."""

@@ -32,6 +32,10 @@ class GenerateParams:
     # cut by the pool (supernode.inference.stops), not sent to the node
     stop: tuple[str, ...] = ()
     low_priority: bool = False  # in the node's low lane (an audit's re-run); Petals nodes only
+    # the prompt is a chat (JSON: messages, tools, tool_choice, response_format...) for an
+    # OpenAI-compatible node's /v1/chat/completions, and the text its answer's message
+    # (JSON: content, tool_calls); stop sequences go to that node
+    chat: bool = False
 
 
 def short(text: object) -> str:

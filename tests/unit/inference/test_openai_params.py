@@ -3,6 +3,7 @@ sequences cut a whole text and a stream alike."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from supernode.inference.openai_params import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
+    PASSED_FIELDS,
     OpenAIError,
     parse_request,
 )
@@ -18,6 +20,7 @@ from supernode.petals.client.stops import StopCutter, cut
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 COMP = {"model": "m", "prompt": "hi"}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 def refused(body: dict[str, Any], chat: bool, param: str, code: str | None = None) -> OpenAIError:
@@ -90,9 +93,38 @@ def test_sampling_knobs_map_to_the_native_params() -> None:
         ({"presence_penalty": 0.5}, "presence_penalty", "unsupported_parameter"),
         ({"frequency_penalty": 3}, "frequency_penalty", "invalid_value"),
         ({"logit_bias": {"50256": -100}}, "logit_bias", "unsupported_parameter"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", None),
-        ({"tool_choice": "auto"}, "tool_choice", "unsupported_parameter"),
-        ({"response_format": {"type": "json_object"}}, "response_format", None),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f g"}}]},
+            "tools[0].function.name",
+            None,
+        ),
+        ({"tools": [{"type": "code", "function": {"name": "f"}}]}, "tools[0].type", None),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "x": 1}}]},
+            "tools[0].function.x",
+            "unknown_parameter",
+        ),
+        ({"tools": {"type": "function"}}, "tools", "invalid_type"),
+        ({"tool_choice": "auto"}, "tool_choice", None),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice",
+            None,
+        ),
+        ({"tools": [TOOL], "stream": True}, "tools", "unsupported_parameter"),
+        ({"tools": [TOOL], "logprobs": True}, "logprobs", "unsupported_parameter"),
+        ({"functions": [{"name": "f"}]}, "functions", "unsupported_parameter"),
+        ({"response_format": {"type": "xml"}}, "response_format.type", None),
+        (
+            {"response_format": {"type": "json_schema"}},
+            "response_format.json_schema",
+            "invalid_type",
+        ),
+        (
+            {"response_format": {"type": "json_object"}, "stream": True},
+            "response_format",
+            "unsupported_parameter",
+        ),
         ({"store": True}, "store", "unsupported_parameter"),
         ({"modalities": ["text", "audio"]}, "modalities", None),
         ({"user": "u" * 300}, "user", "invalid_value"),
@@ -100,7 +132,31 @@ def test_sampling_knobs_map_to_the_native_params() -> None:
         ({"model": ""}, "model", None),
         ({"messages": []}, "messages", None),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", None),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", None),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id", None),
+        (
+            {"messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+            "messages[0].tool_calls",
+            "unknown_parameter",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": {}},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "messages[0].tool_calls[0].function.arguments",
+            None,
+        ),
         ({"messages": [{"role": "user"}]}, "messages[0].content", None),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
         (
@@ -134,6 +190,42 @@ def test_completion_fields_refused_with_the_parameter_named(
     extra: dict[str, Any], param: str
 ) -> None:
     refused({**COMP, **extra}, False, param)
+
+
+def test_a_chat_for_the_node_s_chat_api_keeps_its_fields() -> None:
+    """Tools, a response format, tool calls and results: the chat goes to the node as it
+    came (its text form is what is priced and stored), and its params say so."""
+    body = {
+        **CHAT,
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+        "tools": [TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "parallel_tool_calls": False,
+        "response_format": {"type": "json_object"},
+        "temperature": 0.5,
+    }
+    r = parse_request(body, True)
+    assert r.passthrough is not None
+    assert set(r.passthrough) == set(PASSED_FIELDS)
+    assert r.passthrough["messages"] == body["messages"]
+    assert json.loads(r.prompt) == r.passthrough
+    assert r.native_params(16)["chat"] is True
+    # a float in a tool's schema is kept (the text form is not a signed payload's)
+    schema = {"type": "object", "properties": {"x": {"type": "number", "minimum": 0.5}}}
+    with_float = {**TOOL, "function": {"name": "f", "parameters": schema}}
+    assert "0.5" in parse_request({**CHAT, "tools": [with_float]}, True).prompt
+    # no tools and a text format: a plain chat, rendered as a prompt
+    assert parse_request({**CHAT, "tools": [], "tool_choice": "none"}, True).passthrough is None
 
 
 def test_values_that_ask_for_nothing_are_accepted() -> None:

@@ -1,0 +1,320 @@
+"""Tools and response formats through the OpenAI path, as the official `openai` SDK sends
+them: a chat that needs the node's own chat API goes to an OpenAI-compatible node as it
+came, and its tool calls come back; a node without them, or a Petals node, gets a clear 400
+that costs nothing.
+
+The nodes are `scripts/fake_upstream.py` processes (an OpenAI-compatible server standing
+in for vLLM or llama.cpp with tool calling: deterministic answers), one with tools and one
+without, behind real daemons on a real anvil chain."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from supernode.client import SupernodeClient
+from supernode.config import Settings
+from supernode.credits.orders import reservation_id
+from supernode.devnet import LocalFederation, free_port
+from supernode.inference.menu import Menu
+from supernode.inference.openai import decode_api_key
+from supernode.inference.openai_params import chat_text
+from supernode.inference.service import result_hash
+from supernode.petals.client.base import NodeConfig
+from supernode.petals.client.pool import GenerateParams, NodePool
+from supernode.reputation import rules
+from supernode.reputation.judge import AuditResultPayload, judge
+from tests.conftest import TEST_SETTINGS, buy_pack, settled_balance
+
+pytestmark = pytest.mark.integration
+FAKE = Path(__file__).resolve().parents[2] / "scripts" / "fake_upstream.py"
+TOOLS_MODEL, PLAIN_MODEL = "tool-model", "plain-model"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "number", "minimum": 0.5}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+
+
+def start_fake(model: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE), "--port", str(port), "--model", model, *extra],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return proc, url
+        time.sleep(0.1)
+    stop_fake(proc)
+    raise RuntimeError(f"the fake upstream for {model} did not start")
+
+
+def stop_fake(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[tuple[str, str]]:
+    """The nodes: (URL of the one with tools, URL of the one without)."""
+    tools, tools_url = start_fake(TOOLS_MODEL)
+    try:
+        plain, plain_url = start_fake(PLAIN_MODEL, "--no-tools")
+        try:
+            yield tools_url, plain_url
+        finally:
+            stop_fake(plain)
+    finally:
+        stop_fake(tools)
+
+
+@pytest.fixture(scope="module")
+def fed(
+    tmp_path_factory: pytest.TempPathFactory, fakes: tuple[str, str]
+) -> Iterator[LocalFederation]:
+    settings = {
+        **TEST_SETTINGS,
+        "SUPERNODE_PETALS_NODES": ",".join(f"openai:{url}" for url in fakes),
+        "SUPERNODE_AUDITS_ENABLED": "false",
+    }
+    with LocalFederation(
+        root=tmp_path_factory.mktemp("tools"), peers=4, petals_nodes=0, settings=settings
+    ) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def keyed(fed: LocalFederation) -> Iterator[tuple[openai.OpenAI, str]]:
+    """An SDK client on daemon 0 with a key of a fresh pack; (client, reservation pack)."""
+    owner, pack_id = buy_pack(fed, 100_000)
+    with SupernodeClient(fed.daemons[0].url, identity=owner) as c:
+        key = c.delegate(pack_id, max_credits=50_000, expires_in_s=3600)
+    wait_models(fed, key)
+    with openai.OpenAI(
+        base_url=f"{fed.daemons[0].url}/v1", api_key=key, max_retries=0, timeout=60
+    ) as client:
+        yield client, reservation_id(pack_id, decode_api_key(key)["id"])
+
+
+def wait_models(fed: LocalFederation, key: str) -> None:
+    """Until daemon 0's menu lists both models (its first health checks passed)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = httpx.get(
+            f"{fed.daemons[0].url}/v1/models",
+            headers={"authorization": f"Bearer {key}"},
+            timeout=5,
+        )
+        if r.status_code == 200 and {m["id"] for m in r.json()["data"]} >= {
+            TOOLS_MODEL,
+            PLAIN_MODEL,
+        }:
+            return
+        time.sleep(0.3)
+    raise AssertionError("the models never showed on the menu")
+
+
+def prices(client: openai.OpenAI, model: str) -> tuple[int, int]:
+    card: Any = client.models.retrieve(model)
+    p = card.model_extra["pricing"]
+    return p["credits_per_input_token"], p["credits_per_output_token"]
+
+
+def test_a_tool_call_comes_back_and_costs_its_usage(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str]
+) -> None:
+    client, mine = keyed
+    before = settled_balance(fed, mine)
+    r = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="auto",
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    args = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert args == {"query": "weather in Paris?", "tools_offered": 1}  # the tools went through
+    assert choice.message.content is None
+    usage = r.usage
+    assert usage is not None and usage.completion_tokens == 8
+    per_in, per_out = prices(client, TOOLS_MODEL)
+    spent = before - settled_balance(fed, mine)
+    assert spent == usage.prompt_tokens * per_in + usage.completion_tokens * per_out
+
+
+def test_the_tool_s_result_goes_back_and_a_named_tool_is_called(
+    keyed: tuple[openai.OpenAI, str],
+) -> None:
+    client, _ = keyed
+    r = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=[
+            {"role": "user", "content": "weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert r.choices[0].message.content == "the tool said: sunny, 21 C"
+    assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+    named = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=[{"role": "user", "content": "what time is it?"}],
+        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    (call,) = named.choices[0].message.tool_calls or []
+    assert call.function.name == "get_time"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments)["tools_offered"] == 2  # type: ignore[union-attr]
+
+
+def test_response_formats_reach_the_node(keyed: tuple[openai.OpenAI, str]) -> None:
+    client, _ = keyed
+    for rf in (
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}},
+    ):
+        r = client.chat.completions.create(
+            model=TOOLS_MODEL,
+            messages=[{"role": "user", "content": "reply in JSON please"}],
+            response_format=rf,  # type: ignore[arg-type]
+            max_tokens=3,
+        )
+        content = r.choices[0].message.content
+        assert content is not None and json.loads(content) == {"answer": " reply in JSON"}
+    plain = client.chat.completions.create(
+        model=TOOLS_MODEL, messages=[{"role": "user", "content": "just text"}], max_tokens=2
+    )  # no tools, no format: the chat rendered as a prompt for /v1/completions, as before
+    assert plain.choices[0].message.content == " user: just"
+
+
+def test_what_cannot_be_served_is_a_clear_400_that_costs_nothing(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str]
+) -> None:
+    client, mine = keyed
+    before = settled_balance(fed, mine)
+    ask = {"messages": [{"role": "user", "content": "weather?"}], "tools": [WEATHER]}
+    with pytest.raises(openai.BadRequestError) as streamed:
+        client.chat.completions.create(model=TOOLS_MODEL, stream=True, **ask)  # type: ignore[call-overload]
+    assert streamed.value.code == "unsupported_parameter"
+    assert streamed.value.param == "tools"  # type: ignore[attr-defined]
+    # a node without tools refuses: its 400 comes back as a 400
+    with pytest.raises(openai.BadRequestError) as no_tools:
+        client.chat.completions.create(model=PLAIN_MODEL, **ask)  # type: ignore[call-overload]
+    assert "not supported" in no_tools.value.message
+    with pytest.raises(openai.BadRequestError) as choice:
+        client.chat.completions.create(
+            model=TOOLS_MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            tool_choice="required",
+        )
+    assert choice.value.param == "tool_choice"  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError) as bad_tool:
+        client.chat.completions.create(
+            model=TOOLS_MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{"type": "function", "function": {"name": "no spaces allowed"}}],
+        )
+    assert bad_tool.value.param == "tools[0].function.name"  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError) as orphan:
+        client.chat.completions.create(
+            model=TOOLS_MODEL,
+            messages=[{"role": "tool", "content": "a result of no call"}],
+            tools=[WEATHER],  # type: ignore[list-item]
+        )
+    assert orphan.value.param == "messages[0].tool_call_id"  # type: ignore[attr-defined]
+    assert settled_balance(fed, mine) == before  # none of that cost anything
+
+
+async def test_an_audit_runs_a_greedy_chat_again_and_does_not_score_a_different_one(
+    fakes: tuple[str, str],
+) -> None:
+    """The auditor's side (reputation.judge) with a real pool on the node with tools: the
+    same message passes; a different one whose hash matches its signed summary cannot be
+    scored (skipped); one that is not its summary's fails."""
+    tools_url, _ = fakes
+    chat = chat_text({"messages": [{"role": "user", "content": "weather?"}], "tools": [WEATHER]})
+    params = {"max_new_tokens": 16, "chat": True}
+    pool = NodePool(
+        [NodeConfig(tools_url, kind="openai")],
+        request_timeout_s=15.0,
+        connect_timeout_s=1.0,
+        max_tries=1,
+        breaker_failures=3,
+        breaker_reset_s=30.0,
+        stream_idle_timeout_s=5.0,
+        health_timeout_s=2.0,
+    )
+    await pool.start()
+    try:
+        assert pool.takes_chat(TOOLS_MODEL)
+        ran = await pool.generate(TOOLS_MODEL, chat, GenerateParams(max_new_tokens=16, chat=True))
+        menu = Menu(Settings(_env_file=None))  # type: ignore[call-arg]
+
+        async def verdict(output: str, summary_hash: str | None = None) -> str:
+            digest = result_hash(output)
+            served = AuditResultPayload(
+                request_id="0x" + "11" * 32,
+                model=TOOLS_MODEL,
+                prompt=chat,
+                params=params,
+                output=output,
+                result_hash=digest,
+                input_tokens=5,
+                output_tokens=8,
+            )
+            summary = {"result_hash": summary_hash or digest, "output_tokens": 8}
+            v, _, _ = await judge(served, summary, pool, menu, 0.5)
+            return v
+
+        assert json.loads(ran.text)["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert await verdict(ran.text) == rules.PASS
+        other = ran.text.replace("get_weather", "get_time")
+        assert await verdict(other) == rules.SKIPPED
+        assert await verdict(other, summary_hash=result_hash(ran.text)) == rules.FAIL
+    finally:
+        await pool.stop()
