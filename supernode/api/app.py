@@ -22,7 +22,7 @@ from supernode.api.guard import BodyGuard, reply
 from supernode.api.limits import RateLimiter, ReadLimit
 from supernode.api.openai import as_openai, error_response
 from supernode.errors import SupernodeError, TooManyRequests
-from supernode.inference.openai_params import OpenAIError
+from supernode.inference.openai_fields import OpenAIError
 from supernode.node import Supernode
 
 

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from supernode.api.deps import ready_node
 from supernode.errors import TooManyRequests
-from supernode.inference.openai_params import OpenAIError
+from supernode.inference.openai_fields import OpenAIError
 from supernode.serve import normalize_ip
 
 MAX_CLIENTS = 100_000  # client addresses whose buckets are remembered

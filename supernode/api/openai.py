@@ -22,12 +22,8 @@ from supernode.crypto.envelope import Envelope
 from supernode.errors import SupernodeError, TooManyRequests
 from supernode.inference.key_limits import Admission
 from supernode.inference.openai import Job, OpenAIGateway
-from supernode.inference.openai_params import (
-    CHAT_FIELDS,
-    COMPLETION_FIELDS,
-    OpenAIError,
-    parse_request,
-)
+from supernode.inference.openai_fields import OpenAIError
+from supernode.inference.openai_params import CHAT_FIELDS, COMPLETION_FIELDS, parse_request
 from supernode.node import Supernode
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])

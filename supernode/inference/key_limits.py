@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from supernode.inference.openai_params import OpenAIError
+from supernode.inference.openai_fields import OpenAIError
 
 WINDOW_S = 60.0
 MAX_KEYS = 100_000

@@ -31,13 +31,9 @@ from supernode.crypto.envelope import Envelope, check_window, payload_of
 from supernode.errors import EnvelopeError, Refused, SupernodeError, Unauthorized
 from supernode.inference.key_limits import Admission, KeyLimiter, KeyLimits
 from supernode.inference.menu import ModelEntry
-from supernode.inference.openai_params import (
-    DEFAULT_MAX_TOKENS,
-    OpenAIError,
-    OpenAIRequest,
-    passed_param,
-    unsupported,
-)
+from supernode.inference.openai_chat import passed_param
+from supernode.inference.openai_fields import OpenAIError, unsupported
+from supernode.inference.openai_params import DEFAULT_MAX_TOKENS, OpenAIRequest
 from supernode.inference.service import InferenceService, openai_usage
 from supernode.inference.settlement import Settler
 from supernode.ledger import inference as repo

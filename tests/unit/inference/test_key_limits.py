@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from supernode.inference.key_limits import KeyLimiter, KeyLimits, duration
-from supernode.inference.openai_params import OpenAIError
+from supernode.inference.openai_fields import OpenAIError
 
 
 def refused(lim: KeyLimiter, limits: KeyLimits, tokens: int, now: float) -> OpenAIError:

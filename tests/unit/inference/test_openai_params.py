@@ -9,13 +9,9 @@ from typing import Any
 
 import pytest
 
-from supernode.inference.openai_params import (
-    CHAT_FIELDS,
-    COMPLETION_FIELDS,
-    PASSED_FIELDS,
-    OpenAIError,
-    parse_request,
-)
+from supernode.inference.openai_chat import PASSED_FIELDS
+from supernode.inference.openai_fields import OpenAIError
+from supernode.inference.openai_params import CHAT_FIELDS, COMPLETION_FIELDS, parse_request
 from supernode.petals.client.stops import StopCutter, cut
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
