@@ -32,8 +32,9 @@ from supernode.federation.network import Member, NetworkFile
 from supernode.federation.peer_http import PeerClient
 from supernode.federation.scoring import PeerScoring
 from supernode.federation.signer import Signer
-from supernode.inference.handlers import RefundHandler, ResultSummaryHandler
+from supernode.inference.handlers import RefundHandler, ResultSummariesHandler
 from supernode.inference.openai import OpenAIGateway
+from supernode.inference.results import RESULT_SUMMARIES
 from supernode.inference.service import InferenceService
 from supernode.ledger import peers as peers_repo
 from supernode.ledger.db import Ledger, run_migrations
@@ -189,7 +190,7 @@ class Supernode:
             publish=self.publish_all,
         )
         self.openai = OpenAIGateway(self.inference)
-        self.registry.register(ResultSummaryHandler())
+        self.registry.register(ResultSummariesHandler())
         self.registry.register(RefundHandler())
         rep = network.reputation
         self.clock = EpochClock(self.chain, network.epoch_blocks, rep.grace_epochs)
@@ -363,7 +364,7 @@ class Supernode:
         for c in stored:
             if c.env.type in REPUTATION_TYPES:
                 self.book.mark_dirty(c.env.payload["epoch"])
-            elif c.env.type == "inference_result":
+            elif c.env.type == RESULT_SUMMARIES:
                 e = self.clock.epoch_at(c.env.created_at)
                 last = self.clock.last_closed()
                 if e is not None and last is not None and e <= last:

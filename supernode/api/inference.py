@@ -71,7 +71,7 @@ async def execute_again(
 async def receive_result_summary(
     request: Request, node: Supernode = Depends(get_node)
 ) -> dict[str, Any]:
-    """A member sends its signed result summary (`inference_result` envelope) directly."""
+    """A member sends its signed result summaries (an `inference_results` envelope) directly."""
     report = await node.intake.ingest([await read_json(request)], via=None)
     if report.rejected:
         first = report.rejected[0]

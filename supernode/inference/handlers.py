@@ -1,5 +1,5 @@
-"""Gossip types of execution: signed result summaries and refunds, with their payloads
-typed (strict, frozen models: see crypto.envelope.Payload)."""
+"""Gossip types of execution: signed result summaries (many to an envelope) and refunds,
+with their payloads typed (strict, frozen models: see crypto.envelope.Payload)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from supernode.crypto.envelope import Envelope, Hex32, Payload, payload_of
+from supernode.errors import EnvelopeError
 from supernode.federation.handlers import Checked
-from supernode.inference.results import REFUND, RESULT_SUMMARY
+from supernode.inference.results import REFUND, RESULT_SUMMARIES, SUMMARIES_MAX
 from supernode.ledger import MAX_INTEGER
 from supernode.ledger import inference as repo
 
@@ -28,6 +29,10 @@ class ResultSummaryPayload(Payload):
     latency_ms: Count
 
 
+class ResultSummariesPayload(Payload):
+    results: Annotated[list[ResultSummaryPayload], Field(min_length=1, max_length=SUMMARIES_MAX)]
+
+
 class RefundPayload(Payload):
     pack_id: Hex32
     sequence: Count
@@ -36,29 +41,35 @@ class RefundPayload(Payload):
     reason: Annotated[str, StringConstraints(max_length=64)]
 
 
-class ResultSummaryHandler:
-    """`inference_result`: what the executor says it ran (tokens, latency, result hash)."""
+class ResultSummariesHandler:
+    """`inference_results`: what the executor says it ran (tokens, latency, result hash),
+    for many requests at once: a row per request."""
 
-    type = RESULT_SUMMARY
+    type = RESULT_SUMMARIES
     record = repo.RESULT_SUMMARIES  # not money: the executor and every peer hold them
 
-    def validate(self, env: Envelope) -> ResultSummaryPayload:
-        return payload_of(env, ResultSummaryPayload)
+    def validate(self, env: Envelope) -> ResultSummariesPayload:
+        p = payload_of(env, ResultSummariesPayload)
+        ids = [s.request_id for s in p.results]
+        if len(set(ids)) != len(ids):
+            raise EnvelopeError("bad_payload", "a request is summarised twice in one envelope")
+        return p
 
     def store(self, conn: sqlite3.Connection, items: Sequence[Checked], received_at: float) -> None:
         for c in items:
-            p: ResultSummaryPayload = c.parsed
-            repo.add_result(
-                conn,
-                {
-                    **p.model_dump(),
-                    "envelope_id": c.env.id,
-                    "executor": c.env.sender,
-                    "node_url": None,
-                    "received_at": received_at,
-                    "created_at": c.env.created_at,
-                },
-            )
+            p: ResultSummariesPayload = c.parsed
+            for s in p.results:
+                repo.add_result(
+                    conn,
+                    {
+                        **s.model_dump(),
+                        "envelope_id": c.env.id,
+                        "executor": c.env.sender,
+                        "node_url": None,
+                        "received_at": received_at,
+                        "created_at": c.env.created_at,
+                    },
+                )
 
 
 class RefundHandler:

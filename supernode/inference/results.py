@@ -1,5 +1,9 @@
-"""A request's results: the signed summary and refund a finished run announces, and
-reading a request's status and output."""
+"""A request's results: the summary and refund a finished run announces, and reading a
+request's status and output.
+
+Summaries are signed many to an envelope (``inference_results``, at most SUMMARIES_MAX):
+one signature for many requests, checked once by every member (summaries.SummaryBatcher).
+A refund is signed on its own, at once."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from supernode.federation.signer import Signer
 from supernode.ledger import inference as repo
 from supernode.ledger.db import Ledger
 
-RESULT_SUMMARY = "inference_result"  # gossip type: what an executor says it ran
+RESULT_SUMMARIES = "inference_results"  # gossip type: what an executor says it ran
+SUMMARIES_MAX = 32  # summaries to an envelope (a verdict carries one as evidence)
 REFUND = "spend_refund"  # gossip type: credits an executor gives back
 
 
@@ -79,40 +84,45 @@ def result(db: Ledger, request_id: str, caller: str, operator: bool) -> dict[str
     }
 
 
-def announcements(
-    signer: Signer,
-    req: dict[str, Any],
-    status: str,
-    digest: str | None,
-    out_tokens: int,
-    latency_s: float,
-    refund: int,
-) -> tuple[list[Envelope], int]:
-    """The signed result summary of a finished run and, when ``refund`` > 0 and the
-    request was certified, its refund; and the credits refunded."""
-    envs = [
-        signer.sign(
-            RESULT_SUMMARY,
-            {
-                "request_id": req["request_id"],
-                "model": req["model"],
-                "status": status,
-                "result_hash": digest,
-                "input_tokens": req["prompt_tokens"],
-                "output_tokens": out_tokens,
-                "latency_ms": int(latency_s * 1000),
-            },
-        )
-    ]
+def summary(
+    req: dict[str, Any], status: str, digest: str | None, out_tokens: int, latency_s: float
+) -> dict[str, Any]:
+    """A finished run's summary: one item of an ``inference_results`` envelope."""
+    return {
+        "request_id": req["request_id"],
+        "model": req["model"],
+        "status": status,
+        "result_hash": digest,
+        "input_tokens": req["prompt_tokens"],
+        "output_tokens": out_tokens,
+        "latency_ms": int(latency_s * 1000),
+    }
+
+
+def refund_envelope(
+    signer: Signer, req: dict[str, Any], status: str, refund: int
+) -> tuple[Envelope | None, int]:
+    """The signed refund of a finished run when ``refund`` > 0 and the request was
+    certified (else None), and the credits refunded."""
     refunded = refund if refund > 0 and req.get("sequence") is not None else 0
-    if refunded:
-        reason = "failed_run" if status == repo.FAILED else "unused_tokens"
-        payload = {
-            "pack_id": req["pack_id"],
-            "sequence": req["sequence"],
-            "request_id": req["request_id"],
-            "amount": refunded,
-            "reason": reason,
-        }
-        envs.append(signer.sign(REFUND, payload))
-    return envs, refunded
+    if not refunded:
+        return None, 0
+    reason = "failed_run" if status == repo.FAILED else "unused_tokens"
+    payload = {
+        "pack_id": req["pack_id"],
+        "sequence": req["sequence"],
+        "request_id": req["request_id"],
+        "amount": refunded,
+        "reason": reason,
+    }
+    return signer.sign(REFUND, payload), refunded
+
+
+def summary_in(env: Envelope, request_id: str) -> dict[str, Any] | None:
+    """The summary of ``request_id`` in a summaries envelope, or None."""
+    items = env.payload.get("results")
+    if not isinstance(items, list):
+        return None
+    return next(
+        (s for s in items if isinstance(s, dict) and s.get("request_id") == request_id), None
+    )

@@ -37,6 +37,7 @@ from supernode.federation.signer import Signer
 from supernode.inference import results
 from supernode.inference.menu import Menu, ModelEntry
 from supernode.inference.streams import RequestStream
+from supernode.inference.summaries import SummaryBatcher
 from supernode.inference.usage import (
     USAGE_REQUEST,
     USAGE_RESPONSE,
@@ -115,9 +116,11 @@ class InferenceService:
         self.rows: GroupCommit[RowWrite, None] = GroupCommit(
             db, _write_rows, records=_rows_records, max_weight=ROWS_BATCH_MAX, name="requests"
         )
+        self.summaries = SummaryBatcher(self.signer, publish)
 
     def start(self) -> None:
         self.rows.start()
+        self.summaries.start()
 
     async def stop(self) -> None:
         if self._recording:  # answered already: let their records land (bounded)
@@ -126,6 +129,7 @@ class InferenceService:
             t.cancel()
         if self._tasks or self._recording:
             await asyncio.gather(*self._tasks, *self._recording, return_exceptions=True)
+        await self.summaries.stop()  # what finished is announced before the ledger closes
         await self.rows.stop()
 
     async def write_rows(
@@ -353,6 +357,7 @@ class InferenceService:
             "inference_streams": len(self.streams),
             "inference_runs": len(self._tasks),
             "inference_recording": len(self._recording),
+            "inference_summaries_pending": self.summaries.pending(),
         }
 
     def _forget(self, request_id: str, stream: RequestStream) -> None:
@@ -457,12 +462,9 @@ class InferenceService:
         out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
         actual = min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"])
         digest = result_hash(text)
-        # The summary and the refund are published (one write, one push) before the
-        # request shows as completed: a reader never sees "completed" with its refund
-        # still to come.
-        refunded = await self._announce(
-            req, repo.COMPLETED, digest, out_tokens, latency_s, req["cost"] - actual
-        )
+        # the refund is published before the request shows as completed: a reader never
+        # sees "completed" with its refund still to come
+        refunded = await self._refund(req, repo.COMPLETED, req["cost"] - actual)
         answered = req.get("settle_state") is not None  # settled later, at its charge
         fields = {
             "status": repo.COMPLETED,
@@ -480,6 +482,7 @@ class InferenceService:
         )
         if answered:
             self.on_charged(req["pack_id"], req["cost"], actual)
+        self.summaries.add(results.summary(req, repo.COMPLETED, digest, out_tokens, latency_s))
         logger.debug(  # one line per request: at INFO it would cost more than the request
             "request {} completed: {} output tokens, {} of {} credits used",
             req["request_id"],
@@ -490,7 +493,7 @@ class InferenceService:
         return out_tokens
 
     async def _fail(self, req: dict[str, Any], error: str) -> None:
-        refunded = await self._announce(req, repo.FAILED, None, 0, 0.0, req["cost"])
+        refunded = await self._refund(req, repo.FAILED, req["cost"])
         # "failed" and its refund become visible at once
         answered = req.get("settle_state") is not None  # nothing to settle: costs nothing
         fields = {
@@ -505,25 +508,17 @@ class InferenceService:
         )
         if answered:
             self.on_charged(req["pack_id"], req["cost"], 0)
+        self.summaries.add(results.summary(req, repo.FAILED, None, 0, 0.0))
         logger.warning(
             "request {} failed ({}); {} credits refunded", req["request_id"], error, refunded
         )
 
-    async def _announce(
-        self,
-        req: dict[str, Any],
-        status: str,
-        digest: str | None,
-        out_tokens: int,
-        latency_s: float,
-        refund: int,
-    ) -> int:
-        """Publish the signed result summary and, when ``refund`` > 0 and the request was
-        certified, the refund: together, in one write. Returns the credits refunded."""
-        envs, refunded = results.announcements(
-            self.signer, req, status, digest, out_tokens, latency_s, refund
-        )
-        await self.publish(envs, linger=True)  # not urgent: rides with the next push
+    async def _refund(self, req: dict[str, Any], status: str, refund: int) -> int:
+        """Publish the signed refund when ``refund`` > 0 and the request was certified.
+        Returns the credits refunded."""
+        env, refunded = results.refund_envelope(self.signer, req, status, refund)
+        if env is not None:
+            await self.publish([env], linger=True)  # not urgent: rides with the next push
         return refunded
 
     def rerun(self, request_id: str) -> dict[str, Any]:

@@ -365,9 +365,13 @@ class InferenceResult(Base):
     """A signed result summary an executor announced (tokens, latency, node, hash)."""
 
     __tablename__ = "inference_results"
+    # one row per request of a summaries envelope (many requests to an envelope)
+    __table_args__ = (
+        UniqueConstraint("envelope_id", "request_id", name="uq_inference_results_envelope_request"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    envelope_id: Mapped[str] = mapped_column(String(66), unique=True)
+    envelope_id: Mapped[str] = mapped_column(String(66))
     request_id: Mapped[str] = mapped_column(String(66), index=True)
     executor: Mapped[str] = mapped_column(String(42), index=True)
     model: Mapped[str] = mapped_column(String(128))

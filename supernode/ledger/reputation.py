@@ -120,7 +120,7 @@ def summaries_between(conn: sqlite3.Connection, start: float, end: float) -> lis
     cur = conn.execute(
         "SELECT envelope_id, executor, request_id, status, model, result_hash, input_tokens,"
         " output_tokens, created_at FROM inference_results"
-        " WHERE created_at >= ? AND created_at < ? ORDER BY envelope_id",
+        " WHERE created_at >= ? AND created_at < ? ORDER BY envelope_id, request_id",
         (start, end),
     )
     return dict_rows(cur)

@@ -32,6 +32,7 @@ from supernode.crypto.envelope import (
 from supernode.errors import BadRequest
 from supernode.federation.handlers import Checked
 from supernode.federation.network import NetworkFile
+from supernode.inference.results import summary_in
 from supernode.ledger import MAX_INTEGER
 from supernode.ledger import reputation as repo
 from supernode.ledger.db import Ledger
@@ -104,8 +105,8 @@ class LivenessPayload(Payload):
 
 
 def open_summary(raw: Any, network: NetworkFile) -> Envelope:
-    """An executor's signed result summary carried as evidence (whatever its age)."""
-    from supernode.inference.results import RESULT_SUMMARY
+    """An executor's signed result summaries carried as evidence (whatever its age)."""
+    from supernode.inference.results import RESULT_SUMMARIES
 
     if not isinstance(raw, dict):
         raise EnvelopeError("unknown_request", "summary: the executor's signed result summary")
@@ -113,7 +114,7 @@ def open_summary(raw: Any, network: NetworkFile) -> Envelope:
         env = parse_envelope(raw, "summary")
     except BadRequest as exc:
         raise EnvelopeError("unknown_request", exc.detail) from exc
-    if env.type != RESULT_SUMMARY:
+    if env.type != RESULT_SUMMARIES:
         raise EnvelopeError("unknown_request", f"summary: type {env.type}")
     try:
         check_envelope(
@@ -273,11 +274,12 @@ class ReputationHandler:
         if p.executor == env.sender:
             raise EnvelopeError("self_audit", "a member never audits itself")
         summary = open_summary(p.summary, self.network)
-        if summary.sender != p.executor or summary.payload.get("request_id") != p.request_id:
+        item = summary_in(summary, p.request_id)
+        if summary.sender != p.executor or item is None:
             raise EnvelopeError(
                 "unknown_request", "the summary is not that request's by that executor"
             )
-        if summary.payload.get("status") != "completed":
+        if item.get("status") != "completed":
             raise EnvelopeError("unknown_request", "that request did not complete")
         self._same_epoch(summary.created_at, p.epoch)
         with self.db.read() as conn:

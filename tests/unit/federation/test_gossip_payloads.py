@@ -16,12 +16,13 @@ from supernode.federation.messaging import (
     SnMessageHandler,
     UserMessageHandler,
 )
-from supernode.inference.handlers import RefundHandler, ResultSummaryHandler
+from supernode.inference.handlers import RefundHandler, ResultSummariesHandler
 from supernode.ledger import MAX_INTEGER
 
 MEMBER = Identity(bytes([1]) * 32)
 USER = Identity(bytes([2]) * 32)
 H = "0x" + "ab" * 32
+H2 = "0x" + "cd" * 32
 
 
 def env(type_: str, payload: dict[str, Any]) -> Envelope:
@@ -55,7 +56,7 @@ def user_message(**changes: Any) -> dict[str, Any]:
 
 
 HANDLERS = {
-    "inference_result": ResultSummaryHandler(),
+    "inference_results": ResultSummariesHandler(),
     "spend_refund": RefundHandler(),
     "sn_message": SnMessageHandler(max_chars=10),
     "user_message": UserMessageHandler("n", max_chars=10),
@@ -65,8 +66,15 @@ HANDLERS = {
 @pytest.mark.parametrize(
     ("type_", "payload"),
     [
-        ("inference_result", SUMMARY),
-        ("inference_result", {**SUMMARY, "status": "failed", "result_hash": None}),
+        ("inference_results", {"results": [SUMMARY]}),
+        (
+            "inference_results",
+            {"results": [{**SUMMARY, "status": "failed", "result_hash": None, "request_id": H2}]},
+        ),
+        (
+            "inference_results",
+            {"results": [{**SUMMARY, "request_id": f"0x{i:064x}"} for i in range(32)]},
+        ),
         ("spend_refund", REFUND),
         ("sn_message", {"message_type": "a.b:c-d_e", "message_body": "0123456789"}),
         ("user_message", user_message()),
@@ -80,14 +88,26 @@ def test_a_well_formed_payload_opens_into_its_model(type_: str, payload: dict[st
 @pytest.mark.parametrize(
     ("type_", "payload", "field"),
     [
-        ("inference_result", {**SUMMARY, "status": "running"}, "status"),
-        ("inference_result", {**SUMMARY, "request_id": "0x12"}, "request_id"),
-        ("inference_result", {**SUMMARY, "input_tokens": -1}, "input_tokens"),
-        ("inference_result", {**SUMMARY, "output_tokens": MAX_INTEGER + 1}, "output_tokens"),
-        ("inference_result", {**SUMMARY, "latency_ms": True}, "latency_ms"),
-        ("inference_result", {**SUMMARY, "model": "m" * 129}, "model"),
-        ("inference_result", {**SUMMARY, "extra": 1}, "extra"),
-        ("inference_result", {k: v for k, v in SUMMARY.items() if k != "model"}, "model"),
+        ("inference_results", {"results": [{**SUMMARY, "status": "running"}]}, "status"),
+        ("inference_results", {"results": [{**SUMMARY, "request_id": "0x12"}]}, "request_id"),
+        ("inference_results", {"results": [{**SUMMARY, "input_tokens": -1}]}, "input_tokens"),
+        (
+            "inference_results",
+            {"results": [{**SUMMARY, "output_tokens": MAX_INTEGER + 1}]},
+            "output_tokens",
+        ),
+        ("inference_results", {"results": [{**SUMMARY, "latency_ms": True}]}, "latency_ms"),
+        ("inference_results", {"results": [{**SUMMARY, "model": "m" * 129}]}, "model"),
+        ("inference_results", {"results": [{**SUMMARY, "extra": 1}]}, "extra"),
+        (
+            "inference_results",
+            {"results": [{k: v for k, v in SUMMARY.items() if k != "model"}]},
+            "model",
+        ),
+        ("inference_results", {"results": []}, "results"),
+        ("inference_results", {"results": [SUMMARY] * 33}, "results"),
+        ("inference_results", {"results": [SUMMARY, SUMMARY]}, "twice"),
+        ("inference_results", {**{"results": [SUMMARY]}, "extra": 1}, "extra"),
         ("spend_refund", {**REFUND, "amount": 0}, "amount"),
         ("spend_refund", {**REFUND, "sequence": "0"}, "sequence"),
         ("spend_refund", {**REFUND, "reason": "r" * 65}, "reason"),

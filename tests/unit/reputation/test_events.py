@@ -114,20 +114,18 @@ def seed() -> str:
     return "0x" + secrets.token_bytes(32).hex()
 
 
-def summary(w: dict[str, Any], executor: int, at: int, request_id: str) -> dict[str, Any]:
-    return sign(
-        w,
-        executor,
-        "inference_result",
-        at,
-        request_id=request_id,
-        model="m",
-        status="completed",
-        result_hash="0x" + "00" * 32,
-        input_tokens=3,
-        output_tokens=4,
-        latency_ms=5,
-    ).to_wire()
+def summary(w: dict[str, Any], executor: int, at: int, *request_ids: str) -> dict[str, Any]:
+    """An executor's signed summaries of ``request_ids`` (one envelope)."""
+    item = {
+        "model": "m",
+        "status": "completed",
+        "result_hash": "0x" + "00" * 32,
+        "input_tokens": 3,
+        "output_tokens": 4,
+        "latency_ms": 5,
+    }
+    results = [{"request_id": r, **item} for r in request_ids]
+    return sign(w, executor, "inference_results", at, results=results).to_wire()
 
 
 def test_commitments_come_before_their_epoch(world: dict[str, Any]) -> None:
@@ -233,7 +231,8 @@ def test_verdicts_need_a_real_request_an_assignment_and_another_member(
 ) -> None:
     rid = "0x" + secrets.token_bytes(32).hex()
     executor = world["ids"][3].address
-    ran = summary(world, 3, start_of(16) + 2, rid)
+    other = "0x" + secrets.token_bytes(32).hex()
+    ran = summary(world, 3, start_of(16) + 2, other, rid)  # one of a batch
 
     def verdict(who: int | Identity, **kw: Any) -> Envelope:
         p = {
@@ -247,8 +246,11 @@ def test_verdicts_need_a_real_request_an_assignment_and_another_member(
         return sign(world, who, VERDICT, start_of(17), **p)
 
     refused(world, verdict(3), "self_audit")
-    forged = {**ran, "payload": {**ran["payload"], "status": "completed", "output_tokens": 99}}
+    items = ran["payload"]["results"]
+    forged = {**ran, "payload": {"results": [items[0], {**items[1], "output_tokens": 99}]}}
     refused(world, verdict(2, summary=forged), "unknown_request")
+    not_in_it = summary(world, 3, start_of(16) + 2, other)  # the executor's, not this request
+    refused(world, verdict(2, summary=not_in_it), "unknown_request")
     by_other = summary(world, 1, start_of(16) + 2, rid)  # signed by someone else
     refused(world, verdict(2, summary=by_other), "unknown_request")
     refused(world, verdict(2, epoch=15), "wrong_epoch")
