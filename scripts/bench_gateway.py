@@ -100,6 +100,13 @@ node's queue; ``node_cores`` in the report says which layout ran.
 on a shared host they yield the CPU to the model. With 0 the node's queue pays for every
 millisecond the daemons take from it (``daemon_nice`` in the report).
 
+``--audits off`` turns the members' audits off (``SUPERNODE_AUDITS_ENABLED=false``). With
+them on, as deployed, every member audits a new executor's answers up to
+``SUPERNODE_AUDIT_MAX_PER_MINUTE`` (120) each: fetching the result, running it again on its
+node, signing a verdict that every member checks. That work is bounded per minute, not per
+request, so it weighs on a short phase's CPU figures (a few hundred requests) far more than
+on a long one's; ``off`` shows the gateway's own cost (``audits`` in the report).
+
 ``--py-spy BIN`` records daemon ``--py-spy-daemon`` (default 0) with py-spy (``--format
 raw``, folded stacks) during the first main gateway phase into ``--py-spy-out``.
 """
@@ -935,6 +942,12 @@ def main() -> int:
     p.add_argument("--py-spy", default=None, help="py-spy binary: profile daemon 0")
     p.add_argument("--py-spy-out", default="py-spy-daemon0.txt", help="folded stacks file")
     p.add_argument("--py-spy-daemon", type=int, default=0, help="the daemon py-spy records")
+    p.add_argument(
+        "--audits",
+        choices=("on", "off"),
+        default="on",
+        help="the members audit each other's answers (as deployed); off: the gateway alone",
+    )
     args = checked(p)
     if min(args.requests, args.concurrency, args.max_new_tokens, args.rounds) < 1:
         p.error("--requests, --concurrency, --max-new-tokens and --rounds must be >= 1")
@@ -957,7 +970,7 @@ def main() -> int:
     nice = {"SUPERNODE_CPU_NICE": str(args.daemon_nice)}
     fake = FakeNode.start() if args.upstream == "fake" else None
     try:
-        settings = dict(nice)
+        settings = {**nice, "SUPERNODE_AUDITS_ENABLED": "true" if args.audits == "on" else "false"}
         if fake is not None:
             settings["SUPERNODE_PETALS_NODES"] = f"openai:{fake.url}"
         with federation(
@@ -983,6 +996,7 @@ def main() -> int:
         cpu_count=os.cpu_count(),
         node_cores=args.node_cores,
         daemon_nice=args.daemon_nice,
+        audits=args.audits,
         wall_s=round(time.time() - T0, 2),
     )
     print(json.dumps(out))
