@@ -34,7 +34,8 @@ from supernode.inference.menu import ModelEntry
 from supernode.inference.openai_chat import passed_param
 from supernode.inference.openai_fields import OpenAIError, unsupported
 from supernode.inference.openai_params import DEFAULT_MAX_TOKENS, OpenAIRequest
-from supernode.inference.service import InferenceService, openai_usage
+from supernode.inference.recording import openai_usage
+from supernode.inference.service import InferenceService
 from supernode.inference.settlement import Settler
 from supernode.ledger import inference as repo
 from supernode.ledger import settlements as settle_repo
@@ -291,14 +292,14 @@ class OpenAIGateway:
         may still land: it is then recorded as not answered (charged nothing)."""
         record = {**row, "status": repo.RUNNING, "settle_state": settle_repo.OPEN}
         write = asyncio.ensure_future(
-            self.svc.write_rows(
+            self.svc.recorder.write_rows(
                 (settle_repo.ANSWERED,), lambda conn: repo.add_request(conn, record)
             )
         )
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
-            self.svc.track_recording(asyncio.create_task(self._unanswered(write, row)))
+            self.svc.recorder.track_recording(asyncio.create_task(self._unanswered(write, row)))
             raise
         except BaseException:
             self.settler.release(row["pack_id"], row["cost"])
@@ -312,7 +313,7 @@ class OpenAIGateway:
         except BaseException:
             self.settler.release(row["pack_id"], row["cost"])
             raise
-        await self.svc.fail_request(row["request_id"], "the request was cancelled")
+        await self.svc.recorder.fail_request(row["request_id"], "the request was cancelled")
 
     def _order(self, pack_id: str, amount: int, request_id: str, **extra: Any) -> Order:
         """Our signed order on a reservation's pack at its next sequence (the caller holds
@@ -375,25 +376,25 @@ class OpenAIGateway:
         try:
             result = await self.svc.pool.generate(job.model, job.prompt, job.params)
         except SupernodeError as exc:
-            await self.svc.fail_request(job.request_id, str(exc))
+            await self.svc.recorder.fail_request(job.request_id, str(exc))
             raise
         except BaseException:  # the caller left: nothing was answered
             self._abandon(job, "the request was cancelled")
             raise
         job.timing["generate"] = (time.perf_counter() - started) * 1000
         if result.output_tokens is None:  # the node did not count: ask its tokenizer first
-            usage = await self.svc.complete_request(
+            usage = await self.svc.recorder.complete_request(
                 job.request_id, result.text, result.latency_s, result.output_tokens
             )
             return result.text, usage
         out = min(result.output_tokens, job.params.max_new_tokens)
-        self.svc.record_later(job.request_id, result.text, result.latency_s, out)
+        self.svc.recorder.record_later(job.request_id, result.text, result.latency_s, out)
         return result.text, openai_usage(job.prompt_tokens, out)
 
     def _abandon(self, job: Job, error: str) -> None:
         """Record in the background that ``job`` was not answered (it costs nothing)."""
-        task = asyncio.create_task(self.svc.fail_request(job.request_id, error))
-        self.svc.track_recording(task)
+        task = asyncio.create_task(self.svc.recorder.fail_request(job.request_id, error))
+        self.svc.recorder.track_recording(task)
 
     async def logprobs(self, job: Job, text: str) -> list[dict[str, Any]] | None:
         """The answer's tokens with their log-probabilities and ``job.req.logprobs``
@@ -430,19 +431,21 @@ class OpenAIGateway:
             finished = True
         except SupernodeError as exc:
             finished = True
-            await self.svc.fail_request(job.request_id, str(exc))
+            await self.svc.recorder.fail_request(job.request_id, str(exc))
             raise
         finally:
             if not finished:  # the client left (the generator was closed or cancelled)
-                self.svc.record_later(job.request_id, text, time.perf_counter() - started, None)
+                self.svc.recorder.record_later(
+                    job.request_id, text, time.perf_counter() - started, None
+                )
         if not text and not job.params.stop:  # (a stop sequence may cut all)
-            await self.svc.fail_request(job.request_id, "empty output")
+            await self.svc.recorder.fail_request(job.request_id, "empty output")
             raise Refused("empty output", reason="empty_output")
         # every chunk is out; the count gives the finish reason and the usage chunk, and
         # the result is recorded right after
         counted = min(await self.svc.count_tokens(job.model, text), job.params.max_new_tokens)
         job.completion_tokens = counted
-        self.svc.record_later(job.request_id, text, time.perf_counter() - started, counted)
+        self.svc.recorder.record_later(job.request_id, text, time.perf_counter() - started, counted)
 
 
 def context_exceeded(entry: ModelEntry, param: str, detail: str) -> OpenAIError:

@@ -7,17 +7,13 @@ executor, bounded by the certified amount. The OpenAI path (supernode.inference.
 answers at once from a key's certified reservation and settles afterwards: its runs set
 each request's charge instead of a refund.
 
-The rows of requests in flight (a request answered, a run's result) are written through
-one group commit (``write_rows``): the writes that arrive together share one
-transaction, each caller returning once its own is on disk."""
+Recording a finished run (its row, charge or refund, summary) is recording.Recorder's."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -29,15 +25,14 @@ from supernode.credits.orders import Order
 from supernode.credits.voter import Voter
 from supernode.crypto.canonical import canonical_json
 from supernode.crypto.envelope import open_envelope
-from supernode.crypto.hashing import keccak
 from supernode.crypto.keys import Identity
 from supernode.errors import BadRequest, Conflict, NotFound, Refused
 from supernode.federation.network import NetworkFile
 from supernode.federation.signer import Signer
 from supernode.inference import results
 from supernode.inference.menu import Menu, ModelEntry
+from supernode.inference.recording import Recorder
 from supernode.inference.streams import RequestStream
-from supernode.inference.summaries import SummaryBatcher
 from supernode.inference.usage import (
     USAGE_REQUEST,
     USAGE_RESPONSE,
@@ -47,37 +42,8 @@ from supernode.inference.usage import (
 )
 from supernode.ledger import inference as repo
 from supernode.ledger import spends as spends_repo
-from supernode.ledger.db import Ledger, Record
-from supernode.ledger.group_commit import GroupCommit
+from supernode.ledger.db import Ledger
 from supernode.petals.client.pool import GenerateParams, NodePool, NodeUnavailable
-
-RECORD_WAIT_S = 10.0  # at stop, how long finished runs may take to be recorded
-ROWS_BATCH_MAX = 256  # request-row writes in one transaction
-
-# a write of request rows: what it stores, and the statements (run in the transaction)
-RowWrite = tuple[tuple[Record, ...], Callable[[sqlite3.Connection], None]]
-
-
-def _write_rows(conn: sqlite3.Connection, writes: list[RowWrite]) -> list[None]:
-    for _, statements in writes:
-        statements(conn)
-    return [None] * len(writes)
-
-
-def _rows_records(writes: list[RowWrite]) -> set[Record]:
-    return {r for records, _ in writes for r in records}
-
-
-def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def result_hash(text: str) -> str:
-    return "0x" + keccak(text.encode("utf-8")).hex()
 
 
 class InferenceService:
@@ -107,38 +73,26 @@ class InferenceService:
         self._seen_models: set[str] = set()
         self.signer = Signer(identity, network, settings.envelope_ttl_s)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._recording: set[asyncio.Task[Any]] = set()  # results answered, being recorded
         # whether the last reputation table marks an executor invalid (set by the node)
         self.is_invalid: Any = lambda address: False
-        # told (pack, quote, charge) when a request answered from a reservation has its
-        # charge (set by the OpenAI gateway's settler)
-        self.on_charged: Any = lambda pack_id, quoted, charged: None
-        self.rows: GroupCommit[RowWrite, None] = GroupCommit(
-            db, _write_rows, records=_rows_records, max_weight=ROWS_BATCH_MAX, name="requests"
+        self.recorder = Recorder(
+            db=db,
+            signer=self.signer,
+            publish=publish,
+            menu=self.menu,
+            count_tokens=self.count_tokens,
         )
-        self.summaries = SummaryBatcher(self.signer, publish)
 
     def start(self) -> None:
-        self.rows.start()
-        self.summaries.start()
+        self.recorder.start()
 
     async def stop(self) -> None:
-        if self._recording:  # answered already: let their records land (bounded)
-            await asyncio.wait(list(self._recording), timeout=RECORD_WAIT_S)
-        for t in list(self._tasks | self._recording):
+        await self.recorder.wait_recorded()  # answered already: let their records land (bounded)
+        for t in list(self._tasks):
             t.cancel()
-        if self._tasks or self._recording:
-            await asyncio.gather(*self._tasks, *self._recording, return_exceptions=True)
-        await self.summaries.stop()  # what finished is announced before the ledger closes
-        await self.rows.stop()
-
-    async def write_rows(
-        self, records: tuple[Record, ...], statements: Callable[[sqlite3.Connection], None]
-    ) -> None:
-        """Run ``statements`` in a write transaction storing ``records``, shared with the
-        request-row writes queued meanwhile; returns once it is committed (durably when a
-        record is durable)."""
-        await self.rows.submit((records, statements))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.recorder.stop()
 
     # -- menu and tokens ---------------------------------------------------------------
     def model_menu(self) -> list[dict[str, Any]]:
@@ -356,8 +310,7 @@ class InferenceService:
         return {
             "inference_streams": len(self.streams),
             "inference_runs": len(self._tasks),
-            "inference_recording": len(self._recording),
-            "inference_summaries_pending": self.summaries.pending(),
+            **self.recorder.sizes(),
         }
 
     def _forget(self, request_id: str, stream: RequestStream) -> None:
@@ -376,13 +329,13 @@ class InferenceService:
         try:
             text, note = await self._generate(req, params, stream)
             out_tokens = await self.count_tokens(req["model"], text) if text else 0
-            await self._finish(req, entry, text, out_tokens, time.perf_counter() - started)
+            await self.recorder.finish(req, entry, text, out_tokens, time.perf_counter() - started)
             await stream.close(note)
         except asyncio.CancelledError:
             await stream.close("the daemon is stopping")
             raise
         except (NodeUnavailable, BadRequest, Refused) as exc:
-            await self._fail(req, str(exc))
+            await self.recorder.fail(req, str(exc))
             await stream.close(str(exc))
 
     async def _generate(
@@ -413,113 +366,6 @@ class InferenceService:
 
     def menu_params(self, model: str, params_raw: dict[str, Any]) -> GenerateParams:
         return parse_params(params_raw, self.menu.entry(model))
-
-    async def complete_request(
-        self, request_id: str, text: str, latency_s: float, output_tokens: int | None = None
-    ) -> dict[str, int]:
-        """Record a finished run (result, summary, refund of unused tokens); returns the
-        OpenAI-style usage."""
-        with self.db.read() as conn:
-            req = repo.get_request(conn, request_id)
-        assert req is not None
-        out_tokens = output_tokens
-        if out_tokens is None:  # the node did not say: ask its tokenizer
-            out_tokens = await self.count_tokens(req["model"], text) if text else 0
-        billed = await self._finish(req, self.menu.entry(req["model"]), text, out_tokens, latency_s)
-        return openai_usage(req["prompt_tokens"], billed)
-
-    def record_later(
-        self, request_id: str, text: str, latency_s: float, output_tokens: int | None
-    ) -> None:
-        """complete_request in the background, for a run whose answer goes out now."""
-        self.track_recording(
-            asyncio.create_task(
-                self.complete_request(request_id, text, latency_s, output_tokens),
-                name=f"record-{request_id[:10]}",
-            )
-        )
-
-    def track_recording(self, task: asyncio.Task[Any]) -> None:
-        """A task recording a request already answered: the daemon's stop waits for it."""
-        self._recording.add(task)
-        task.add_done_callback(self._recorded)
-
-    def _recorded(self, task: asyncio.Task[Any]) -> None:
-        self._recording.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("recording a finished request failed: {!r}", task.exception())
-
-    async def fail_request(self, request_id: str, error: str) -> None:
-        with self.db.read() as conn:
-            req = repo.get_request(conn, request_id)
-        assert req is not None
-        await self._fail(req, error)
-
-    async def _finish(
-        self, req: dict[str, Any], entry: ModelEntry, text: str, out_tokens: int, latency_s: float
-    ) -> int:
-        """Record a completed run; returns the output tokens billed (at most the asked)."""
-        out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
-        actual = min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"])
-        digest = result_hash(text)
-        # the refund is published before the request shows as completed: a reader never
-        # sees "completed" with its refund still to come
-        refunded = await self._refund(req, repo.COMPLETED, req["cost"] - actual)
-        answered = req.get("settle_state") is not None  # settled later, at its charge
-        fields = {
-            "status": repo.COMPLETED,
-            "result_text": text,
-            "result_hash": digest,
-            "input_tokens": req["prompt_tokens"],
-            "output_tokens": out_tokens,
-            "latency_ms": latency_s * 1000,
-            "updated_at": time.time(),
-            **({"refunded": refunded} if refunded else {}),
-            **({"charged": actual} if answered else {}),
-        }
-        await self.write_rows(
-            _progress(refunded), lambda conn: repo.update_request(conn, req["request_id"], **fields)
-        )
-        if answered:
-            self.on_charged(req["pack_id"], req["cost"], actual)
-        self.summaries.add(results.summary(req, repo.COMPLETED, digest, out_tokens, latency_s))
-        logger.debug(  # one line per request: at INFO it would cost more than the request
-            "request {} completed: {} output tokens, {} of {} credits used",
-            req["request_id"],
-            out_tokens,
-            actual,
-            req["cost"],
-        )
-        return out_tokens
-
-    async def _fail(self, req: dict[str, Any], error: str) -> None:
-        refunded = await self._refund(req, repo.FAILED, req["cost"])
-        # "failed" and its refund become visible at once
-        answered = req.get("settle_state") is not None  # nothing to settle: costs nothing
-        fields = {
-            "status": repo.FAILED,
-            "error": error[:1000],
-            "updated_at": time.time(),
-            **({"refunded": refunded} if refunded else {}),
-            **({"charged": 0} if answered else {}),
-        }
-        await self.write_rows(
-            _progress(refunded), lambda conn: repo.update_request(conn, req["request_id"], **fields)
-        )
-        if answered:
-            self.on_charged(req["pack_id"], req["cost"], 0)
-        self.summaries.add(results.summary(req, repo.FAILED, None, 0, 0.0))
-        logger.warning(
-            "request {} failed ({}); {} credits refunded", req["request_id"], error, refunded
-        )
-
-    async def _refund(self, req: dict[str, Any], status: str, refund: int) -> int:
-        """Publish the signed refund when ``refund`` > 0 and the request was certified.
-        Returns the credits refunded."""
-        env, refunded = results.refund_envelope(self.signer, req, status, refund)
-        if env is not None:
-            await self.publish([env], linger=True)  # not urgent: rides with the next push
-        return refunded
 
     def rerun(self, request_id: str) -> dict[str, Any]:
         """/execute_inference_request (operator): run a certified request again after a
@@ -552,9 +398,3 @@ class InferenceService:
         (it failed its audits several times in a row): its results are suspect."""
         invalid = self.is_invalid(answer.get("executor", ""))
         return {**answer, "executor_invalid": invalid}
-
-
-def _progress(refunded: int) -> tuple[Record, ...]:
-    """What recording a finished run writes: its progress, and the refund it records if
-    any (never given twice: on disk before anything else sees it)."""
-    return (repo.REQUEST_PROGRESS, repo.REFUNDS) if refunded else (repo.REQUEST_PROGRESS,)

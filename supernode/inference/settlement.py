@@ -53,7 +53,7 @@ class Settler:
         self._due = asyncio.Event()  # settle now (a request waits on the bound)
         self._progress = asyncio.Event()  # outstanding fell somewhere
         self._task: asyncio.Task[None] | None = None
-        svc.on_charged = self.charged
+        svc.recorder.on_charged = self.charged
 
     # -- start and stop -----------------------------------------------------------------
     async def start(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from supernode.crypto.envelope import Hex32, Payload
 from supernode.errors import SupernodeError
 from supernode.inference.menu import Menu
-from supernode.inference.service import result_hash
+from supernode.inference.recording import result_hash
 from supernode.inference.usage import parse_params
 from supernode.petals.client.pool import GenerateParams, NodePool
 from supernode.petals.client.stops import cut

@@ -31,7 +31,7 @@ from supernode.devnet import LocalFederation, free_port
 from supernode.inference.menu import Menu
 from supernode.inference.openai import decode_api_key
 from supernode.inference.openai_chat import chat_text
-from supernode.inference.service import result_hash
+from supernode.inference.recording import result_hash
 from supernode.petals.client.base import NodeConfig
 from supernode.petals.client.pool import GenerateParams, NodePool
 from supernode.reputation import rules
