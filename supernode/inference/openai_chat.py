@@ -15,6 +15,7 @@ from supernode.inference.openai_fields import (
     boolean_field,
     invalid,
     message_content,
+    present,
     text_field,
 )
 
@@ -158,14 +159,14 @@ def _chat_messages(ms: Any) -> list[dict[str, Any]]:
             allowed = {"role", "content", "tool_call_id"}
             if not isinstance(m.get("tool_call_id"), str) or not m["tool_call_id"]:
                 raise invalid(f"{where}.tool_call_id", "a tool message names its tool_call_id")
-        _only(m, where, allowed)
+        _only(present(m), where, allowed)
         if m.get("tool_calls") is not None:
             _tool_calls(m["tool_calls"], f"{where}.tool_calls")
         if m.get("name") is not None:
             text_field(m, "name", 64)
         if not (role == "assistant" and m.get("tool_calls") and m.get("content") is None):
             message_content(m, i)
-    return ms
+    return [present(m) for m in ms]
 
 
 def passthrough_fields(body: dict[str, Any]) -> dict[str, Any]:

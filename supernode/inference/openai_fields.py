@@ -133,3 +133,13 @@ def message_content(m: dict[str, Any], i: int) -> str:
     if c is None:
         raise invalid(where, "content is required (tool calls are not supported)")
     raise invalid(where, "content must be a string or a list of text parts", "invalid_type")
+
+
+# what an assistant message read back from an answer may carry empty (an SDK sends the
+# answer's message object back as it got it): absent when null or empty
+EMPTY_OK = ("tool_calls", "function_call", "audio", "refusal", "annotations")
+
+
+def present(m: dict[str, Any]) -> dict[str, Any]:
+    """``m`` without the fields of EMPTY_OK that are null or empty."""
+    return {k: v for k, v in m.items() if not (k in EMPTY_OK and v in (None, []))}

@@ -23,6 +23,7 @@ from supernode.inference.openai_fields import (
     invalid,
     message_content,
     number_field,
+    present,
     text_field,
     unsupported,
 )
@@ -123,6 +124,7 @@ def _messages(body: dict[str, Any]) -> str:
                 f"messages[{i}].role",
                 f"messages[{i}].role must be one of {', '.join(ROLES)}, got {str(role)[:40]!r}",
             )
+        m = present(m)
         extra = set(m) - {"role", "content", "name"}
         if extra & {"tool_calls", "function_call", "audio", "refusal"}:
             key = sorted(extra)[0]

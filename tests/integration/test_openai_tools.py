@@ -201,6 +201,37 @@ def test_the_tool_s_result_goes_back_and_a_named_tool_is_called(
     )
     assert r.choices[0].message.content == "the tool said: sunny, 21 C"
     assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+    # the SDK's own message objects sent back (with their empty fields) carry on the chat
+    first = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=[{"role": "user", "content": "weather in Oslo?"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    call = (first.choices[0].message.tool_calls or [None])[0]
+    assert call is not None
+    again = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=[
+            {"role": "user", "content": "weather in Oslo?"},
+            first.choices[0].message,  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": call.id, "content": "snow"},
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert again.choices[0].message.content == "the tool said: snow"
+    plain = client.chat.completions.create(
+        model=TOOLS_MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=2
+    )
+    follow = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=[
+            {"role": "user", "content": "hello"},
+            plain.choices[0].message,  # type: ignore[list-item]
+            {"role": "user", "content": "and then"},
+        ],
+        max_tokens=2,
+    )
+    assert follow.choices[0].message.content
     named = client.chat.completions.create(
         model=TOOLS_MODEL,
         messages=[{"role": "user", "content": "what time is it?"}],

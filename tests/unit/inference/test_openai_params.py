@@ -130,7 +130,7 @@ def test_sampling_knobs_map_to_the_native_params() -> None:
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", None),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id", None),
         (
-            {"messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+            {"messages": [{"role": "user", "content": "x", "tool_calls": [{"id": "c"}]}]},
             "messages[0].tool_calls",
             "unknown_parameter",
         ),
@@ -222,6 +222,26 @@ def test_a_chat_for_the_node_s_chat_api_keeps_its_fields() -> None:
     assert "0.5" in parse_request({**CHAT, "tools": [with_float]}, True).prompt
     # no tools and a text format: a plain chat, rendered as a prompt
     assert parse_request({**CHAT, "tools": [], "tool_choice": "none"}, True).passthrough is None
+
+
+def test_an_answer_s_message_sent_back_as_the_sdk_sends_it_is_accepted() -> None:
+    """The SDK sends an answer's message object back with its empty fields (refusal: null,
+    tool_calls: null, annotations: []): they ask for nothing, on either path."""
+    back = {
+        "role": "assistant",
+        "content": "hello",
+        "refusal": None,
+        "tool_calls": None,
+        "function_call": None,
+        "audio": None,
+        "annotations": [],
+    }
+    turns = [{"role": "user", "content": "hi"}, back, {"role": "user", "content": "more"}]
+    plain = parse_request({**CHAT, "messages": turns}, True)
+    assert plain.passthrough is None and "assistant: hello" in plain.prompt
+    tools = parse_request({**CHAT, "messages": turns, "tools": [TOOL]}, True)
+    assert tools.passthrough is not None
+    assert tools.passthrough["messages"][1] == {"role": "assistant", "content": "hello"}
 
 
 def test_values_that_ask_for_nothing_are_accepted() -> None:
