@@ -14,6 +14,7 @@ from supernode.inference.openai_fields import (
     absent_field,
     boolean_field,
     invalid,
+    listed,
     message_content,
     present,
     text_field,
@@ -62,11 +63,7 @@ def _only(v: dict[str, Any], where: str, allowed: set[str]) -> None:
 
 
 def _tools(v: Any) -> list[dict[str, Any]]:
-    if not isinstance(v, list) or not v:
-        raise invalid("tools", "tools must be a non-empty list", "invalid_type")
-    if len(v) > MAX_TOOLS:
-        raise invalid("tools", f"at most {MAX_TOOLS} tools")
-    for i, t in enumerate(v):
+    for i, t in enumerate(listed(v, "tools", MAX_TOOLS)):
         where = f"tools[{i}]"
         _only(_object(t, where), where, {"type", "function"})
         if t.get("type") != "function":
@@ -121,9 +118,7 @@ def _response_format(v: Any) -> Any:
 
 
 def _tool_calls(v: Any, where: str) -> None:
-    if not isinstance(v, list) or not v or len(v) > MAX_TOOL_CALLS:
-        raise invalid(where, f"{where} must be a list of 1 to {MAX_TOOL_CALLS} calls")
-    for j, call in enumerate(v):
+    for j, call in enumerate(listed(v, where, MAX_TOOL_CALLS)):
         w = f"{where}[{j}]"
         _only(_object(call, w), w, {"id", "type", "function"})
         if not isinstance(call.get("id"), str) or not 1 <= len(call["id"]) <= 128:
@@ -140,11 +135,7 @@ def _tool_calls(v: Any, where: str) -> None:
 def _chat_messages(ms: Any) -> list[dict[str, Any]]:
     """The messages of a chat for the node's chat API: the roles of a plain chat, tool
     results (``role: tool`` with its ``tool_call_id``) and the assistant's tool calls."""
-    if not isinstance(ms, list) or not ms:
-        raise invalid("messages", "messages must be a non-empty list", "invalid_type")
-    if len(ms) > MAX_MESSAGES:
-        raise invalid("messages", f"at most {MAX_MESSAGES} messages")
-    for i, m in enumerate(ms):
+    for i, m in enumerate(listed(ms, "messages", MAX_MESSAGES)):
         where = f"messages[{i}]"
         role = _object(m, where).get("role")
         if role not in (*ROLES, "tool"):

@@ -143,3 +143,12 @@ EMPTY_OK = ("tool_calls", "function_call", "audio", "refusal", "annotations")
 def present(m: dict[str, Any]) -> dict[str, Any]:
     """``m`` without the fields of EMPTY_OK that are null or empty."""
     return {k: v for k, v in m.items() if not (k in EMPTY_OK and v in (None, []))}
+
+
+def listed(v: Any, param: str, most: int) -> list[Any]:
+    """``v`` as a list of 1 to ``most`` items, or OpenAI's 400 naming ``param``."""
+    if not isinstance(v, list) or not v:
+        raise invalid(param, f"{param} must be a non-empty list", "invalid_type")
+    if len(v) > most:
+        raise invalid(param, f"at most {most} {param.rsplit('.', 1)[-1]}")
+    return v

@@ -21,6 +21,7 @@ from supernode.inference.openai_fields import (
     boolean_field,
     integer_field,
     invalid,
+    listed,
     message_content,
     number_field,
     present,
@@ -106,10 +107,7 @@ def render_chat(messages: list[tuple[str, str | None, str]]) -> str:
 
 def _messages(body: dict[str, Any]) -> str:
     ms = body.get("messages")
-    if not isinstance(ms, list) or not ms:
-        raise invalid("messages", "messages must be a non-empty list", "invalid_type")
-    if len(ms) > MAX_MESSAGES:
-        raise invalid("messages", f"at most {MAX_MESSAGES} messages")
+    listed(ms, "messages", MAX_MESSAGES)
     out: list[tuple[str, str | None, str]] = []
     for i, m in enumerate(ms):
         if not isinstance(m, dict):
