@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ import pytest
 from supernode.client import SupernodeClient
 from supernode.crypto.keys import Identity
 from supernode.devnet import ETH, LocalFederation
+from supernode.petals.client.pool import NodeConfig, NodePool
 
 T = TypeVar("T")
 
@@ -146,3 +148,25 @@ def cheating_front(truncate: int) -> tuple[str, ...]:
     """A NodeSpec ``front``: the proxy (tests/cheat_node.py) that cuts each answer's text to
     ``truncate`` characters and still reports the full token count."""
     return (sys.executable, "-m", "tests.cheat_node", "--truncate", str(truncate))
+
+
+@asynccontextmanager
+async def running_pool(*nodes: str | NodeConfig, **settings: Any) -> AsyncIterator[NodePool]:
+    """A started pool (fast test timeouts). In a fresh pool the first node listed is tried first."""
+    options: dict[str, Any] = {
+        "request_timeout_s": 15.0,
+        "connect_timeout_s": 1.0,
+        "max_tries": 3,
+        "breaker_failures": 3,
+        "breaker_reset_s": 30.0,
+        "stream_idle_timeout_s": 5.0,
+        "health_timeout_s": 1.0,
+    }
+    options.update(settings)
+    configs = [n if isinstance(n, NodeConfig) else NodeConfig(n) for n in nodes]
+    pool = NodePool(configs, **options)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.stop()

@@ -33,10 +33,10 @@ from supernode.inference.openai import decode_api_key
 from supernode.inference.openai_chat import chat_text
 from supernode.inference.recording import result_hash
 from supernode.petals.client.base import NodeConfig
-from supernode.petals.client.pool import GenerateParams, NodePool
+from supernode.petals.client.pool import GenerateParams
 from supernode.reputation import rules
 from supernode.reputation.judge import AuditResultPayload, judge
-from tests.conftest import TEST_SETTINGS, buy_pack, settled_balance
+from tests.conftest import TEST_SETTINGS, buy_pack, running_pool, settled_balance
 
 pytestmark = pytest.mark.integration
 FAKE = Path(__file__).resolve().parents[2] / "scripts" / "fake_upstream.py"
@@ -310,18 +310,7 @@ async def test_an_audit_runs_a_greedy_chat_again_and_does_not_score_a_different_
     tools_url, _ = fakes
     chat = chat_text({"messages": [{"role": "user", "content": "weather?"}], "tools": [WEATHER]})
     params = {"max_new_tokens": 16, "chat": True}
-    pool = NodePool(
-        [NodeConfig(tools_url, kind="openai")],
-        request_timeout_s=15.0,
-        connect_timeout_s=1.0,
-        max_tries=1,
-        breaker_failures=3,
-        breaker_reset_s=30.0,
-        stream_idle_timeout_s=5.0,
-        health_timeout_s=2.0,
-    )
-    await pool.start()
-    try:
+    async with running_pool(NodeConfig(tools_url, kind="openai"), max_tries=1) as pool:
         assert pool.takes_chat(TOOLS_MODEL)
         ran = await pool.generate(TOOLS_MODEL, chat, GenerateParams(max_new_tokens=16, chat=True))
         menu = Menu(Settings(_env_file=None))  # type: ignore[call-arg]
@@ -347,5 +336,3 @@ async def test_an_audit_runs_a_greedy_chat_again_and_does_not_score_a_different_
         other = ran.text.replace("get_weather", "get_time")
         assert await verdict(other) == rules.SKIPPED
         assert await verdict(other, summary_hash=result_hash(ran.text)) == rules.FAIL
-    finally:
-        await pool.stop()

@@ -15,8 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from supernode.petals.client.pool import (
     NodeUnavailable,
 )
 from supernode.petals.server.tiny_model import is_tiny_model
+from tests.conftest import running_pool
 
 pytestmark = pytest.mark.integration
 
@@ -234,28 +234,6 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
         yield swarm
     finally:
         _end_all(started)
-
-
-@asynccontextmanager
-async def running_pool(*nodes: str | NodeConfig, **settings: Any) -> AsyncIterator[NodePool]:
-    """A started pool (fast test timeouts). In a fresh pool the first node listed is tried first."""
-    options: dict[str, Any] = {
-        "request_timeout_s": 15.0,
-        "connect_timeout_s": 1.0,
-        "max_tries": 3,
-        "breaker_failures": 3,
-        "breaker_reset_s": 30.0,
-        "stream_idle_timeout_s": 5.0,
-        "health_timeout_s": 1.0,
-    }
-    options.update(settings)
-    configs = [n if isinstance(n, NodeConfig) else NodeConfig(n) for n in nodes]
-    pool = NodePool(configs, **options)
-    await pool.start()
-    try:
-        yield pool
-    finally:
-        await pool.stop()
 
 
 def node_status(pool: NodePool, url: str) -> dict[str, Any]:
