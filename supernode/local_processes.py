@@ -6,6 +6,7 @@ processes (each server and node in its own process group, stopped whole). LocalF
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,10 +39,45 @@ class DevnetError(RuntimeError):
     pass
 
 
+FIRST_PORT = 20000  # the lowest port ``free_port`` hands out
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (where it places outgoing connections and
+    listeners on port 0)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A 127.0.0.1 port that is free now, for a process started later to listen on.
+
+    Taken below the kernel's ephemeral range: a port the kernel picks for a listener on port
+    0 or for any outgoing connection (a swarm's ``p2pd`` makes many) is in that range, so one
+    of those could take a port picked there between this call and its owner's bind. Below it
+    only another explicit bind can, and this process never hands out the same port twice."""
+    top = _ephemeral_start()
+    if top - FIRST_PORT >= 1000:
+        for _ in range(200):
+            port = secrets.choice(range(FIRST_PORT, top))
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # an unusual range: the kernel's pick
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = int(s.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def anvil_binary() -> str:

@@ -185,6 +185,8 @@ def test_a_server_killed_mid_run_is_survived_when_another_holds_its_blocks(
 
     holders = fed.servers[1:]  # both hold block 1
     before = [sessions(s) for s in holders]
+    node_log = fed.nodes[0].log_path
+    logged = node_log.stat().st_size
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
@@ -204,6 +206,11 @@ def test_a_server_killed_mid_run_is_survived_when_another_holds_its_blocks(
     bad = [r for r in results if not (isinstance(r, dict) and r["output"])]
     assert not bad, bad
     assert sessions(other) > taken_over  # the other holder ran the rest
+    # and the node's own sessions survived the loss (no request failed there to be retried)
+    with node_log.open("rb") as f:
+        f.seek(logged)
+        since = f.read().decode(errors="replace")
+    assert "| ERROR" not in since and "Broken input cache" not in since, since[-3000:]
     # nothing of the killed server is left (its petals processes end with their supervisor)
     wait_until(
         lambda: not processes_mentioning(str(dead.log_path)),

@@ -8,9 +8,13 @@ forward call through the swarm. So greedy output is the same as on one machine w
 weights.
 
 Every wait is bounded: petals' client retries forever by default, here at most
-``max_retries`` times, each call within ``request_timeout_s``. A ``SwarmMonitor`` keeps the
-swarm's state; while a block is served by nobody the engine is unhealthy and the node refuses
-requests at once (503) rather than letting them wait out the retries.
+``max_retries`` times, each call within ``request_timeout_s``. A server lost mid-generation is
+replaced by another holder of its blocks, which rebuilds the attention cache from the session's
+history (``mends`` fixes two bugs of petals' client that stop this from working).
+
+A ``SwarmMonitor`` keeps the swarm's state; while a block is served by nobody the engine is
+unhealthy and the node refuses requests at once (503) rather than letting them wait out the
+retries.
 
 Runs in the Petals environment (``supernode petals-node --engine petals`` starts it there).
 """
@@ -55,9 +59,10 @@ class PetalsEngine(TransformersEngine):
         )
 
     def _load_model(self, model_path: str) -> Any:
-        from supernode.petals.swarm import shim
+        from supernode.petals.swarm import mends, shim
 
         shim.apply()
+        mends.apply()
         from petals import AutoDistributedModelForCausalLM
 
         s = self.swarm
