@@ -201,7 +201,7 @@ def create_petals_app(
     async def health() -> JSONResponse:
         """200 while a request can run; 503 (``status``: ``unhealthy``, and ``reason``) while
         the engine cannot run one (a Petals swarm missing a block)."""
-        state = model.engine.health()
+        state = model.worker.health()
         body = {
             "status": "ok" if state.ok else "unhealthy",
             "reason": state.reason,

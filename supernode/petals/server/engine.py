@@ -7,7 +7,8 @@ tokens?). ``TransformersEngine`` (``transformers_engine.py``) runs a local model
 ``PetalsEngine`` (``supernode.petals.swarm.engine``) the same over a Petals swarm. ``Worker``
 runs every job on one thread, with a deadline that covers the wait in the queue: normal jobs
 in arrival order, and low-priority ones (audits) only when no normal job is queued or running,
-one at a time. A job is refused at once while the engine is unhealthy.
+one at a time. A job is refused at once while the engine is unhealthy, or while a job stuck
+past its deadline holds the thread (the node is then unhealthy, and the stuck call is logged).
 
 Importing this module imports neither torch nor transformers.
 """
@@ -15,14 +16,18 @@ Importing this module imports neither torch nor transformers.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+from loguru import logger
 
 from supernode.errors import GenerationTimeout, Unavailable
 
@@ -204,8 +209,19 @@ class Worker:
     low job already running. ``busy`` counts normal jobs queued and running; ``busy_low`` low
     ones waiting and running. Each job's deadline covers its wait."""
 
-    def __init__(self, engine: Engine, timeout_s: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        timeout_s: float,
+        max_queue: int,
+        grace_s: float = HARD_TIMEOUT_GRACE_S,
+    ) -> None:
         self.engine, self.timeout_s, self.max_queue = engine, timeout_s, max_queue
+        self.grace_s = grace_s
+        # the job on the thread now: (its deadline, the thread's id), and whether the stuck
+        # one has been reported
+        self._running: tuple[float, int] | None = None
+        self._reported: tuple[float, int] | None = None
         self.busy = 0
         self.busy_low = 0
         self._low_running = False
@@ -221,9 +237,41 @@ class Worker:
 
         return await self.call(generate, low=low)
 
+    def health(self) -> EngineHealth:
+        """The engine's health, unless the thread is stuck: a job still on it ``grace_s``
+        past its deadline is blocked inside a call that does not return (a hung forward pass,
+        a swarm call without a timeout), and holds the only thread every later job needs. Then
+        the node is unhealthy (its daemons stop sending it requests, and new ones are refused
+        at once), the thread's stack is logged once, and health comes back if the job ends."""
+        running = self._running
+        if running is not None:
+            over = time.monotonic() - running[0]
+            if over > self.grace_s:
+                if self._reported != running:
+                    self._reported = running
+                    frame = sys._current_frames().get(running[1])
+                    stack = "".join(traceback.format_stack(frame)) if frame else "(gone)"
+                    logger.error(
+                        "the worker thread is stuck {:.0f} s past a job's deadline, in:\n{}",
+                        over,
+                        stack,
+                    )
+                return EngineHealth(
+                    False,
+                    f"stuck: a job is {over:.0f} s past its deadline on the only worker thread",
+                )
+        return self.engine.health()
+
+    def _on_thread(self, fn: JobCall[T], cancel: threading.Event, deadline: float) -> T:
+        self._running = (deadline, threading.get_ident())
+        try:
+            return fn(cancel, deadline)
+        finally:
+            self._running = None
+
     async def call(self, fn: JobCall[T], *, low: bool = False) -> T:
         """Run ``fn(cancel, deadline)`` on the worker thread, in the low lane if ``low``."""
-        health = self.engine.health()
+        health = self.health()
         if not health.ok:
             raise Unavailable(f"the model cannot run now: {health.reason}", reason="unhealthy")
         waiting = self.busy_low if low else self.busy
@@ -251,7 +299,7 @@ class Worker:
                 pass
 
         try:
-            fut = self._pool.submit(fn, cancel, deadline)
+            fut = self._pool.submit(self._on_thread, fn, cancel, deadline)
         except RuntimeError:  # closed: the node is stopping
             self._release(cancel, low)
             raise Unavailable("the node is stopping", reason="stopping") from None
@@ -260,7 +308,7 @@ class Worker:
         result.add_done_callback(retrieve)  # a dropped job's error is not "never retrieved"
         try:
             left = max(0.0, deadline - time.monotonic())
-            return await asyncio.wait_for(asyncio.shield(result), left + HARD_TIMEOUT_GRACE_S)
+            return await asyncio.wait_for(asyncio.shield(result), left + self.grace_s)
         except TimeoutError:
             raise GenerationTimeout(f"no result in {self.timeout_s} s", reason="deadline") from None
         finally:

@@ -412,6 +412,46 @@ async def test_a_low_job_whose_caller_leaves_passes_its_turn_on(
     assert (worker.busy, worker.busy_low) == (0, 0)
 
 
+async def test_a_job_stuck_past_its_deadline_makes_the_worker_unhealthy_until_it_ends(
+    engine: TransformersEngine,
+) -> None:
+    from loguru import logger
+
+    worker, order, release = Worker(engine, 0.2, 4, grace_s=0.2), [], threading.Event()
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(str(m)), level="ERROR")
+
+    def hung(cancel: threading.Event, deadline: float) -> str:  # ignores its cancel
+        order.append("hung starts")
+        assert release.wait(20)
+        order.append("hung ends")
+        return "late"
+
+    try:
+        assert worker.health().ok
+        with pytest.raises(GenerationTimeout):  # its caller stops waiting at deadline + grace
+            await worker.call(hung)
+        await _until(lambda: not worker.health().ok)
+        state = worker.health()
+        assert state.reason and state.reason.startswith("stuck: a job is"), state
+        # refused at once, not queued behind the stuck thread
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="stuck") as refused:
+            await worker.call(_job(engine, order, "next"))
+        assert refused.value.reason == "unhealthy" and time.monotonic() - started < 0.1
+        worker.health()
+        stuck_logs = [e for e in errors if "worker thread is stuck" in e]
+        assert len(stuck_logs) == 1 and "in hung" in stuck_logs[0]  # once, with its stack
+        release.set()
+        await _until(lambda: worker.health().ok)
+        assert (await worker.call(_job(engine, order, "after"))).text
+    finally:
+        release.set()
+        logger.remove(sink)
+        worker.close()
+    assert order == ["hung starts", "hung ends", "after starts", "after ends"]
+
+
 # --- HTTP ------------------------------------------------------------------------------
 
 
