@@ -11,10 +11,11 @@ unchanged), with ``usage``; with ``"stream": true`` one server-sent event per wo
 ``data: [DONE]``. ``--delay-ms`` waits that long per word (0: none). It listens on
 127.0.0.1 only and stops on SIGTERM or SIGINT.
 
-``POST /v1/chat/completions`` (whole answers) stands in for a server with tool calling:
-offered ``tools`` (and ``tool_choice`` not ``none``) and the last message not a tool's
-result, it calls the tool ``tool_choice`` names, else the first, with the arguments
-``{"query": <the last message's text>, "tools_offered": <how many>}`` (finish_reason
+``POST /v1/chat/completions`` (whole or streamed, with ``stream_options.include_usage``)
+stands in for a server with tool calling: offered ``tools`` (and ``tool_choice`` not
+``none``) and the last message not a tool's result, it calls the tool ``tool_choice``
+names, else the first, with the arguments ``{"query": <the last message's text>,
+"tools_offered": <how many>}`` (finish_reason
 ``tool_calls``); after a tool's result it answers ``the tool said: <result>``; with a
 ``response_format`` of ``json_object`` or ``json_schema`` the content is ``{"answer":
 <words>}``. With ``--no-tools`` it refuses tools and response formats with a 400, as a
@@ -84,6 +85,30 @@ def chat_answer(body: dict, tools_ok: bool) -> tuple[int, dict]:
     }
 
 
+def chat_deltas(choice: dict) -> list[tuple[dict, str | None]]:
+    """A whole chat answer as a stream's (delta, finish_reason) events: the role; the content
+    a word at a time; each tool call's id and name, then its arguments in pieces of 8
+    characters; the finish."""
+    message = choice["message"]
+    out: list[tuple[dict, str | None]] = [({"role": "assistant", "content": ""}, None)]
+    content = message.get("content")
+    if content:
+        pieces = [" " + w for w in content.split(" ") if w] if content.startswith(" ") else None
+        for piece in pieces or [content[i : i + 8] for i in range(0, len(content), 8)]:
+            out.append(({"content": piece}, None))
+    for i, call in enumerate(message.get("tool_calls") or []):
+        fn = call["function"]
+        named = {"name": fn["name"], "arguments": ""}
+        first = {"index": i, "id": call["id"], "type": "function", "function": named}
+        out.append(({"tool_calls": [first]}, None))
+        args = fn["arguments"]
+        for j in range(0, len(args), 8):
+            piece = {"index": i, "function": {"arguments": args[j : j + 8]}}
+            out.append(({"tool_calls": [piece]}, None))
+    out.append(({}, choice["finish_reason"]))
+    return out
+
+
 def make_app(model: str, delay_s: float, tools_ok: bool = True) -> web.Application:
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model"}]})
@@ -119,9 +144,28 @@ def make_app(model: str, delay_s: float, tools_ok: bool = True) -> web.Applicati
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    async def chat(request: web.Request) -> web.Response:
-        status, body = chat_answer(await request.json(), tools_ok)
-        return web.json_response({**body, "model": model}, status=status)
+    async def chat(request: web.Request) -> web.StreamResponse:
+        asked = await request.json()
+        status, body = chat_answer(asked, tools_ok)
+        if status != 200 or not asked.get("stream"):
+            return web.json_response({**body, "model": model}, status=status)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        head = {"id": body["id"], "object": "chat.completion.chunk", "model": model}
+        include_usage = (asked.get("stream_options") or {}).get("include_usage")
+        for delta, finish in chat_deltas(body["choices"][0]):
+            if delta and delay_s:
+                await asyncio.sleep(delay_s)
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            event = {**head, "choices": [choice]}
+            if include_usage:
+                event["usage"] = None
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        if include_usage:
+            event = {**head, "choices": [], "usage": body["usage"]}
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
 
     app = web.Application()
     app.router.add_get("/v1/models", models)

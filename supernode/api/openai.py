@@ -261,18 +261,23 @@ async def _events(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[byt
             out["usage"] = None  # OpenAI: null on every chunk but the last
         return out
 
-    def choice(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+    def choice(
+        piece: str | dict[str, Any] | None, finish: str | None, role: bool = False
+    ) -> dict[str, Any]:
         c: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if text is not None:
-                delta["content"] = text
+            if isinstance(piece, dict):  # a delta of the node's chat API: content, tool calls
+                delta.update(piece)
+            elif piece is not None:
+                delta["content"] = piece
             c["delta"] = delta
         else:
-            c["text"] = text or ""
+            c["text"] = piece or ""
         return c
 
     first = True
+    called = False  # whether the answer calls tools (its finish reason is then tool_calls)
     try:
         async for piece in gw.stream(d, job):
             if first:
@@ -281,9 +286,11 @@ async def _events(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[byt
                 elif req.echo:
                     yield event(chunk([choice(job.prompt, None)]))
                 first = False
+            called = called or (isinstance(piece, dict) and "tool_calls" in piece)
             yield event(chunk([choice(piece, None)]))
         completion = job.completion_tokens or 0
-        yield event(chunk([choice(None, job.finish_reason(completion))]))
+        finish = "tool_calls" if called else job.finish_reason(completion)
+        yield event(chunk([choice(None, finish)]))
         if req.include_usage:
             usage = {
                 "prompt_tokens": job.prompt_tokens,

@@ -41,6 +41,7 @@ from supernode.ledger import inference as repo
 from supernode.ledger import settlements as settle_repo
 from supernode.ledger import spends as spends_repo
 from supernode.locks import KeyedLock
+from supernode.petals.client.openai import StreamedMessage
 from supernode.petals.client.pool import GenerateParams
 
 KEY_PREFIX = "sn-"
@@ -418,16 +419,21 @@ class OpenAIGateway:
             return None
         return list(body["logprobs"])
 
-    async def stream(self, d: Envelope, job: Job) -> AsyncIterator[str]:
-        """Chunks as the model makes them. A client that leaves is charged for what it
-        was sent; a run that fails costs nothing."""
+    async def stream(self, d: Envelope, job: Job) -> AsyncIterator[str | dict[str, Any]]:
+        """Chunks as the model makes them: text, or for a chat that went to the node's chat
+        API each delta (``content``, ``tool_calls``) as the node sent it. A client that
+        leaves is charged for what it was sent; a run that fails costs nothing."""
         text = ""
+        message = StreamedMessage() if job.params.chat else None
         started = time.perf_counter()
         finished = False
         try:
             async for chunk in self.svc.pool.stream(job.model, job.prompt, job.params):
-                text += chunk
-                yield chunk
+                if message is None:
+                    text += chunk
+                    yield chunk
+                elif delta := message.add(chunk):
+                    yield delta
             finished = True
         except SupernodeError as exc:
             finished = True
@@ -435,15 +441,21 @@ class OpenAIGateway:
             raise
         finally:
             if not finished:  # the client left (the generator was closed or cancelled)
+                sent = text if message is None or message.empty else message.text()
                 self.svc.recorder.record_later(
-                    job.request_id, text, time.perf_counter() - started, None
+                    job.request_id, sent, time.perf_counter() - started, None
                 )
-        if not text and not job.params.stop:  # (a stop sequence may cut all)
+        if message is not None and not message.empty:
+            text = message.text()
+        if not text and (message is not None or not job.params.stop):  # (a stop may cut all)
             await self.svc.recorder.fail_request(job.request_id, "empty output")
             raise Refused("empty output", reason="empty_output")
         # every chunk is out; the count gives the finish reason and the usage chunk, and
         # the result is recorded right after
-        counted = min(await self.svc.count_tokens(job.model, text), job.params.max_new_tokens)
+        given = message.completion_tokens if message is not None else None
+        if given is None:
+            given = await self.svc.count_tokens(job.model, text)
+        counted = min(given, job.params.max_new_tokens)
         job.completion_tokens = counted
         self.svc.recorder.record_later(job.request_id, text, time.perf_counter() - started, counted)
 

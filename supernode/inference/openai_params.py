@@ -11,7 +11,6 @@ from typing import Any
 from supernode.inference.openai_chat import (
     chat_text,
     needs_chat_api,
-    passed_param,
     passthrough_fields,
 )
 from supernode.inference.openai_fields import (
@@ -222,12 +221,6 @@ def parse_request(body: Any, chat: bool) -> OpenAIRequest:
                 absent_field(body, name, "deprecated: use tools and tool_choice", [], "none")
             boolean_field(body, "parallel_tool_calls")
         else:
-            if stream:
-                raise unsupported(
-                    passed_param(passthrough),
-                    "tool calls and response formats are given with whole answers here "
-                    "(stream: false)",
-                )
             if logprobs is not None:
                 raise unsupported("logprobs", "not with tools or a response format")
         absent_field(body, "store", "stored completions are not supported here", False)

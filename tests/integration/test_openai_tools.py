@@ -263,20 +263,101 @@ def test_response_formats_reach_the_node(keyed: tuple[openai.OpenAI, str]) -> No
     assert plain.choices[0].message.content == " user: just"
 
 
+def streamed_message(chunks: list[Any]) -> tuple[str, dict[int, dict[str, str]], str | None]:
+    """(content, tool calls by index, finish reason) put together from a stream's chunks,
+    as a client of the SDK does."""
+    content, calls, finish = "", {}, None
+    for chunk in chunks:
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            for tc in c.delta.tool_calls or []:
+                call = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = tc.id or call["id"]
+                if tc.function is not None:
+                    call["name"] += tc.function.name or ""
+                    call["arguments"] += tc.function.arguments or ""
+            finish = c.finish_reason or finish
+    return content, calls, finish
+
+
+def test_tool_calls_and_formats_stream_and_cost_what_the_whole_answer_costs(
+    fed: LocalFederation, keyed: tuple[openai.OpenAI, str]
+) -> None:
+    client, mine = keyed
+    per_in, per_out = prices(client, TOOLS_MODEL)
+    ask: dict[str, Any] = {
+        "model": TOOLS_MODEL,
+        "messages": [{"role": "user", "content": "weather in Rome for the week?"}],
+        "tools": [WEATHER, TIME],
+    }
+    whole = client.chat.completions.create(**ask)
+    (want,) = whole.choices[0].message.tool_calls or []
+    before = settled_balance(fed, mine)
+    chunks = list(
+        client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True})
+    )
+    content, calls, finish = streamed_message(chunks)
+    assert finish == "tool_calls" and content == ""
+    assert calls == {
+        0: {"id": want.id, "name": "get_weather", "arguments": want.function.arguments}  # type: ignore[union-attr]
+    }
+    pieces = [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert len(pieces) > 3  # the arguments came in pieces, as the node sent them
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == []
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        whole.usage.prompt_tokens,  # type: ignore[union-attr]
+        whole.usage.completion_tokens,  # type: ignore[union-attr]
+    )
+    spent = before - settled_balance(fed, mine)
+    assert spent == usage.prompt_tokens * per_in + usage.completion_tokens * per_out
+    # a response format streams its content; a tool's result streams the answer to it
+    rf = {"type": "json_object"}
+    msgs = [{"role": "user", "content": "reply in JSON please"}]
+    json_chunks = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=msgs,
+        response_format=rf,
+        max_tokens=3,
+        stream=True,  # type: ignore[arg-type]
+    )
+    content, calls, finish = streamed_message(list(json_chunks))
+    assert json.loads(content) == {"answer": " reply in JSON"} and not calls
+    same = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=msgs,  # type: ignore[arg-type]
+        response_format=rf,  # type: ignore[arg-type]
+        max_tokens=3,
+    )
+    assert finish == same.choices[0].finish_reason == "length"  # 3 tokens of 3
+    answered = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=[
+            *ask["messages"],
+            whole.choices[0].message,  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": want.id, "content": "rain"},
+        ],
+        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        stream=True,
+    )
+    assert streamed_message(list(answered))[0] == "the tool said: rain"
+
+
 def test_what_cannot_be_served_is_a_clear_400_that_costs_nothing(
     fed: LocalFederation, keyed: tuple[openai.OpenAI, str]
 ) -> None:
     client, mine = keyed
     before = settled_balance(fed, mine)
     ask = {"messages": [{"role": "user", "content": "weather?"}], "tools": [WEATHER]}
-    with pytest.raises(openai.BadRequestError) as streamed:
-        client.chat.completions.create(model=TOOLS_MODEL, stream=True, **ask)  # type: ignore[call-overload]
-    assert streamed.value.code == "unsupported_parameter"
-    assert streamed.value.param == "tools"  # type: ignore[attr-defined]
-    # a node without tools refuses: its 400 comes back as a 400
-    with pytest.raises(openai.BadRequestError) as no_tools:
-        client.chat.completions.create(model=PLAIN_MODEL, **ask)  # type: ignore[call-overload]
-    assert "not supported" in no_tools.value.message
+    with pytest.raises(openai.BadRequestError) as with_logprobs:
+        client.chat.completions.create(model=TOOLS_MODEL, logprobs=True, **ask)  # type: ignore[call-overload]
+    assert with_logprobs.value.code == "unsupported_parameter"
+    assert with_logprobs.value.param == "logprobs"  # type: ignore[attr-defined]
+    # a node without tools refuses: its 400 comes back as a 400, whole or streamed
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as no_tools:
+            client.chat.completions.create(model=PLAIN_MODEL, stream=stream, **ask)  # type: ignore[call-overload]
+        assert "not supported" in no_tools.value.message
     with pytest.raises(openai.BadRequestError) as choice:
         client.chat.completions.create(
             model=TOOLS_MODEL,

@@ -4,7 +4,9 @@
 the same with ``"stream": true`` for server-sent events ending with ``data: [DONE]``. A chat
 that needs the node's own chat API (tools, a response format: ``GenerateParams.chat``) goes to
 ``POST /v1/chat/completions`` as it came, and its answer is the message's JSON (content and
-tool calls). It shares no tokenizer: the caller estimates token counts itself.
+tool calls); streamed, each piece is the JSON of one event's delta (``chat_piece``), and
+``StreamedMessage`` puts the same message JSON together from them. It shares no tokenizer:
+the caller estimates token counts itself.
 """
 
 from __future__ import annotations
@@ -70,6 +72,107 @@ def message_text(body: dict[str, Any]) -> str:
     return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+MAX_STREAMED_CALLS = 128  # tool calls one streamed message may make
+
+
+def chat_piece(event: dict[str, Any]) -> str | None:
+    """One event of a streamed chat as a piece of the stream: the JSON of its
+    ``choices[0].delta`` cut to ``content`` and ``tool_calls`` (each call's ``index``, ``id``,
+    ``type``, ``function.name``, ``function.arguments``), or ``{"usage": ...}`` from the event
+    that carries the usage; None when it carries neither (the role, the finish)."""
+    choices = event.get("choices")
+    usage = event.get("usage")
+    if not choices:
+        if isinstance(usage, dict):
+            return json.dumps({"usage": {"completion_tokens": usage.get("completion_tokens")}})
+        return None
+    first = choices[0] if isinstance(choices, list) else None
+    delta = first.get("delta") if isinstance(first, dict) else None
+    if not isinstance(delta, dict):
+        raise NodeFailure("a stream event has no choices[0].delta")
+    out: dict[str, Any] = {}
+    content = delta.get("content")
+    if content is not None:
+        if not isinstance(content, str):
+            raise NodeFailure("a delta's content is not text")
+        if content:
+            out["content"] = content
+    calls = delta.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise NodeFailure("a delta's tool_calls is not a list")
+        out["tool_calls"] = [_call_delta(c) for c in calls]
+    if isinstance(usage, dict):  # (some servers put it on the last delta)
+        out["usage"] = {"completion_tokens": usage.get("completion_tokens")}
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False) if out else None
+
+
+def _call_delta(c: Any) -> dict[str, Any]:
+    if not isinstance(c, dict):
+        raise NodeFailure("a tool call delta is not an object")
+    index = c.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_STREAMED_CALLS:
+        raise NodeFailure(f"a tool call delta's index is not 0 to {MAX_STREAMED_CALLS - 1}")
+    out: dict[str, Any] = {"index": index}
+    for key in ("id", "type"):
+        if c.get(key) is not None:
+            if not isinstance(c[key], str):
+                raise NodeFailure(f"a tool call delta's {key} is not text")
+            out[key] = c[key]
+    f = c.get("function")
+    if f is not None:
+        if not isinstance(f, dict):
+            raise NodeFailure("a tool call delta's function is not an object")
+        fn = {k: f[k] for k in ("name", "arguments") if f.get(k) is not None}
+        if not all(isinstance(v, str) for v in fn.values()):
+            raise NodeFailure("a tool call delta's name or arguments is not text")
+        out["function"] = fn
+    return out
+
+
+class StreamedMessage:
+    """A streamed chat answer put together from its pieces (``chat_piece``), as the same
+    answer whole would carry it: ``text()`` is ``message_text``'s form (what is stored,
+    hashed and audited), ``completion_tokens`` the node's count when it gave one."""
+
+    def __init__(self) -> None:
+        self.content: str | None = None
+        self.calls: list[dict[str, Any]] = []
+        self.completion_tokens: int | None = None
+
+    def add(self, piece: str) -> dict[str, Any]:
+        """Take a piece; returns the delta for the client (empty for the usage)."""
+        delta = json.loads(piece)
+        usage = delta.pop("usage", None)
+        if usage is not None:
+            self.completion_tokens = int_or_none(usage.get("completion_tokens"))
+        if "content" in delta:
+            self.content = (self.content or "") + delta["content"]
+        for c in delta.get("tool_calls", ()):
+            i = c["index"]
+            if i == len(self.calls):
+                self.calls.append(
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+            elif i > len(self.calls):
+                raise NodeFailure(f"tool call {i} streamed before call {len(self.calls)}")
+            call = self.calls[i]
+            call["id"] = c.get("id", call["id"])
+            call["type"] = c.get("type", call["type"])
+            fn = c.get("function", {})
+            call["function"]["name"] += fn.get("name", "")
+            call["function"]["arguments"] += fn.get("arguments", "")
+        return delta
+
+    @property
+    def empty(self) -> bool:
+        return self.content is None and not self.calls
+
+    def text(self) -> str:
+        message = {"content": self.content, "tool_calls": self.calls or None}
+        return message_text({"choices": [{"message": message}]})
+
+
 def choice_text(body: dict[str, Any]) -> str:
     choices = body.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else None
@@ -113,12 +216,17 @@ class OpenAINodeClient(NodeClient):
     async def _stream(
         self, model: str, prompt: str, params: GenerateParams, clock: WaitClock
     ) -> AsyncIterator[str]:
-        body = {**openai_body(model, prompt, params), "stream": True}
+        if params.chat:
+            path = "/v1/chat/completions"
+            body = {**chat_body(model, prompt, params), "stream": True}
+            body["stream_options"] = {"include_usage": True}
+        else:
+            path, body = "/v1/completions", {**openai_body(model, prompt, params), "stream": True}
         # not the session's whole-request bound: the clock bounds each wait and their sum
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.stream_idle_s
         )
-        request = self._session(side=True).post("/v1/completions", json=body, timeout=timeout)
+        request = self._session(side=True).post(path, json=body, timeout=timeout)
         async with await clock.wait(request) as resp:  # the wait for the headers
             if not 200 <= resp.status < 300:
                 judge(resp.status, await clock.wait(resp.read()), self.url)
@@ -132,7 +240,10 @@ class OpenAINodeClient(NodeClient):
                     event = parse_json(data, "a stream event")
                     if "error" in event:
                         raise NodeFailure(f"error event: {error_text(event)}")
-                    yield choice_text(event)
+                    if not params.chat:
+                        yield choice_text(event)
+                    elif (piece := chat_piece(event)) is not None:
+                        yield piece
             raise NodeFailure("the stream ended without [DONE]")
 
 

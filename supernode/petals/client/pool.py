@@ -436,10 +436,12 @@ class NodePool:
         self, model: str, prompt: str, params: GenerateParams, served: list[str] | None = None
     ) -> AsyncIterator[str]:
         """Text chunks as a node makes them (non-empty, in order; the iterator ends after the
-        last), cut at the first of ``params.stop`` (the node's generation then ends). Fails
+        last), cut at the first of ``params.stop`` (the node's generation then ends); for a
+        chat that goes to a node's chat API, that node's deltas (``openai.chat_piece``), which
+        it cut at the stops itself. Fails
         over only before the first chunk was yielded; after that a failure ends the stream
         with ``NodeUnavailable``. ``served`` gets the url of each node tried."""
-        if not params.stop:
+        if not params.stop or params.chat:  # (a chat's node cuts at its stops itself)
             async with aclosing(self._stream(model, prompt, params, served)) as chunks:
                 async for chunk in chunks:
                     yield chunk

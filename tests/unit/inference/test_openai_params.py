@@ -107,7 +107,6 @@ def test_sampling_knobs_map_to_the_native_params() -> None:
             "tool_choice",
             None,
         ),
-        ({"tools": [TOOL], "stream": True}, "tools", "unsupported_parameter"),
         ({"tools": [TOOL], "logprobs": True}, "logprobs", "unsupported_parameter"),
         ({"functions": [{"name": "f"}]}, "functions", "unsupported_parameter"),
         ({"response_format": {"type": "xml"}}, "response_format.type", None),
@@ -117,8 +116,8 @@ def test_sampling_knobs_map_to_the_native_params() -> None:
             "invalid_type",
         ),
         (
-            {"response_format": {"type": "json_object"}, "stream": True},
-            "response_format",
+            {"response_format": {"type": "json_object"}, "stream": True, "logprobs": True},
+            "logprobs",
             "unsupported_parameter",
         ),
         ({"store": True}, "store", "unsupported_parameter"),
@@ -222,6 +221,10 @@ def test_a_chat_for_the_node_s_chat_api_keeps_its_fields() -> None:
     assert "0.5" in parse_request({**CHAT, "tools": [with_float]}, True).prompt
     # no tools and a text format: a plain chat, rendered as a prompt
     assert parse_request({**CHAT, "tools": [], "tool_choice": "none"}, True).passthrough is None
+    # streamed too, with its usage
+    opts = {"stream": True, "stream_options": {"include_usage": True}}
+    streamed = parse_request({**body, **opts}, True)
+    assert streamed.stream and streamed.include_usage and streamed.passthrough == r.passthrough
 
 
 def test_an_answer_s_message_sent_back_as_the_sdk_sends_it_is_accepted() -> None:
