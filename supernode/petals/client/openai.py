@@ -130,6 +130,17 @@ def _call_delta(c: Any) -> dict[str, Any]:
     return out
 
 
+def next_call_index(piece: str, calls: int) -> int:
+    """How many tool calls have begun once ``piece`` is taken: a call's deltas come after
+    those of every call before it has begun (a node that skips one fails here, where the
+    pool can still try another node)."""
+    for c in json.loads(piece).get("tool_calls", ()):
+        if c["index"] > calls:
+            raise NodeFailure(f"tool call {c['index']} streamed before call {calls}")
+        calls = max(calls, c["index"] + 1)
+    return calls
+
+
 class StreamedMessage:
     """A streamed chat answer put together from its pieces (``chat_piece``), as the same
     answer whole would carry it: ``text()`` is ``message_text``'s form (what is stored,
@@ -227,6 +238,7 @@ class OpenAINodeClient(NodeClient):
             total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.stream_idle_s
         )
         request = self._session(side=True).post(path, json=body, timeout=timeout)
+        calls = 0  # a chat's tool calls begun so far
         async with await clock.wait(request) as resp:  # the wait for the headers
             if not 200 <= resp.status < 300:
                 judge(resp.status, await clock.wait(resp.read()), self.url)
@@ -243,6 +255,7 @@ class OpenAINodeClient(NodeClient):
                     if not params.chat:
                         yield choice_text(event)
                     elif (piece := chat_piece(event)) is not None:
+                        calls = next_call_index(piece, calls)
                         yield piece
             raise NodeFailure("the stream ended without [DONE]")
 

@@ -123,6 +123,34 @@ async def test_openai_stream_that_ends_or_goes_silent_is_a_failure() -> None:
         done.set()
 
 
+async def test_a_chat_stream_goes_to_the_chat_api_and_a_call_out_of_order_fails_it() -> None:
+    asked: list[dict[str, object]] = []
+
+    def delta(d: dict[str, object]) -> bytes:
+        return f"data: {json.dumps({'choices': [{'index': 0, 'delta': d}]})}\n\n".encode()
+
+    def chat(events: list[bytes]) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            asked.append(await request.json())
+            return await sse([*events, b"data: [DONE]\n\n"])(request)
+
+        return handler
+
+    call = {"index": 0, "id": "c", "type": "function", "function": {"name": "f"}}
+    good = [delta({"role": "assistant"}), delta({"tool_calls": [call]}), delta({"content": "x"})]
+    params = GenerateParams(max_new_tokens=4, chat=True)
+    chat_text = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    async with serving({"/v1/chat/completions": chat(good)}) as url, opened(url, "openai") as c:
+        got = [p async for p in c.stream("m", chat_text, params)]
+    assert [json.loads(p) for p in got] == [{"tool_calls": [call]}, {"content": "x"}]
+    assert asked[0]["stream"] is True and asked[0]["stream_options"] == {"include_usage": True}
+    assert asked[0]["messages"] == [{"role": "user", "content": "hi"}]
+    gap = [delta({"tool_calls": [{**call, "index": 1}]})]
+    async with serving({"/v1/chat/completions": chat(gap)}) as url, opened(url, "openai") as c:
+        with pytest.raises(NodeFailure, match="tool call 1 streamed before call 0"):
+            [p async for p in c.stream("m", chat_text, params)]
+
+
 async def test_petals_stream_closed_by_the_node_midway_is_a_failure() -> None:
     async def generate(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
