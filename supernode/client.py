@@ -12,6 +12,7 @@ import httpx
 
 from supernode.client_chain import ChainRPCError, rpc_call, send_payment
 from supernode.client_errors import OrderPending, SupernodeAPIError
+from supernode.client_keys import KeysMixin
 from supernode.client_orders import ORDER_TTL_S, SPEND_PATH, OrderMixin, PendingOrders
 from supernode.crypto.envelope import Envelope, sign_envelope
 from supernode.crypto.keys import Identity
@@ -21,7 +22,6 @@ DEFAULT_RETRY_S = 60.0  # how long a spend order is resent before the call gives
 SEQUENCE_TRIES = 3  # orders signed for one spend when this supernode's view is behind
 SEQUENCE_WAIT_S = 10.0  # how long a refused order waits to see its sequence taken
 STALE_REASONS = frozenset({"stale_sequence", "conflicting_order"})
-RESERVATION_WAIT_S = 30.0  # how long a new key waits for its supernode to hold its reservation
 __all__ = [
     "ChainRPCError",
     "OrderPending",
@@ -300,73 +300,6 @@ class InferenceMixin:
         params = {"epoch": epoch} if epoch is not None else {}
         return self._call("GET", "/get_inference_sn_reputation_scores", params=params)
 
-    def delegate(
-        self,
-        pack_id: str,
-        max_credits: int,
-        expires_in_s: int,
-        *,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        max_in_flight: int | None = None,
-        models: list[str] | None = None,
-    ) -> str:
-        """An OpenAI API key: this supernode may spend up to ``max_credits`` of the pack
-        for ``expires_in_s`` seconds (signed with the owner's key); optionally at most
-        ``rpm`` requests and ``tpm`` tokens a minute, ``max_in_flight`` at once, and only
-        ``models``. The ``max_credits`` are reserved for the key in the pack's sequence
-        (an order certified like a spend) before the key is returned; what the key does
-        not spend goes back to the pack when it expires or is revoked."""
-        from supernode.credits.orders import reservation_id
-        from supernode.inference.openai import encode_api_key
-
-        delegate = self.node()["address"]
-        payload: dict[str, Any] = {
-            "pack_id": pack_id,
-            "delegate": delegate,
-            "max_credits": max_credits,
-        }
-        extra = {"rpm": rpm, "tpm": tpm, "max_in_flight": max_in_flight, "models": models}
-        payload.update({k: v for k, v in extra.items() if v is not None})
-        d = self.sign("spend_delegation", payload, ttl_s=expires_in_s)
-        self.spend(pack_id, max_credits, request_id=d.id, executor=delegate, reserve=d.to_wire())
-        reserved = reservation_id(pack_id, d.id)
-        deadline = time.monotonic() + RESERVATION_WAIT_S
-        while True:  # this supernode applies the reservation (at once, or by gossip)
-            try:
-                self.pack_balance(reserved)
-                break
-            except SupernodeAPIError as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.1)
-        return encode_api_key(d.to_wire())
-
-    def revoke_key(self, key: str) -> dict[str, Any]:
-        """Revoke an API key (signed with the owner's key): every member refuses it as
-        soon as the revocation reaches it."""
-        from supernode.inference.openai import decode_api_key
-
-        d = decode_api_key(key)
-        if not isinstance(d, dict) or not isinstance(d.get("payload"), dict):
-            raise ValueError("that is not a supernode API key")
-        rev = self.sign(
-            "delegation_revocation",
-            {"pack_id": d["payload"]["pack_id"], "delegation_id": d["id"]},
-        )
-        return self._post_envelope("/revoke_delegation", rev)
-
-    def key_usage(self, key_id: str, days: int = 30) -> dict[str, Any]:
-        """An API key's usage per day and model (the owner's key, or the operator token)."""
-        headers = (
-            self._operator()
-            if self.operator_token and self.identity is None
-            else self.auth_headers("/get_delegation_usage")
-        )
-        return self._call(
-            "GET", f"/get_delegation_usage/{key_id}", params={"days": days}, headers=headers
-        )
-
 
 def rank_supernodes(listing: dict[str, Any]) -> list[dict[str, Any]]:
     """The members of a ``/supernode_list_json`` answer a client should use, best first:
@@ -391,7 +324,7 @@ def choose_supernode(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
     return ranked[0]["url"] if ranked else url
 
 
-class SupernodeClient(OrderMixin, PurchaseMixin, InferenceMixin):
+class SupernodeClient(OrderMixin, PurchaseMixin, InferenceMixin, KeysMixin):
     """One supernode, as a user (``identity``) or its operator (``operator_token``).
 
     Spend orders go to ``base_url`` first and, while it cannot certify them, to
