@@ -68,6 +68,28 @@ def reference(fed: LocalFederation) -> Iterator[PetalsNode]:
         node.stop()
 
 
+@pytest.fixture(autouse=True)
+def node_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the module's swarm, the node's ERROR entries written during it
+    (with their tracebacks: a stuck worker's stack among them), printed: pytest shows them
+    with a failure, where the node's log is otherwise out of reach (CI)."""
+    if "fed" not in request.fixturenames:
+        yield
+        return
+    log = request.getfixturevalue("fed").nodes[0].log_path
+    start = log.stat().st_size if log.exists() else 0
+    yield
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    entry = False
+    for line in lines:
+        if line[:4].isdigit():  # a new entry begins with its date
+            entry = "| ERROR" in line
+        if entry:
+            print(line[:2000])
+
+
 def model(fed: LocalFederation) -> str:
     return fed.nodes[0].model
 
