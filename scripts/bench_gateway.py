@@ -121,7 +121,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -134,8 +133,9 @@ from benchlib import T0, checked, federation, log, parser, pct, run
 from supernode.client import SupernodeClient
 from supernode.credits.orders import reservation_id
 from supernode.crypto.keys import Identity
-from supernode.devnet import DAEMON_NICE, ETH, LocalFederation, free_port
+from supernode.devnet import DAEMON_NICE, ETH, LocalFederation
 from supernode.inference.openai import decode_api_key
+from supernode.local_processes import FakeUpstream
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven red kites circle above an old "
@@ -292,51 +292,13 @@ class PhaseResult:
     sent: int = 0
 
 
-@dataclass
-class FakeNode:
-    """``scripts/fake_upstream.py``, started by this bench in its own process group."""
-
-    url: str
-    model: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def start(cls, model: str = "fake-model") -> FakeNode:
-        port = free_port()
-        script = Path(__file__).with_name("fake_upstream.py")
-        proc = subprocess.Popen(
-            [sys.executable, str(script), "--port", str(port), "--model", model],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        node = cls(f"http://127.0.0.1:{port}", model, proc)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{node.url}/v1/models", timeout=2).status_code == 200:
-                    return node
-            time.sleep(0.1)
-        node.stop()
-        raise RuntimeError("the fake upstream did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-
 class Bench:
     def __init__(
         self,
         fed: LocalFederation,
         args: argparse.Namespace,
         out: dict[str, Any],
-        fake: FakeNode | None = None,
+        fake: FakeUpstream | None = None,
     ):
         self.fed, self.args, self.out = fed, args, out
         self.fake = fake
@@ -968,7 +930,7 @@ def main() -> int:
     out["max_new_tokens"] = args.max_new_tokens
     out.update(dict.fromkeys(headline))  # the report's key order; null if never measured
     nice = {"SUPERNODE_CPU_NICE": str(args.daemon_nice)}
-    fake = FakeNode.start() if args.upstream == "fake" else None
+    fake = FakeUpstream.start() if args.upstream == "fake" else None
     try:
         settings = {**nice, "SUPERNODE_AUDITS_ENABLED": "true" if args.audits == "on" else "false"}
         if fake is not None:

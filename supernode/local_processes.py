@@ -485,3 +485,45 @@ class PetalsNode:
         for p in self.processes:
             _stop_group(p)
         self.proc = self.proxy = None
+
+
+FAKE_UPSTREAM_SCRIPT = PROJECT_ROOT / "scripts" / "fake_upstream.py"
+
+
+@dataclass
+class FakeUpstream:
+    """``scripts/fake_upstream.py`` (a fast OpenAI-compatible server with tool calling) in a
+    process group of its own: what the gateway benchmark and the tools tests put behind the
+    daemons as an ``openai:`` node."""
+
+    url: str
+    model: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, model: str = "fake-model", *extra: str, timeout_s: float = 20.0) -> FakeUpstream:
+        """Started and answering ``GET /v1/models``; ``extra``: its options (``--no-tools``)."""
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, str(FAKE_UPSTREAM_SCRIPT), "--port", str(port), "--model", model]
+            + list(extra),
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        node = cls(f"http://127.0.0.1:{port}", model, proc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{node.url}/v1/models", timeout=2).status_code == 200:
+                    return node
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        node.stop()
+        raise DevnetError(f"the fake upstream for {model} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+        self.proc = None

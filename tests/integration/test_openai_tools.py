@@ -9,15 +9,9 @@ without, behind real daemons on a real anvil chain."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,11 +21,12 @@ import pytest
 from supernode.client import SupernodeClient
 from supernode.config import Settings
 from supernode.credits.orders import reservation_id
-from supernode.devnet import LocalFederation, free_port
+from supernode.devnet import LocalFederation
 from supernode.inference.menu import Menu
 from supernode.inference.openai import decode_api_key
 from supernode.inference.openai_chat import chat_text
 from supernode.inference.recording import result_hash
+from supernode.local_processes import FakeUpstream
 from supernode.petals.client.base import NodeConfig
 from supernode.petals.client.pool import GenerateParams
 from supernode.reputation import rules
@@ -39,7 +34,6 @@ from supernode.reputation.judge import AuditResultPayload, judge
 from tests.conftest import TEST_SETTINGS, buy_pack, running_pool, settled_balance
 
 pytestmark = pytest.mark.integration
-FAKE = Path(__file__).resolve().parents[2] / "scripts" / "fake_upstream.py"
 TOOLS_MODEL, PLAIN_MODEL = "tool-model", "plain-model"
 WEATHER = {
     "type": "function",
@@ -56,47 +50,18 @@ WEATHER = {
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
 
 
-def start_fake(model: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(FAKE), "--port", str(port), "--model", model, *extra],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return proc, url
-        time.sleep(0.1)
-    stop_fake(proc)
-    raise RuntimeError(f"the fake upstream for {model} did not start")
-
-
-def stop_fake(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[tuple[str, str]]:
     """The nodes: (URL of the one with tools, URL of the one without)."""
-    tools, tools_url = start_fake(TOOLS_MODEL)
+    tools = FakeUpstream.start(TOOLS_MODEL)
     try:
-        plain, plain_url = start_fake(PLAIN_MODEL, "--no-tools")
+        plain = FakeUpstream.start(PLAIN_MODEL, "--no-tools")
         try:
-            yield tools_url, plain_url
+            yield tools.url, plain.url
         finally:
-            stop_fake(plain)
+            plain.stop()
     finally:
-        stop_fake(tools)
+        tools.stop()
 
 
 @pytest.fixture(scope="module")
