@@ -160,8 +160,9 @@ class Recorder:
         self, req: dict[str, Any], entry: ModelEntry, text: str, out_tokens: int, latency_s: float
     ) -> int:
         """Record a completed run; returns the output tokens billed (at most the asked)."""
-        out_tokens = min(out_tokens, json.loads(req["params"])["max_new_tokens"])
-        actual = min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"])
+        # never more than its quote, never below nothing: a refund never exceeds what was paid
+        out_tokens = max(0, min(out_tokens, json.loads(req["params"])["max_new_tokens"]))
+        actual = max(0, min(entry.cost(req["prompt_tokens"], out_tokens), req["cost"]))
         digest = result_hash(text)
         # the refund is published before the request shows as completed: a reader never
         # sees "completed" with its refund still to come

@@ -44,7 +44,11 @@ def short(text: object) -> str:
 
 
 def int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A count or a position a node gave (an int, 0 or more); None for anything else, so
+    that a negative count can never lower a charge."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def error_text(body: object) -> str:

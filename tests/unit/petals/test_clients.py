@@ -151,6 +151,20 @@ async def test_a_chat_stream_goes_to_the_chat_api_and_a_call_out_of_order_fails_
             [p async for p in c.stream("m", chat_text, params)]
 
 
+@pytest.mark.parametrize("count", [-5, True, 1.5, "7", None])
+async def test_a_count_that_is_not_one_is_not_taken(count: object) -> None:
+    """A node's usage that is not a count (negative, a bool, a float, text) is as if it
+    gave none: the daemon counts the tokens itself, and no charge goes below what it used."""
+
+    async def answer(request: web.Request) -> web.Response:
+        usage = {"prompt_tokens": count, "completion_tokens": count}
+        return web.json_response({"choices": [{"index": 0, "text": "hi"}], "usage": usage})
+
+    async with serving({"/v1/completions": answer}) as url, opened(url, "openai") as client:
+        got = await client.generate("m", "prompt", PARAMS)
+    assert (got.text, got.input_tokens, got.output_tokens) == ("hi", None, None)
+
+
 async def test_petals_stream_closed_by_the_node_midway_is_a_failure() -> None:
     async def generate(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
