@@ -434,11 +434,10 @@ async def test_a_job_stuck_past_its_deadline_makes_the_worker_unhealthy_until_it
         await _until(lambda: not worker.health().ok)
         state = worker.health()
         assert state.reason and state.reason.startswith("stuck: a job is"), state
-        # refused at once, not queued behind the stuck thread
-        started = time.monotonic()
+        # refused, not queued behind the stuck thread (it never starts: see the order below)
         with pytest.raises(Unavailable, match="stuck") as refused:
             await worker.call(_job(engine, order, "next"))
-        assert refused.value.reason == "unhealthy" and time.monotonic() - started < 0.1
+        assert refused.value.reason == "unhealthy"
         worker.health()
         stuck_logs = [e for e in errors if "worker thread is stuck" in e]
         assert len(stuck_logs) == 1 and "in hung" in stuck_logs[0]  # once, with its stack
