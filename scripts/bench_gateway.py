@@ -135,7 +135,7 @@ from supernode.credits.orders import reservation_id
 from supernode.crypto.keys import Identity
 from supernode.devnet import DAEMON_NICE, ETH, LocalFederation
 from supernode.inference.openai import decode_api_key
-from supernode.local_processes import FakeUpstream
+from supernode.local_nodes import FakeUpstream
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven red kites circle above an old "

@@ -43,7 +43,8 @@ from typing import Any
 
 from benchlib import log, pct, run
 
-from supernode.local_processes import PROCESS_LOG_ENV, PetalsNode, PetalsServer, make_tiny_model
+from supernode.local_nodes import PetalsNode, PetalsServer, make_tiny_model
+from supernode.local_processes import PROCESS_LOG_ENV
 
 WORDS = "the cat sat on a mat and one two three four what is time here now".split()
 

@@ -16,6 +16,13 @@ from typing import Any
 
 from supernode.crypto.keys import Identity, load_keystore, write_secret_file
 from supernode.federation.network import NetworkFile, init_network
+from supernode.local_nodes import (  # noqa: F401 - re-exported: tests import them here
+    TINY_MODEL_DIR,
+    NodeSpec,
+    PetalsNode,
+    PetalsServer,
+    make_tiny_model,
+)
 from supernode.local_processes import (  # noqa: F401 - re-exported: tests import them here
     ANVIL_DEV_ACCOUNT,
     DEVNET_CHAIN_ID,
@@ -23,15 +30,10 @@ from supernode.local_processes import (  # noqa: F401 - re-exported: tests impor
     PROJECT_ROOT,
     READY_TIMEOUT_S,
     STOP_TIMEOUT_S,
-    TINY_MODEL_DIR,
     Anvil,
     Daemon,
     DevnetError,
-    NodeSpec,
-    PetalsNode,
-    PetalsServer,
     free_port,
-    make_tiny_model,
 )
 from supernode.reputation.rules import ReputationRules
 

@@ -26,7 +26,7 @@ from supernode.inference.menu import Menu
 from supernode.inference.openai import decode_api_key
 from supernode.inference.openai_chat import chat_text
 from supernode.inference.recording import result_hash
-from supernode.local_processes import FakeUpstream
+from supernode.local_nodes import FakeUpstream
 from supernode.petals.client.base import NodeConfig
 from supernode.petals.client.pool import GenerateParams
 from supernode.reputation import rules

@@ -25,7 +25,7 @@ import pytest
 
 from supernode.client import SupernodeAPIError, SupernodeClient
 from supernode.devnet import PROJECT_ROOT, TINY_MODEL_DIR, LocalFederation
-from supernode.local_processes import PetalsNode, PetalsServer
+from supernode.local_nodes import PetalsNode, PetalsServer
 from tests.conftest import TEST_SETTINGS, buy_pack, pack_state, processes_mentioning, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.swarm]
