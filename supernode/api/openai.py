@@ -153,7 +153,9 @@ async def _run(request: Request, chat: bool, authorization: str | None) -> Any:
             admission.release()
     cid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[2:26]
     message = job.message(text) if chat else None
-    finish = job.finish_reason(usage["completion_tokens"], message)
+    finish = job.finish_reason(
+        usage["completion_tokens"], bool(message and message.get("tool_calls"))
+    )
     logprobs = None
     if req.logprobs is not None:
         tokens = await gw.logprobs(job, text)
@@ -289,7 +291,7 @@ async def _events(gw: OpenAIGateway, d: Envelope, job: Job) -> AsyncIterator[byt
             called = called or (isinstance(piece, dict) and "tool_calls" in piece)
             yield event(chunk([choice(piece, None)]))
         completion = job.completion_tokens or 0
-        finish = "tool_calls" if called else job.finish_reason(completion)
+        finish = job.finish_reason(completion, called)
         yield event(chunk([choice(None, finish)]))
         if req.include_usage:
             usage = {

@@ -76,11 +76,11 @@ class Job:
     timing: dict[str, float] = field(default_factory=dict)
     completion_tokens: int | None = None  # a stream's, once it ended
 
-    def finish_reason(self, completion_tokens: int, message: dict[str, Any] | None = None) -> str:
+    def finish_reason(self, completion_tokens: int, calls_tools: bool = False) -> str:
         """``tool_calls`` when the answer calls tools; ``length`` when the tokens ran out,
         else ``stop`` (end of text or a stop sequence: the cut text is shorter than the
         limit)."""
-        if message is not None and message.get("tool_calls"):
+        if calls_tools:
             return "tool_calls"
         return "length" if completion_tokens >= self.params.max_new_tokens else "stop"
 
@@ -429,10 +429,10 @@ class OpenAIGateway:
         finished = False
         try:
             async for chunk in self.svc.pool.stream(job.model, job.prompt, job.params):
-                if message is None:
+                if isinstance(chunk, str):
                     text += chunk
                     yield chunk
-                elif delta := message.add(chunk):
+                elif message is not None and (delta := message.add(chunk)):
                     yield delta
             finished = True
         except SupernodeError as exc:

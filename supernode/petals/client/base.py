@@ -33,6 +33,7 @@ import aiohttp
 from loguru import logger
 
 from supernode.petals.client.protocol import (
+    Chunk,
     GenerateParams,
     NodeFailure,
     NodeRejected,
@@ -114,7 +115,7 @@ class NodeClient(ABC):
     @abstractmethod
     def _stream(
         self, model: str, prompt: str, params: GenerateParams, clock: WaitClock
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[Chunk]:
         """Text chunks (empty ones allowed), every wait on the node through ``clock``."""
 
     async def tokenize(self, model: str, text: str) -> int | None:
@@ -282,7 +283,7 @@ class NodeClient(ABC):
                 describe(exc, self.timeouts.request_s, self.timeouts.connect_s, "score answer")
             ) from None
 
-    async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[str]:
+    async def stream(self, model: str, prompt: str, params: GenerateParams) -> AsyncIterator[Chunk]:
         """Non-empty text chunks as the node makes them; each wait at most ``stream_idle_s``,
         all waits together at most ``request_s`` (a slow reader's own time is not counted)."""
         clock = WaitClock(self.timeouts.request_s, self.timeouts.stream_idle_s)

@@ -4,7 +4,7 @@
 the same with ``"stream": true`` for server-sent events ending with ``data: [DONE]``. A chat
 that needs the node's own chat API (tools, a response format: ``GenerateParams.chat``) goes to
 ``POST /v1/chat/completions`` as it came, and its answer is the message's JSON (content and
-tool calls); streamed, each piece is the JSON of one event's delta (``chat_piece``), and
+tool calls); streamed, each piece is one event's delta (``chat_piece``), and
 ``StreamedMessage`` puts the same message JSON together from them. It shares no tokenizer:
 the caller estimates token counts itself.
 """
@@ -20,6 +20,7 @@ import aiohttp
 
 from supernode.petals.client.base import MAX_MESSAGE_BYTES, Answer, NodeClient, WaitClock
 from supernode.petals.client.protocol import (
+    Chunk,
     GenerateParams,
     NodeFailure,
     error_text,
@@ -75,16 +76,16 @@ def message_text(body: dict[str, Any]) -> str:
 MAX_STREAMED_CALLS = 128  # tool calls one streamed message may make
 
 
-def chat_piece(event: dict[str, Any]) -> str | None:
-    """One event of a streamed chat as a piece of the stream: the JSON of its
-    ``choices[0].delta`` cut to ``content`` and ``tool_calls`` (each call's ``index``, ``id``,
-    ``type``, ``function.name``, ``function.arguments``), or ``{"usage": ...}`` from the event
-    that carries the usage; None when it carries neither (the role, the finish)."""
+def chat_piece(event: dict[str, Any]) -> dict[str, Any] | None:
+    """One event of a streamed chat as a piece of the stream: its ``choices[0].delta`` cut
+    to ``content`` and ``tool_calls`` (each call's ``index``, ``id``, ``type``,
+    ``function.name``, ``function.arguments``), and ``usage`` from the event that carries
+    it; None when it carries none of them (the role, the finish)."""
     choices = event.get("choices")
     usage = event.get("usage")
     if not choices:
         if isinstance(usage, dict):
-            return json.dumps({"usage": {"completion_tokens": usage.get("completion_tokens")}})
+            return {"usage": {"completion_tokens": usage.get("completion_tokens")}}
         return None
     first = choices[0] if isinstance(choices, list) else None
     delta = first.get("delta") if isinstance(first, dict) else None
@@ -104,7 +105,7 @@ def chat_piece(event: dict[str, Any]) -> str | None:
         out["tool_calls"] = [_call_delta(c) for c in calls]
     if isinstance(usage, dict):  # (some servers put it on the last delta)
         out["usage"] = {"completion_tokens": usage.get("completion_tokens")}
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False) if out else None
+    return out or None
 
 
 def _call_delta(c: Any) -> dict[str, Any]:
@@ -130,11 +131,11 @@ def _call_delta(c: Any) -> dict[str, Any]:
     return out
 
 
-def next_call_index(piece: str, calls: int) -> int:
+def next_call_index(piece: dict[str, Any], calls: int) -> int:
     """How many tool calls have begun once ``piece`` is taken: a call's deltas come after
     those of every call before it has begun (a node that skips one fails here, where the
-    pool can still try another node)."""
-    for c in json.loads(piece).get("tool_calls", ()):
+    pool can still try another node; ``StreamedMessage`` then takes the order as given)."""
+    for c in piece.get("tool_calls", ()):
         if c["index"] > calls:
             raise NodeFailure(f"tool call {c['index']} streamed before call {calls}")
         calls = max(calls, c["index"] + 1)
@@ -151,9 +152,10 @@ class StreamedMessage:
         self.calls: list[dict[str, Any]] = []
         self.completion_tokens: int | None = None
 
-    def add(self, piece: str) -> dict[str, Any]:
-        """Take a piece; returns the delta for the client (empty for the usage)."""
-        delta = json.loads(piece)
+    def add(self, piece: dict[str, Any]) -> dict[str, Any]:
+        """Take a piece (in order: ``next_call_index``); returns the delta for the client
+        (empty for the usage)."""
+        delta = dict(piece)
         usage = delta.pop("usage", None)
         if usage is not None:
             self.completion_tokens = int_or_none(usage.get("completion_tokens"))
@@ -165,8 +167,6 @@ class StreamedMessage:
                 self.calls.append(
                     {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
                 )
-            elif i > len(self.calls):
-                raise NodeFailure(f"tool call {i} streamed before call {len(self.calls)}")
             call = self.calls[i]
             call["id"] = c.get("id", call["id"])
             call["type"] = c.get("type", call["type"])
@@ -226,7 +226,7 @@ class OpenAINodeClient(NodeClient):
 
     async def _stream(
         self, model: str, prompt: str, params: GenerateParams, clock: WaitClock
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[Chunk]:
         if params.chat:
             path = "/v1/chat/completions"
             body = {**chat_body(model, prompt, params), "stream": True}

@@ -43,7 +43,7 @@ from supernode.errors import NodeUnavailable
 from supernode.petals.client.base import NodeClient, NodeConfig, Timeouts
 from supernode.petals.client.openai import OpenAINodeClient
 from supernode.petals.client.petals import PetalsNodeClient
-from supernode.petals.client.protocol import GenerateParams, NodeFailure, NodeRejected
+from supernode.petals.client.protocol import Chunk, GenerateParams, NodeFailure, NodeRejected
 from supernode.petals.client.stops import StopCutter
 
 __all__ = [
@@ -434,7 +434,7 @@ class NodePool:
 
     async def stream(
         self, model: str, prompt: str, params: GenerateParams, served: list[str] | None = None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[Chunk]:
         """Text chunks as a node makes them (non-empty, in order; the iterator ends after the
         last), cut at the first of ``params.stop`` (the node's generation then ends); for a
         chat that goes to a node's chat API, that node's deltas (``openai.chat_piece``), which
@@ -458,7 +458,7 @@ class NodePool:
 
     async def _stream(
         self, model: str, prompt: str, params: GenerateParams, served: list[str] | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[Chunk]:
         errors: list[str] = []
         for attempt, node in self._tries(model):
             if served is not None:

@@ -43,6 +43,11 @@ def short(text: object) -> str:
     return s if len(s) <= MAX_REASON_CHARS else s[: MAX_REASON_CHARS - 3] + "..."
 
 
+# What a node's stream yields: text, or for a chat sent to an OpenAI-compatible node's chat
+# API one event's delta (``openai.chat_piece``: ``content``, ``tool_calls``, ``usage``).
+Chunk = str | dict[str, Any]
+
+
 def int_or_none(value: object) -> int | None:
     """A count or a position a node gave (an int, 0 or more); None for anything else, so
     that a negative count can never lower a charge."""

@@ -1,15 +1,20 @@
 """A streamed chat of an OpenAI-compatible node's chat API: each event cut to its delta
-(``chat_piece``), and the message put together from the pieces (``StreamedMessage``) equal
-to the same answer whole (``message_text``: what is stored, hashed and audited)."""
+(``chat_piece``), the calls' order checked (``next_call_index``), and the message put together
+from the pieces (``StreamedMessage``) equal to the same answer whole (``message_text``: what
+is stored, hashed and audited)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from supernode.petals.client.openai import StreamedMessage, chat_piece, message_text
+from supernode.petals.client.openai import (
+    StreamedMessage,
+    chat_piece,
+    message_text,
+    next_call_index,
+)
 from supernode.petals.client.protocol import NodeFailure
 
 
@@ -53,9 +58,12 @@ def test_the_pieces_make_the_message_the_whole_answer_has(
 ) -> None:
     message = StreamedMessage()
     sent: list[dict[str, Any]] = []
+    begun = 0
     for e in streamed(calls, content):
         if (piece := chat_piece(e)) is not None:
+            begun = next_call_index(piece, begun)
             sent.append(message.add(piece))
+    assert begun == len(calls)
     whole = {"choices": [{"message": {"content": content, "tool_calls": calls or None}}]}
     assert message.text() == message_text(whole)
     assert message.completion_tokens == 7
@@ -97,13 +105,12 @@ def test_a_malformed_delta_is_the_node_s_failure(delta: dict[str, Any], why: str
 def test_an_event_without_a_delta_or_a_call_out_of_order_is_the_node_s_failure() -> None:
     with pytest.raises(NodeFailure, match="no choices"):
         chat_piece({"choices": [{"index": 0}]})
-    message = StreamedMessage()
     gap = chat_piece(event({"tool_calls": [{"index": 1, "id": "c", "function": {"name": "f"}}]}))
     assert gap is not None
     with pytest.raises(NodeFailure, match="streamed before call 0"):
-        message.add(gap)
+        next_call_index(gap, 0)
 
 
-def test_a_piece_is_compact_json_of_what_the_client_gets() -> None:
+def test_a_piece_is_what_the_client_gets_and_nothing_else() -> None:
     piece = chat_piece(event({"role": "assistant", "content": "hé", "refusal": None}))
-    assert piece == '{"content":"hé"}' and json.loads(piece) == {"content": "hé"}
+    assert piece == {"content": "hé"}
