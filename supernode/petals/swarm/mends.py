@@ -16,7 +16,7 @@ bugs stop that from working:
    soon as a server is dropped.
 
 ``apply()`` runs in the Petals environment, in the node's process (``PetalsEngine``), after the
-shim. ``tests/unit/petals/test_swarm_mends.py`` runs petals' own session and routing over
+shim. ``tests/unit/petals/test_swarm_parts.py`` runs petals' own session and routing over
 in-process servers, with and without the mends.
 """
 

@@ -1,4 +1,4 @@
-"""Run in the Petals environment by ``test_swarm_mends.py``: petals' own ``InferenceSession``
+"""Run in the Petals environment by ``test_swarm_parts.py``: petals' own ``InferenceSession``
 and ``RemoteSequenceManager`` over in-process servers (A holds block 0; B and C both hold blocks
 1 and 2), generating a prompt and five tokens, while the server routed for block 1 dies after
 its Nth step. Prints a JSON line: how the session fares without and with ``mends.apply()``, and

@@ -1,5 +1,6 @@
 """The swarm's parts that need no swarm: the import shim (in the Petals environment, against
-petals' own source), the swarm state from the DHT's answer, and the commands' arguments."""
+petals' own source), the mends of petals' client (its own session and routing over in-process
+servers), the swarm state from the DHT's answer, and the commands' arguments."""
 
 from __future__ import annotations
 
@@ -59,22 +60,49 @@ print(json.dumps({"before": before, "added": len(added), "sources": sources,
 """
 
 
-def test_the_shim_restores_every_name_petals_imports() -> None:
-    python = env.petals_python()  # set-up makes it; a missing environment fails here
+def petals_report(*args: str) -> dict[str, Any]:
+    """``python ARGS`` in the Petals environment (set-up makes it; a missing one fails
+    here): the JSON line it prints last."""
     out = subprocess.run(
-        [str(python), "-c", SHIM_CHECK],
+        [str(env.petals_python()), *args],
         env=env.petals_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_the_shim_restores_every_name_petals_imports() -> None:
+    report = petals_report("-c", SHIM_CHECK)
     assert report["before"], "hivemind re-exports these again: the shim may be dropped"
     assert not any(report["sources"].values()), f"moved in hivemind: {report['sources']}"
     assert report["missing"] == [], f"petals imports names the shim does not restore: {report}"
     assert report["unlisted"] == [], f"shim.REQUIRED falls behind petals: {report['unlisted']}"
     assert report["added"] > 0 and report["again"] == 0  # idempotent
+
+
+# --- petals' session over a server lost mid-generation (``mends``) -------------------------
+
+
+def test_a_server_lost_mid_generation_is_replaced_and_the_output_is_unchanged() -> None:
+    """petals' own ``InferenceSession`` and ``RemoteSequenceManager`` over in-process servers
+    (``mends_check.py``): the swarm test kills a real server, but when, relative to a
+    session's steps and the routing table's updates, depends on timing; here both are exact."""
+    report = petals_report(str(Path(__file__).with_name("mends_check.py")))
+    assert report["opened"] == ["A", "B"]  # no failure: block 0 on A, blocks 1-2 on B
+    # petals as released: the retry is routed through the dead server again (mend 2) ...
+    assert [r["opened"] for r in report["unmended"]] == [["A", "B", "B"]] * 2, report
+    assert all("B is down" in r["error"] for r in report["unmended"]), report
+    # ... and, routed to C, C's first step asserts (mend 1); drop a mend once petals fails so
+    assert [r["opened"] for r in report["routes_only"]] == [["A", "B", "C"]] * 2, report
+    assert all("Broken input cache" in r["error"] for r in report["routes_only"]), report
+    assert report["applied"] == ["replacement position"] and report["again"] == []
+    # mended: C replaces B, and every hidden state equals the run with no failure
+    want = {"ok": True, "same": True, "opened": ["A", "B", "C"], "victim": "B"}
+    assert report["mended"] == [want, want], report
 
 
 # --- the swarm state ----------------------------------------------------------------------
